@@ -1,0 +1,185 @@
+//! Expansion: the validated model into tokens. Everything is named by absolute
+//! path through `::jetpack::__private`, so users need no other dependency.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::ast::{Machine, SchedulerInput, TaskInput};
+
+pub fn machine(m: &Machine) -> TokenStream {
+    let p = quote!(::jetpack::__private);
+    let machine = m.ident;
+    let machine_name = machine.to_string();
+    let any_initial = m.steps.iter().any(|s| s.initial);
+
+    let step_names = m.steps.iter().map(|s| s.variant.to_string());
+    let nodes = m.steps.iter().enumerate().map(|(i, s)| {
+        let name = s.variant.to_string();
+        let next = s.next.iter().map(|n| n.to_string());
+        let initial = s.initial || (!any_initial && i == 0);
+        quote!((#name, &[#(#next),*], #initial))
+    });
+    let name_arms = m.steps.iter().map(|s| {
+        let v = s.variant;
+        let name = v.to_string();
+        quote!(Self::#v(_) => #name)
+    });
+    let policy_arms = m.steps.iter().map(|s| {
+        let (v, ty) = (s.variant, s.ty);
+        quote!(Self::#v(_) => #p::RetryPolicy::of::<#ty, #machine>())
+    });
+    let run_arms = m.steps.iter().map(|s| {
+        let (v, ty) = (s.variant, s.ty);
+        quote! {
+            Self::#v(step) => ::std::boxed::Box::pin(async move {
+                ::std::result::Result::Ok(#p::NextStep::into_parts(
+                    <#ty as #p::Step<#machine>>::step(step, cx).await?,
+                ))
+            })
+        }
+    });
+    let per_step = m.steps.iter().map(|s| {
+        let (v, ty) = (s.variant, s.ty);
+        let name = v.to_string();
+        let follows = s.next.iter().map(|n| {
+            // `valid` checked that every successor names a variant.
+            let next_ty = m
+                .steps
+                .iter()
+                .find(|t| t.variant == n)
+                .map(|t| t.ty)
+                .unwrap_or(ty);
+            quote!(impl #p::Follows<#ty, #machine> for #next_ty {})
+        });
+        quote! {
+            impl #p::StepOf for #ty {
+                type Machine = #machine;
+                const NAME: &'static str = #name;
+            }
+            impl #p::MemberOf<#machine> for #ty {}
+            impl ::std::convert::From<#ty> for #machine {
+                fn from(step: #ty) -> Self {
+                    Self::#v(step)
+                }
+            }
+            impl #p::IntoTask for #ty {
+                fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
+                    #p::IntoTask::into_step_json(<#machine as ::std::convert::From<#ty>>::from(self))
+                }
+            }
+            #(#follows)*
+        }
+    });
+
+    quote! {
+        const _: () = {
+            impl #p::Machine for #machine {
+                const NAME: &'static str = #machine_name;
+                const STEPS: &'static [&'static str] = &[#(#step_names),*];
+
+                fn graph() -> #p::Graph {
+                    #p::Graph::__new(#machine_name, &[#(#nodes),*])
+                }
+
+                fn step_name(&self) -> &'static str {
+                    match self { #(#name_arms,)* }
+                }
+
+                fn policy(&self) -> #p::RetryPolicy {
+                    match self { #(#policy_arms,)* }
+                }
+
+                fn run<'a>(
+                    self,
+                    cx: &'a #p::Context<'a>,
+                ) -> #p::BoxFuture<'a, #p::MachineResult<Self>> {
+                    match self { #(#run_arms,)* }
+                }
+            }
+
+            impl #p::IntoTask for #machine {
+                fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
+                    #p::tagged_json(#machine_name, &self)
+                }
+            }
+
+            #(#per_step)*
+        };
+    }
+}
+
+pub fn task(t: &TaskInput) -> TokenStream {
+    let p = quote!(::jetpack::__private);
+    let (vis, ident) = (&t.vis, &t.ident);
+    let variants = t.steps.iter().map(|(step, next)| {
+        let next = (!next.is_empty()).then(|| quote!(#[next(#(#next),*)]));
+        quote!(#next #step(#step))
+    });
+    quote! {
+        #[derive(::std::fmt::Debug, #p::serde::Serialize, #p::serde::Deserialize, ::jetpack::Machine)]
+        #[serde(crate = "::jetpack::__private::serde")]
+        #vis enum #ident {
+            #(#variants,)*
+        }
+    }
+}
+
+pub fn scheduler(s: &SchedulerInput) -> TokenStream {
+    let p = quote!(::jetpack::__private);
+    let (vis, ident) = (&s.vis, &s.ident);
+    let ms = &s.machines;
+    quote! {
+        #[derive(::std::fmt::Debug, #p::serde::Serialize, #p::serde::Deserialize)]
+        #[serde(crate = "::jetpack::__private::serde")]
+        #vis enum #ident {
+            #(#ms(#ms),)*
+        }
+
+        const _: () = {
+            #(
+                impl ::std::convert::From<#ms> for #ident {
+                    fn from(machine: #ms) -> Self {
+                        Self::#ms(machine)
+                    }
+                }
+            )*
+
+            impl #p::IntoTask for #ident {
+                fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
+                    #p::serde_json::to_string(&self)
+                }
+            }
+
+            impl #p::Scheduler for #ident {
+                fn graphs() -> ::std::vec::Vec<#p::Graph> {
+                    ::std::vec![#(<#ms as #p::Machine>::graph()),*]
+                }
+
+                fn machine_name(&self) -> &'static str {
+                    match self { #(Self::#ms(_) => <#ms as #p::Machine>::NAME,)* }
+                }
+
+                fn step_name(&self) -> &'static str {
+                    match self { #(Self::#ms(m) => #p::Machine::step_name(m),)* }
+                }
+
+                fn policy(&self) -> #p::RetryPolicy {
+                    match self { #(Self::#ms(m) => #p::Machine::policy(m),)* }
+                }
+
+                fn run<'a>(
+                    self,
+                    cx: &'a #p::Context<'a>,
+                ) -> #p::BoxFuture<'a, #p::MachineResult<Self>> {
+                    match self {
+                        #(Self::#ms(m) => ::std::boxed::Box::pin(async move {
+                            ::std::result::Result::Ok(
+                                #p::Machine::run(m, cx).await?.map(|(next, at)| (Self::#ms(next), at)),
+                            )
+                        }),)*
+                    }
+                }
+            }
+        };
+    }
+}

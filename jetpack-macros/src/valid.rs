@@ -1,0 +1,71 @@
+//! Validation of the parsed model; every error points at the user's tokens.
+
+use std::collections::BTreeSet;
+
+use crate::ast::{Machine, SchedulerInput};
+
+fn combine(errors: impl IntoIterator<Item = syn::Error>) -> syn::Result<()> {
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            for e in errors {
+                first.combine(e);
+            }
+            Err(first)
+        }
+    }
+}
+
+pub fn machine(m: &Machine) -> syn::Result<()> {
+    let mut errors: Vec<syn::Error> = m.errors.iter().cloned().collect();
+    if m.steps.is_empty() && errors.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            m.ident,
+            "a machine needs at least one step variant",
+        ));
+    }
+    let names: Vec<String> = m.steps.iter().map(|s| s.variant.to_string()).collect();
+    let mut seen = BTreeSet::new();
+    for step in &m.steps {
+        if !seen.insert(step.variant.to_string()) {
+            errors.push(syn::Error::new_spanned(step.variant, "duplicate step name"));
+        }
+        let mut successors = BTreeSet::new();
+        for next in &step.next {
+            if !names.contains(&next.to_string()) {
+                errors.push(syn::Error::new_spanned(
+                    next,
+                    format!(
+                        "`{next}` is not a step of `{}`; its steps are: {}",
+                        m.ident,
+                        names.join(", ")
+                    ),
+                ));
+            } else if !successors.insert(next.to_string()) {
+                errors.push(syn::Error::new_spanned(
+                    next,
+                    format!("`{next}` is listed twice"),
+                ));
+            }
+        }
+    }
+    combine(errors)
+}
+
+pub fn scheduler(s: &SchedulerInput) -> syn::Result<()> {
+    let mut errors = Vec::new();
+    if s.machines.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &s.ident,
+            "a scheduler needs at least one machine: `scheduler!(Tasks { Greeter })`",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for m in &s.machines {
+        if !seen.insert(m.to_string()) {
+            errors.push(syn::Error::new_spanned(m, "this machine is listed twice"));
+        }
+    }
+    combine(errors)
+}

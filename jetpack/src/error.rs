@@ -1,0 +1,54 @@
+//! The one error type of the runtime.
+
+use std::time::Duration;
+
+/// What went wrong in a Jetpack call. Step failures are not here: they are
+/// [`StepError`](crate::StepError)s, recorded on the task's row.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused or lost a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// Applying Jetpack's migrations failed.
+    #[error("migrating the jetpack schema failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A step could not be serialized to JSON.
+    #[error("cannot serialize the step to JSON: {0}")]
+    Serialize(#[source] serde_json::Error),
+
+    /// A delay or time given to enqueue is outside what the database can store.
+    #[error("invalid wakeup time: {0}")]
+    InvalidTime(String),
+
+    /// A step asked for shared state that the worker was not given.
+    #[error("no state of type `{type_name}` was given to the worker (use `Worker::builder(pool).state(..)`)")]
+    MissingState {
+        /// The type asked for.
+        type_name: &'static str,
+    },
+
+    /// A step asked for a pool or transaction of another database than the worker's.
+    #[error("this worker runs on {actual}, not on the database `{requested}` asked for")]
+    WrongDatabase {
+        /// The database the worker runs on.
+        actual: &'static str,
+        /// The database type asked for.
+        requested: &'static str,
+    },
+
+    /// A worker setting is out of range.
+    #[error("invalid worker setting: {0}")]
+    Config(String),
+
+    /// The worker did not finish its running steps within the shutdown timeout.
+    #[error("{abandoned} step(s) were still running after the shutdown timeout of {timeout:?}; their leases were released")]
+    ShutdownTimeout {
+        /// How many steps were abandoned.
+        abandoned: usize,
+        /// The timeout that passed.
+        timeout: Duration,
+    },
+}

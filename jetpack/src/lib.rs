@@ -1,0 +1,55 @@
+//! Jetpack: durable background tasks and workflows as typed state machines.
+//!
+//! Each state of a task is a struct implementing [`Step`]; `#[derive(Machine)]` on
+//! an enum of those structs declares which step may follow which, and the compiler
+//! rejects any other transition. All state of one task lives in one table row —
+//! the step as readable JSON, `wakeup_at`, `tried`, `error` — so a task that keeps
+//! failing parks with its error, a person fixes the world, clears `error` with
+//! plain SQL, and the task resumes where it stopped.
+//!
+//! See the README for the guide; `examples/tutorial.rs` is the runnable tutorial.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod enqueue;
+mod error;
+mod machine;
+mod step;
+mod store;
+mod worker;
+
+pub use async_trait::async_trait;
+pub use enqueue::{delay, enqueue, enqueue_many, schedule, Backend};
+pub use error::Error;
+pub use jetpack_macros::{scheduler, task, Machine};
+pub use machine::{
+    BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf, Scheduler, StepNode,
+    StepOf,
+};
+pub use step::{Context, NextStep, RetryPolicy, Step, StepError, StepResult, Tx, Wakeup};
+pub use tokio_util::sync::CancellationToken;
+pub use worker::{Worker, WorkerBuilder};
+
+/// Re-exported so that applications use the same versions Jetpack does.
+pub use chrono;
+pub use sqlx;
+
+/// Applies Jetpack's migrations (creating the `jetpack_tasks` table and its
+/// functions and triggers). Safe to call from every worker at startup: it takes
+/// a lock and applies only what is missing. Jetpack records its migrations in
+/// `_jetpack_migrations`, apart from your own `_sqlx_migrations`.
+pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
+    DB::migrate(pool).await
+}
+
+/// What the macros' generated code names. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::machine::{
+        tagged_json, BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf,
+        Scheduler, StepOf,
+    };
+    pub use crate::step::{Context, NextStep, RetryPolicy, Step, StepError, Wakeup};
+    pub use serde;
+    pub use serde_json;
+}

@@ -1,0 +1,218 @@
+//! Machines, their steps, the transition graph and the scheduler enum.
+
+use std::fmt::Write as _;
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::step::{Context, RetryPolicy, Wakeup};
+use crate::StepError;
+
+/// A boxed, sendable future, as returned by generated code.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What running one step of a machine produced: the next state and when it is
+/// due, or `None` when the task is finished.
+pub type MachineResult<M> = Result<Option<(M, Wakeup)>, StepError>;
+
+/// A workflow: an enum with one variant per step. Implemented by
+/// `#[derive(Machine)]` and by [`task!`](crate::task); not by hand.
+pub trait Machine: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The machine's name, the outer key of the stored JSON.
+    const NAME: &'static str;
+    /// The names of its steps, in declaration order.
+    const STEPS: &'static [&'static str];
+
+    /// The transition graph: steps, edges, initial and terminal steps.
+    fn graph() -> Graph;
+
+    /// The name of the step this value is in.
+    fn step_name(&self) -> &'static str;
+
+    /// The retry policy of the step this value is in.
+    fn policy(&self) -> RetryPolicy;
+
+    /// Runs the step this value is in.
+    #[doc(hidden)]
+    fn run<'a>(self, cx: &'a Context<'a>) -> BoxFuture<'a, MachineResult<Self>>;
+}
+
+/// The one machine a step type belongs to. Implemented by `#[derive(Machine)]`.
+pub trait StepOf: Sized + Send + 'static {
+    /// The machine enum that holds this step.
+    type Machine: Machine + From<Self>;
+    /// The step's name in that machine (its variant name).
+    const NAME: &'static str;
+}
+
+/// Marks `Self` as a step of machine `M`. Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step of machine `{M}`",
+    label = "not a step of `{M}`",
+    note = "add a variant `{Self}({Self})` to the `{M}` enum, or implement `Step` for the machine it belongs to"
+)]
+pub trait MemberOf<M> {}
+
+/// `Self` is a declared successor of step `From` in machine `M`: the
+/// `#[next(..)]` list of `From` names it. Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a declared successor of `{From}` in machine `{M}`",
+    label = "`{From}` may not be followed by `{Self}`",
+    note = "a step may only return the steps listed in `#[next(..)]` on its variant of `{M}`; a step without `#[next]` is terminal and can only return `NextStep::none()`"
+)]
+pub trait Follows<From, M>: Into<M> {}
+
+/// A value that can be stored as a task: a step, a machine or a scheduler enum.
+pub trait IntoTask {
+    /// The stored JSON form, e.g. `{"Greeter":{"ReadName":{"filename":"name.txt"}}}`.
+    fn into_step_json(self) -> Result<String, serde_json::Error>;
+}
+
+/// The enum a worker runs, combining machines. Implemented by
+/// [`scheduler!`](crate::scheduler); not by hand.
+pub trait Scheduler: Serialize + DeserializeOwned + Send + 'static {
+    /// The graphs of all machines.
+    fn graphs() -> Vec<Graph>;
+    /// The machine this value is in.
+    fn machine_name(&self) -> &'static str;
+    /// The step this value is in.
+    fn step_name(&self) -> &'static str;
+    /// The retry policy of that step.
+    fn policy(&self) -> RetryPolicy;
+    /// Runs that step.
+    #[doc(hidden)]
+    fn run<'a>(self, cx: &'a Context<'a>) -> BoxFuture<'a, MachineResult<Self>>;
+
+    /// The `kind` values (`"Machine.Step"`) a worker of this binary claims: every
+    /// known step, plus malformed documents of known machines (`"Machine."`) and
+    /// wholly malformed ones (`""`), so that those get an error on their row.
+    /// A step from a newer deploy is left for a worker that knows it.
+    fn kinds() -> Vec<String> {
+        let mut kinds = vec![String::new()];
+        for graph in Self::graphs() {
+            kinds.push(format!("{}.", graph.machine));
+            kinds.extend(
+                graph
+                    .steps
+                    .iter()
+                    .map(|s| format!("{}.{}", graph.machine, s.name)),
+            );
+        }
+        kinds
+    }
+}
+
+#[doc(hidden)]
+pub fn tagged_json<T: Serialize>(tag: &str, value: &T) -> Result<String, serde_json::Error> {
+    struct Tagged<'a, T>(&'a str, &'a T);
+    impl<T: Serialize> Serialize for Tagged<'_, T> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(Some(1))?;
+            map.serialize_entry(self.0, self.1)?;
+            map.end()
+        }
+    }
+    serde_json::to_string(&Tagged(tag, value))
+}
+
+/// The transition graph of one machine, known at run time.
+///
+/// ```
+/// # use jetpack::{Machine, Step, StepResult, NextStep, Context};
+/// # use serde::{Serialize, Deserialize};
+/// # #[derive(Debug, Serialize, Deserialize)] struct A;
+/// # #[derive(Debug, Serialize, Deserialize)] struct B;
+/// # #[jetpack::async_trait] impl Step<Flow> for A { async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::now(B) } }
+/// # #[jetpack::async_trait] impl Step<Flow> for B { async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() } }
+/// #[derive(Debug, Serialize, Deserialize, Machine)]
+/// enum Flow {
+///     #[next(B)]
+///     A(A),
+///     B(B),
+/// }
+/// let graph = Flow::graph();
+/// assert_eq!(graph.initial(), ["A"]);
+/// assert_eq!(graph.terminal(), ["B"]);
+/// assert_eq!(graph.edges(), [("A", "B")]);
+/// assert!(graph.to_mermaid().contains("A --> B"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Graph {
+    /// The machine's name.
+    pub machine: &'static str,
+    /// Its steps in declaration order.
+    pub steps: Vec<StepNode>,
+}
+
+/// One step of a [`Graph`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepNode {
+    /// The step's name.
+    pub name: &'static str,
+    /// The steps that may follow it; empty for a terminal step.
+    pub next: Vec<&'static str>,
+    /// Whether a task normally starts here (`#[initial]`, or the first step).
+    pub initial: bool,
+}
+
+impl Graph {
+    #[doc(hidden)]
+    pub fn __new(machine: &'static str, steps: &[(&'static str, &[&'static str], bool)]) -> Self {
+        Graph {
+            machine,
+            steps: steps
+                .iter()
+                .map(|&(name, next, initial)| StepNode {
+                    name,
+                    next: next.to_vec(),
+                    initial,
+                })
+                .collect(),
+        }
+    }
+
+    /// The steps a task normally starts at.
+    pub fn initial(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter(|s| s.initial)
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// The steps that can only finish the task.
+    pub fn terminal(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .filter(|s| s.next.is_empty())
+            .map(|s| s.name)
+            .collect()
+    }
+
+    /// Every declared transition as `(from, to)`.
+    pub fn edges(&self) -> Vec<(&'static str, &'static str)> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.next.iter().map(move |&n| (s.name, n)))
+            .collect()
+    }
+
+    /// A Mermaid `stateDiagram-v2` of the machine: `[*]` enters the initial steps
+    /// and leaves the terminal ones.
+    pub fn to_mermaid(&self) -> String {
+        let mut out = String::from("stateDiagram-v2\n");
+        let _ = writeln!(out, "    %% {}", self.machine);
+        for step in &self.steps {
+            if step.initial {
+                let _ = writeln!(out, "    [*] --> {}", step.name);
+            }
+        }
+        for (from, to) in self.edges() {
+            let _ = writeln!(out, "    {from} --> {to}");
+        }
+        for step in self.terminal() {
+            let _ = writeln!(out, "    {step} --> [*]");
+        }
+        out
+    }
+}

@@ -1,0 +1,423 @@
+//! Steps, their outcomes and the context they run in.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_util::sync::CancellationToken;
+
+use crate::machine::{Follows, Machine, MemberOf, StepOf};
+use crate::Error;
+
+/// One state of a task, and the code that moves it on.
+///
+/// `M` is the machine the step belongs to; the value returned names the next
+/// step, which must be one the machine declares with `#[next(..)]` for this step.
+///
+/// ```
+/// # use jetpack::{Context, NextStep, Step, StepResult};
+/// # use serde::{Deserialize, Serialize};
+/// # use std::time::Duration;
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct ReadName { filename: String }
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct SayHello { name: String }
+///
+/// #[derive(Debug, Serialize, Deserialize, jetpack::Machine)]
+/// enum Greeter {
+///     #[next(SayHello)]
+///     ReadName(ReadName),
+///     SayHello(SayHello),
+/// }
+///
+/// #[jetpack::async_trait]
+/// impl Step<Greeter> for ReadName {
+///     const RETRY_LIMIT: i32 = 5;
+///     const RETRY_DELAY: Duration = Duration::from_millis(200);
+///     async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+///         let name = std::fs::read_to_string(&self.filename)?;
+///         NextStep::now(SayHello { name })
+///     }
+/// }
+///
+/// #[jetpack::async_trait]
+/// impl Step<Greeter> for SayHello {
+///     async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+///         tracing::info!("Hello, {}", self.name);
+///         NextStep::none()
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a step of machine `{M}` but does not implement `Step<{M}>`",
+    label = "missing `impl Step<{M}> for {Self}`",
+    note = "write `#[jetpack::async_trait] impl Step<{M}> for {Self} {{ async fn step(self, cx: &Context<'_>) -> StepResult<Self> {{ .. }} }}`"
+)]
+#[async_trait::async_trait]
+pub trait Step<M: Machine>: MemberOf<M> + StepOf + Sized + Send + Sync + 'static {
+    /// How many times a failed attempt is retried before the task is parked with
+    /// its error (so `RETRY_LIMIT + 1` attempts in all). A crashed worker's attempt
+    /// counts too.
+    const RETRY_LIMIT: i32 = 0;
+    /// The delay before the first retry.
+    const RETRY_DELAY: Duration = Duration::from_secs(1);
+    /// Each further retry waits this many times longer than the previous one
+    /// (exponential backoff); `1.0` keeps the delay constant. A random ±20%
+    /// jitter spreads retries of many tasks apart.
+    const RETRY_BACKOFF: f64 = 2.0;
+    /// The longest delay between two retries.
+    const RETRY_MAX_DELAY: Duration = Duration::from_secs(3600);
+    /// How long one attempt may run before it is cancelled and counted as failed.
+    /// `None`, the default, lets it run as long as it needs (its lease is kept
+    /// alive by the worker's heartbeat).
+    const TIMEOUT: Option<Duration> = None;
+
+    /// Runs the step and says what comes next.
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self>;
+}
+
+/// What a step returns: the next step and when it is due, or an error.
+pub type StepResult<S> = Result<NextStep<S>, StepError>;
+
+/// When a task's next step is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// As soon as a worker is free.
+    Now,
+    /// After a delay, measured on the database clock.
+    Delay(Duration),
+    /// At a point in time.
+    At(DateTime<Utc>),
+}
+
+/// The outcome of a successful step: which step follows, and when.
+///
+/// The constructors only accept a step that the machine declares as a successor
+/// of `S`; anything else is a compile error.
+pub struct NextStep<S: StepOf> {
+    next: Option<(S::Machine, Wakeup)>,
+    _step: PhantomData<fn() -> S>,
+}
+
+impl<S: StepOf> NextStep<S> {
+    fn new(next: Option<(S::Machine, Wakeup)>) -> StepResult<S> {
+        Ok(NextStep {
+            next,
+            _step: PhantomData,
+        })
+    }
+
+    /// Moves the task to `next`, to run right away.
+    pub fn now<N: Follows<S, S::Machine>>(next: N) -> StepResult<S> {
+        Self::new(Some((next.into(), Wakeup::Now)))
+    }
+
+    /// Moves the task to `next`, to run after `delay`. The task is stored, not
+    /// slept on: a crash or shutdown meanwhile loses nothing.
+    pub fn delay<N: Follows<S, S::Machine>>(next: N, delay: Duration) -> StepResult<S> {
+        Self::new(Some((next.into(), Wakeup::Delay(delay))))
+    }
+
+    /// Moves the task to `next`, to run at `at`.
+    pub fn at<N: Follows<S, S::Machine>>(next: N, at: DateTime<Utc>) -> StepResult<S> {
+        Self::new(Some((next.into(), Wakeup::At(at))))
+    }
+
+    /// Finishes the task.
+    pub fn none() -> StepResult<S> {
+        Self::new(None)
+    }
+
+    #[doc(hidden)]
+    pub fn into_parts(self) -> Option<(S::Machine, Wakeup)> {
+        self.next
+    }
+}
+
+impl<S: StepOf> fmt::Debug for NextStep<S>
+where
+    S::Machine: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("NextStep").field(&self.next).finish()
+    }
+}
+
+/// Why a step failed. Any error converts into it with `?`; the text of the error
+/// and its sources is what the task's row records.
+///
+/// By default a failure is retried up to the step's `RETRY_LIMIT`; a
+/// [`permanent`](StepError::permanent) one parks the task at once.
+pub struct StepError {
+    error: Box<dyn std::error::Error + Send + Sync>,
+    permanent: bool,
+}
+
+impl StepError {
+    /// A failure that retrying cannot fix: the task is parked with this error
+    /// right away, whatever retries are left.
+    pub fn permanent(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StepError {
+            error: error.into(),
+            permanent: true,
+        }
+    }
+
+    /// Whether this failure skips the remaining retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The error and its chain of sources, `outer: inner: root`.
+    pub fn chain(&self) -> String {
+        let mut text = self.error.to_string();
+        let mut source = self.error.source();
+        while let Some(e) = source {
+            let s = e.to_string();
+            if !text.ends_with(&s) {
+                text.push_str(": ");
+                text.push_str(&s);
+            }
+            source = e.source();
+        }
+        text
+    }
+}
+
+impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for StepError {
+    fn from(error: E) -> Self {
+        StepError {
+            error: error.into(),
+            permanent: false,
+        }
+    }
+}
+
+impl fmt::Debug for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepError")
+            .field("error", &self.chain())
+            .field("permanent", &self.permanent)
+            .finish()
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.chain())
+    }
+}
+
+/// The retry settings of one step, taken from its [`Step`] constants.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// [`Step::RETRY_LIMIT`]
+    pub limit: i32,
+    /// [`Step::RETRY_DELAY`]
+    pub delay: Duration,
+    /// [`Step::RETRY_BACKOFF`]
+    pub backoff: f64,
+    /// [`Step::RETRY_MAX_DELAY`]
+    pub max_delay: Duration,
+    /// [`Step::TIMEOUT`]
+    pub timeout: Option<Duration>,
+}
+
+impl RetryPolicy {
+    /// The policy of step `S` in machine `M`.
+    pub fn of<S: Step<M>, M: Machine>() -> Self {
+        RetryPolicy {
+            limit: S::RETRY_LIMIT,
+            delay: S::RETRY_DELAY,
+            backoff: S::RETRY_BACKOFF,
+            max_delay: S::RETRY_MAX_DELAY,
+            timeout: S::TIMEOUT,
+        }
+    }
+
+    /// The delay before the retry that follows failed attempt number `attempt`
+    /// (1-based), without jitter.
+    pub fn base_delay(&self, attempt: i32) -> Duration {
+        let exp = attempt.saturating_sub(1).clamp(0, 64);
+        let factor = self.backoff.max(1.0).powi(exp);
+        let secs = (self.delay.as_secs_f64() * factor).min(self.max_delay.as_secs_f64());
+        Duration::try_from_secs_f64(secs).unwrap_or(self.max_delay)
+    }
+
+    /// [`base_delay`](Self::base_delay) with a random ±20% jitter, capped at `max_delay`.
+    pub fn delay_after(&self, attempt: i32) -> Duration {
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        self.base_delay(attempt).mul_f64(jitter).min(self.max_delay)
+    }
+}
+
+/// Typed shared state handed to every step (clients, configuration).
+#[derive(Default, Clone)]
+pub(crate) struct StateMap(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl StateMap {
+    pub(crate) fn insert<T: Send + Sync + 'static>(&mut self, value: T) {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref())
+    }
+}
+
+/// What the worker shares with every step it runs.
+pub(crate) struct Shared {
+    pub(crate) state: StateMap,
+    /// The worker's pool, as `sqlx::Pool<DB>`.
+    pub(crate) pool: Box<dyn Any + Send + Sync>,
+    pub(crate) database: &'static str,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// What a running step knows about its task and its worker.
+pub struct Context<'a> {
+    task_id: i64,
+    attempt: i32,
+    shared: &'a Shared,
+    /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
+    tx: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// The step's transaction, from [`Context::tx`]. Use `&mut **tx` as an executor.
+pub type Tx<'a, DB> = MappedMutexGuard<'a, sqlx::Transaction<'static, DB>>;
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared) -> Self {
+        Context {
+            task_id,
+            attempt,
+            shared,
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// The task's id (the `id` column).
+    pub fn task_id(&self) -> i64 {
+        self.task_id
+    }
+
+    /// Which attempt of this step this is: 1 for the first, 2 for the first retry.
+    pub fn attempt(&self) -> i32 {
+        self.attempt
+    }
+
+    /// Shared state given to the worker with
+    /// [`WorkerBuilder::state`](crate::WorkerBuilder::state).
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<&T, Error> {
+        self.shared.state.get().ok_or(Error::MissingState {
+            type_name: std::any::type_name::<T>(),
+        })
+    }
+
+    /// The worker's connection pool: `let pool: &PgPool = cx.pool()?;`
+    pub fn pool<DB: sqlx::Database>(&self) -> Result<&sqlx::Pool<DB>, Error> {
+        self.shared.pool.downcast_ref().ok_or(Error::WrongDatabase {
+            actual: self.shared.database,
+            requested: DB::NAME,
+        })
+    }
+
+    /// Cancelled when the worker is shutting down. A long step can watch it and
+    /// return early (for example with `NextStep::now(self)` to resume later).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// The step's own transaction, opened on first use. It commits together with
+    /// the task's move to the next step, or not at all: if the step fails, or
+    /// another worker took the task over meanwhile, its writes roll back.
+    ///
+    /// ```no_run
+    /// # use jetpack::{Context, StepResult};
+    /// # async fn f(cx: &Context<'_>) -> Result<(), jetpack::StepError> {
+    /// let mut tx = cx.tx::<sqlx::Postgres>().await?;
+    /// sqlx::query("INSERT INTO ledger (amount) VALUES (1)").execute(&mut **tx).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn tx<DB: sqlx::Database>(&self) -> Result<Tx<'_, DB>, Error> {
+        let mut slot = self.tx.lock().await;
+        if slot.is_none() {
+            let tx = self.pool::<DB>()?.begin().await?;
+            *slot = Some(Box::new(tx));
+        }
+        MutexGuard::try_map(slot, |slot| {
+            slot.as_mut()
+                .and_then(|tx| tx.downcast_mut::<sqlx::Transaction<'static, DB>>())
+        })
+        .map_err(|_| Error::WrongDatabase {
+            actual: self.shared.database,
+            requested: DB::NAME,
+        })
+    }
+
+    /// Takes the step's transaction, if it opened one.
+    pub(crate) fn take_tx(&self) -> Option<Box<dyn Any + Send>> {
+        self.tx.try_lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(backoff: f64) -> RetryPolicy {
+        RetryPolicy {
+            limit: 5,
+            delay: Duration::from_secs(1),
+            backoff,
+            max_delay: Duration::from_secs(10),
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = policy(2.0);
+        let delays: Vec<_> = (1..=6).map(|a| p.base_delay(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(policy(1.0).base_delay(5), Duration::from_secs(1));
+        assert_eq!(p.base_delay(i32::MAX), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let p = policy(2.0);
+        for _ in 0..1000 {
+            let d = p.delay_after(2).as_secs_f64();
+            assert!((1.6..=2.4).contains(&d), "{d}");
+            assert!(p.delay_after(10) <= p.max_delay);
+        }
+    }
+
+    #[test]
+    fn error_chain_includes_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading config")]
+        struct Outer(#[source] std::io::Error);
+        let e = StepError::from(Outer(std::io::Error::other("disk on fire")));
+        assert_eq!(e.chain(), "reading config: disk on fire");
+        assert!(!e.is_permanent());
+        assert!(StepError::permanent("no").is_permanent());
+    }
+}

@@ -1,0 +1,137 @@
+//! Storage: every SQL statement lives behind [`Store`]; the worker's logic above
+//! it (claiming, retries, leases, shutdown) is written once for all backends.
+
+use std::any::Any;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::step::Wakeup;
+use crate::Error;
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+
+/// A task a worker has claimed.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    pub id: i64,
+    pub step: String,
+    /// The attempt number this claim started (1-based).
+    pub tried: i32,
+    /// The claim's fence: only this attempt may write the row.
+    pub fence: i64,
+}
+
+/// What happens to a claimed task when its attempt ends.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Move to the next step, stored as JSON, due at `wakeup`.
+    Next { step: String, wakeup: Wakeup },
+    /// Finished: the row is deleted.
+    Finish,
+    /// Failed; retried after `delay`.
+    Retry { delay: Duration },
+    /// Failed for good; parked with its error until a person clears it.
+    Park { error: String },
+}
+
+/// The database operations a worker needs. One implementation per backend.
+#[async_trait]
+pub(crate) trait Store: Send + Sync + 'static {
+    /// The database's name, for messages.
+    fn database(&self) -> &'static str;
+
+    /// Claims up to `limit` ready tasks of the given kinds, oldest first, leasing
+    /// them to `owner` for `lease`; bumps `tried` and `fence` of each.
+    async fn claim(
+        &self,
+        limit: usize,
+        kinds: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error>;
+
+    /// Records the outcome of attempt `fence` of task `id`. Returns false when the
+    /// attempt was superseded (the lease expired and another claim happened).
+    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error>;
+
+    /// As [`complete`](Self::complete), inside the step's own transaction, which is
+    /// committed when the attempt still holds the task and rolled back otherwise.
+    async fn complete_in_tx(
+        &self,
+        tx: Box<dyn Any + Send>,
+        id: i64,
+        fence: i64,
+        outcome: &Outcome,
+    ) -> Result<bool, Error>;
+
+    /// Extends the leases of the given `(id, fence)` attempts; returns the ids
+    /// still held.
+    async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error>;
+
+    /// Gives back abandoned attempts: ready at once, and not counted as tried.
+    async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error>;
+
+    /// How long until the next task of these kinds is due, by the database clock.
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<Duration>, Error>;
+
+    /// Opens the stream of wakeups (new work, resumed tasks, stop requests).
+    async fn listen(&self) -> Result<Box<dyn Listener>, Error>;
+}
+
+/// A notification from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// Work may be ready.
+    Wake,
+    /// `pg_notify('jetpack', 'stop')`: every worker shuts down gracefully.
+    Stop,
+}
+
+#[async_trait]
+pub(crate) trait Listener: Send {
+    /// Waits for the next notice. An error means the connection dropped; the
+    /// caller backs off and calls again (the listener reconnects).
+    async fn recv(&mut self) -> Result<Notice, Error>;
+}
+
+/// Converts a wakeup into (delay in microseconds, absolute time) for binding.
+pub(crate) fn wakeup_binds(wakeup: &Wakeup) -> Result<(i64, Option<DateTime<Utc>>), Error> {
+    match *wakeup {
+        Wakeup::Now => Ok((0, None)),
+        Wakeup::Delay(d) => Ok((micros(d)?, None)),
+        Wakeup::At(at) => {
+            use chrono::Datelike;
+            if !(1..=9999).contains(&at.year()) {
+                return Err(Error::InvalidTime(format!(
+                    "{at} is outside the years 1 to 9999"
+                )));
+            }
+            Ok((0, Some(at)))
+        }
+    }
+}
+
+/// A duration in whole microseconds, as bound into SQL.
+pub(crate) fn micros(d: Duration) -> Result<i64, Error> {
+    // Anything beyond 10,000 years is certainly a mistake.
+    i64::try_from(d.as_micros())
+        .ok()
+        .filter(|&us| us < 100 * 365 * 24 * 3600 * 1_000_000 * 100)
+        .ok_or_else(|| Error::InvalidTime(format!("a delay of {d:?} is too long")))
+}
+
+/// The store for a pool of any supported database.
+pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::Arc<dyn Store> {
+    let pool: Box<dyn Any> = Box::new(pool);
+    #[cfg(feature = "postgres")]
+    let pool = match pool.downcast::<sqlx::PgPool>() {
+        Ok(pg) => return std::sync::Arc::new(postgres::PgStore::new(*pg)),
+        Err(other) => other,
+    };
+    // `Backend` is sealed and implemented only for the databases above.
+    drop(pool);
+    unreachable!("jetpack::Backend is implemented only for enabled databases")
+}

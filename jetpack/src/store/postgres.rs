@@ -1,0 +1,237 @@
+//! The PostgreSQL backend.
+
+use std::any::Any;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool, Postgres};
+use sqlx::Executor;
+
+use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
+use crate::Error;
+
+/// The channel Jetpack's triggers notify and its workers listen on.
+pub(crate) const CHANNEL: &str = "jetpack";
+
+const CLAIM: &str = "
+WITH ready AS (
+    SELECT id FROM jetpack_tasks
+    WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
+    ORDER BY wakeup_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jetpack_tasks t
+SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
+    wakeup_at = now() + $4 * interval '1 microsecond', updated_at = now()
+FROM ready
+WHERE t.id = ready.id
+RETURNING t.id, t.step::text, t.tried, t.fence";
+
+const NEXT: &str = "
+UPDATE jetpack_tasks
+SET step = $3::text::jsonb, tried = 0, locked_by = NULL, updated_at = now(),
+    wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond')
+WHERE id = $1 AND fence = $2";
+
+const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = $1 AND fence = $2";
+
+const RETRY: &str = "
+UPDATE jetpack_tasks
+SET locked_by = NULL, updated_at = now(), wakeup_at = now() + $3 * interval '1 microsecond'
+WHERE id = $1 AND fence = $2";
+
+const PARK: &str = "
+UPDATE jetpack_tasks
+SET error = $3, locked_by = NULL, updated_at = now(), wakeup_at = now()
+WHERE id = $1 AND fence = $2";
+
+const HEARTBEAT: &str = "
+UPDATE jetpack_tasks t
+SET wakeup_at = now() + $3 * interval '1 microsecond'
+FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
+WHERE t.id = h.id AND t.fence = h.fence
+RETURNING t.id";
+
+const RELEASE: &str = "
+UPDATE jetpack_tasks t
+SET locked_by = NULL, wakeup_at = now(), tried = greatest(t.tried - 1, 0), updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
+WHERE t.id = h.id AND t.fence = h.fence";
+
+const NEXT_DUE: &str = "
+SELECT extract(epoch FROM min(wakeup_at) - now())::float8
+FROM jetpack_tasks
+WHERE error IS NULL AND kind = ANY($1)";
+
+pub(crate) const INSERT: &str = "
+INSERT INTO jetpack_tasks (step, wakeup_at)
+VALUES ($1::text::jsonb, coalesce($3, now() + $2 * interval '1 microsecond'))
+RETURNING id";
+
+pub(crate) const INSERT_MANY: &str = "
+INSERT INTO jetpack_tasks (step)
+SELECT s::jsonb FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
+RETURNING id";
+
+pub(crate) struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        PgStore { pool }
+    }
+}
+
+/// Runs the statement that records `outcome` on any executor.
+async fn record<'e, E: Executor<'e, Database = Postgres>>(
+    db: E,
+    id: i64,
+    fence: i64,
+    outcome: &Outcome,
+) -> Result<bool, Error> {
+    let done = match outcome {
+        Outcome::Next { step, wakeup } => {
+            let (delay, at) = wakeup_binds(wakeup)?;
+            sqlx::query(NEXT)
+                .bind(id)
+                .bind(fence)
+                .bind(step)
+                .bind(delay)
+                .bind(at)
+                .execute(db)
+                .await?
+        }
+        Outcome::Finish => sqlx::query(FINISH).bind(id).bind(fence).execute(db).await?,
+        Outcome::Retry { delay } => {
+            sqlx::query(RETRY)
+                .bind(id)
+                .bind(fence)
+                .bind(micros(*delay)?)
+                .execute(db)
+                .await?
+        }
+        Outcome::Park { error } => {
+            sqlx::query(PARK)
+                .bind(id)
+                .bind(fence)
+                .bind(error)
+                .execute(db)
+                .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+fn split(held: &[(i64, i64)]) -> (Vec<i64>, Vec<i64>) {
+    held.iter().copied().unzip()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn database(&self) -> &'static str {
+        "PostgreSQL"
+    }
+
+    async fn claim(
+        &self,
+        limit: usize,
+        kinds: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let rows: Vec<(i64, String, i32, i64)> = sqlx::query_as(CLAIM)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(kinds)
+            .bind(owner)
+            .bind(micros(lease)?)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, step, tried, fence)| Claimed {
+                id,
+                step,
+                tried,
+                fence,
+            })
+            .collect())
+    }
+
+    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error> {
+        record(&self.pool, id, fence, outcome).await
+    }
+
+    async fn complete_in_tx(
+        &self,
+        tx: Box<dyn Any + Send>,
+        id: i64,
+        fence: i64,
+        outcome: &Outcome,
+    ) -> Result<bool, Error> {
+        let mut tx = tx
+            .downcast::<sqlx::Transaction<'static, Postgres>>()
+            .map_err(|_| Error::WrongDatabase {
+                actual: "PostgreSQL",
+                requested: "another database",
+            })?;
+        if record(&mut **tx, id, fence, outcome).await? {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
+        let (ids, fences) = split(held);
+        Ok(sqlx::query_scalar(HEARTBEAT)
+            .bind(ids)
+            .bind(fences)
+            .bind(micros(lease)?)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error> {
+        let (ids, fences) = split(held);
+        sqlx::query(RELEASE)
+            .bind(ids)
+            .bind(fences)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<Duration>, Error> {
+        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE)
+            .bind(kinds)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
+    }
+
+    async fn listen(&self) -> Result<Box<dyn Listener>, Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Box::new(PgNotices { listener }))
+    }
+}
+
+struct PgNotices {
+    listener: PgListener,
+}
+
+#[async_trait]
+impl Listener for PgNotices {
+    async fn recv(&mut self) -> Result<Notice, Error> {
+        // `None` means the connection dropped and notifications may have been
+        // lost meanwhile: report a wakeup so the worker looks for work.
+        Ok(match self.listener.try_recv().await? {
+            Some(n) if n.payload() == "stop" => Notice::Stop,
+            _ => Notice::Wake,
+        })
+    }
+}

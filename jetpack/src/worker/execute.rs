@@ -1,0 +1,188 @@
+//! Runs one attempt of one step and records its outcome.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{field, Instrument};
+
+use super::{lock, Backoff, Runtime};
+use crate::machine::Scheduler;
+use crate::step::{Context, Wakeup};
+use crate::store::{Claimed, Outcome};
+use crate::StepError;
+
+/// The longest error text kept on a row.
+const MAX_ERROR_LEN: usize = 16 * 1024;
+
+pub(super) async fn run<T: Scheduler>(
+    rt: Arc<Runtime>,
+    task: Claimed,
+    _slot: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!(
+        "step",
+        task_id = task.id,
+        attempt = task.tried,
+        machine = field::Empty,
+        step = field::Empty,
+    );
+    async {
+        let (outcome, tx) = attempt::<T>(&rt, &task).await;
+        record(&rt, &task, outcome, tx).await;
+    }
+    .instrument(span)
+    .await;
+    lock(&rt.in_flight).remove(&task.id);
+}
+
+/// Decodes and runs the step; returns what should happen to the task and the
+/// step's transaction, if it opened one.
+async fn attempt<T: Scheduler>(
+    rt: &Runtime,
+    task: &Claimed,
+) -> (Outcome, Option<Box<dyn Any + Send>>) {
+    let value: T = match serde_json::from_str(&task.step) {
+        Ok(value) => value,
+        Err(e) => {
+            let error = format!("cannot decode the step JSON: {e}");
+            tracing::error!(%error, "parking task");
+            return (Outcome::Park { error }, None);
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("machine", value.machine_name());
+    span.record("step", value.step_name());
+    let policy = value.policy();
+    let attempts = policy.limit.saturating_add(1);
+    if task.tried > attempts {
+        let error = format!(
+            "attempt {} of at most {attempts} never finished: its worker stopped or lost \
+             its lease while running it (a crash counts as a failed attempt)",
+            task.tried - 1
+        );
+        tracing::error!(%error, "parking task");
+        return (Outcome::Park { error }, None);
+    }
+
+    let cx = Context::new(task.id, task.tried, &rt.shared);
+    let run = AssertUnwindSafe(value.run(&cx)).catch_unwind();
+    let result = match policy.timeout {
+        None => run.await,
+        Some(limit) => tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+            Ok(Err(StepError::from(format!(
+                "the step timed out after {limit:?}"
+            ))))
+        }),
+    };
+    let tx = cx.take_tx();
+    let error = match result {
+        Ok(Ok(None)) => {
+            tracing::debug!("task finished");
+            return (Outcome::Finish, tx);
+        }
+        Ok(Ok(Some((next, wakeup)))) => match serde_json::to_string(&next) {
+            Ok(step) => {
+                tracing::debug!(next = next.step_name(), ?wakeup, "step done");
+                return (Outcome::Next { step, wakeup }, tx);
+            }
+            Err(e) => StepError::permanent(format!("cannot serialize the next step: {e}")),
+        },
+        Ok(Err(error)) => error,
+        Err(panic) => StepError::from(format!("the step panicked: {}", panic_message(&*panic))),
+    };
+    // A failed step's transaction rolls back as it is dropped here.
+    drop(tx);
+    let text = truncate(error.chain());
+    if error.is_permanent() || task.tried >= attempts {
+        tracing::error!(error = %text, tried = task.tried, "step failed; parking task");
+        (Outcome::Park { error: text }, None)
+    } else {
+        let delay = policy.delay_after(task.tried);
+        tracing::warn!(error = %text, retry_in = ?delay, "step failed; will retry");
+        (Outcome::Retry { delay }, None)
+    }
+}
+
+/// Writes the outcome, retrying while the database is unreachable for as long as
+/// the lease lasts; after that the lease expires and another worker reruns the step.
+async fn record(
+    rt: &Runtime,
+    task: &Claimed,
+    mut outcome: Outcome,
+    mut tx: Option<Box<dyn Any + Send>>,
+) {
+    let mut backoff = Backoff::default();
+    let mut waited = Duration::ZERO;
+    loop {
+        let in_tx = tx.is_some();
+        let result = match tx.take() {
+            Some(tx) => {
+                rt.store
+                    .complete_in_tx(tx, task.id, task.fence, &outcome)
+                    .await
+            }
+            None => rt.store.complete(task.id, task.fence, &outcome).await,
+        };
+        let error = match result {
+            Ok(true) => {
+                // A step due soon may be this worker's next job: look for it.
+                if matches!(
+                    outcome,
+                    Outcome::Retry { .. }
+                        | Outcome::Next {
+                            wakeup: Wakeup::Now | Wakeup::Delay(_),
+                            ..
+                        }
+                ) {
+                    rt.wake.notify_one();
+                }
+                return;
+            }
+            Ok(false) => {
+                tracing::warn!("the lease was lost before the outcome was recorded: another attempt owns the task now");
+                return;
+            }
+            Err(e) => e,
+        };
+        if in_tx {
+            // The step's transaction did not commit, so its writes are gone: the
+            // attempt failed and the step must run again, not move on.
+            outcome = Outcome::Retry {
+                delay: Duration::ZERO,
+            };
+        }
+        let pause = backoff.next();
+        waited += pause;
+        if waited > rt.config.lease {
+            tracing::error!(%error, "recording the outcome failed; the lease will expire and the step rerun");
+            return;
+        }
+        tracing::warn!(%error, retry_in = ?pause, "recording the outcome failed");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+fn truncate(mut text: String) -> String {
+    text.retain(|c| c != '\0');
+    if text.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(" [truncated]");
+    }
+    text
+}

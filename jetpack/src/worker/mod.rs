@@ -1,0 +1,376 @@
+//! The worker: claims ready tasks, runs their steps, records what came of them.
+//!
+//! Its parts, each with one job: the fetch loop in [`Worker::run`] claims batches
+//! sized to the free slots; [`execute`] runs one attempt (timeouts and panics
+//! become failures) and records its outcome; [`heartbeat`] keeps the leases of
+//! running steps alive; [`notify`] turns database notifications into wakeups.
+
+mod execute;
+mod heartbeat;
+mod notify;
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::enqueue::Backend;
+use crate::machine::Scheduler;
+use crate::step::{Shared, StateMap};
+use crate::store::Store;
+use crate::Error;
+
+/// Settings of a worker; see the [`WorkerBuilder`] methods.
+#[derive(Debug, Clone)]
+struct Config {
+    concurrency: usize,
+    batch_size: usize,
+    lease: Duration,
+    poll_interval: Duration,
+    shutdown_timeout: Duration,
+    name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            concurrency: 16,
+            batch_size: 16,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(30),
+            name: format!("worker-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+        }
+    }
+}
+
+/// The attempts this worker holds, by task id, with their fences.
+type InFlight = Arc<Mutex<HashMap<i64, i64>>>;
+
+/// What the worker's parts share.
+struct Runtime {
+    store: Arc<dyn Store>,
+    shared: Shared,
+    config: Config,
+    kinds: Vec<String>,
+    in_flight: InFlight,
+    wake: Notify,
+}
+
+impl Runtime {
+    fn held(&self) -> Vec<(i64, i64)> {
+        lock(&self.in_flight)
+            .iter()
+            .map(|(&id, &fence)| (id, fence))
+            .collect()
+    }
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the map
+/// of held attempts stays valid whatever a step did).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the steps of the machines in scheduler `T`.
+///
+/// Any number of workers, in any number of processes, can share one database:
+/// each task is claimed by one of them at a time, under a lease.
+///
+/// ```no_run
+/// # jetpack::task!(Greeter { Hello });
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Hello;
+/// # #[jetpack::async_trait] impl jetpack::Step<Greeter> for Hello {
+/// #     async fn step(self, _: &jetpack::Context<'_>) -> jetpack::StepResult<Self> { jetpack::NextStep::none() } }
+/// jetpack::scheduler!(Tasks { Greeter });
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// let worker = jetpack::Worker::<Tasks>::builder(pool).concurrency(32).build()?;
+/// let stop = worker.shutdown_token();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stop.cancel();
+/// });
+/// worker.run().await?;
+/// # Ok(()) }
+/// ```
+pub struct Worker<T: Scheduler> {
+    rt: Arc<Runtime>,
+    _tasks: PhantomData<fn() -> T>,
+}
+
+impl<T: Scheduler> Worker<T> {
+    /// A worker with default settings on `pool`.
+    pub fn new<DB: Backend>(pool: sqlx::Pool<DB>) -> Self {
+        WorkerBuilder::new(pool).finish()
+    }
+
+    /// A worker with settings of your choice.
+    pub fn builder<DB: Backend>(pool: sqlx::Pool<DB>) -> WorkerBuilder<T> {
+        WorkerBuilder::new(pool)
+    }
+
+    /// Cancelling this token shuts the worker down gracefully: it claims nothing
+    /// more, lets running steps finish within the shutdown timeout, and releases
+    /// the leases of those that do not. `SELECT pg_notify('jetpack', 'stop')`
+    /// does the same for every worker on the database.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.rt.shared.shutdown.clone()
+    }
+
+    /// The name this worker writes into `locked_by` of the tasks it runs.
+    pub fn name(&self) -> &str {
+        &self.rt.config.name
+    }
+
+    /// Runs until shut down. Database errors never end it: it logs them, backs
+    /// off and carries on.
+    pub async fn run(self) -> Result<(), Error> {
+        let rt = self.rt;
+        let stop = rt.shared.shutdown.clone();
+        let mut helpers = JoinSet::new();
+        helpers.spawn(notify::run(rt.clone()));
+        helpers.spawn(heartbeat::run(rt.clone()));
+
+        let slots = Arc::new(Semaphore::new(rt.config.concurrency));
+        let mut steps = JoinSet::new();
+        let mut backoff = Backoff::default();
+        tracing::info!(worker = %rt.config.name, concurrency = rt.config.concurrency, "worker started");
+
+        while !stop.is_cancelled() {
+            while steps.try_join_next().is_some() {}
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = steps.join_next() => continue,
+                }
+            }
+            let limit = free.min(rt.config.batch_size);
+            let claimed = match rt
+                .store
+                .claim(limit, &rt.kinds, &rt.config.name, rt.config.lease)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    let pause = backoff.next();
+                    tracing::warn!(error = %e, retry_in = ?pause, "claiming tasks failed");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            let full_batch = claimed.len() == limit;
+            for task in claimed {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    // Unreachable: only this loop takes permits and it claimed no
+                    // more than were free. Give the task back rather than lose it.
+                    rt.release(&[(task.id, task.fence)]).await;
+                    continue;
+                };
+                lock(&rt.in_flight).insert(task.id, task.fence);
+                steps.spawn(execute::run::<T>(rt.clone(), task, permit));
+            }
+            if full_batch {
+                continue;
+            }
+            let nap = match rt.store.next_due(&rt.kinds).await {
+                Ok(Some(due)) => due.min(rt.config.poll_interval),
+                Ok(None) => rt.config.poll_interval,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking for the next due task failed");
+                    backoff.next()
+                }
+            };
+            if nap.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = rt.wake.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+        }
+
+        while steps.try_join_next().is_some() {}
+        let running = steps.len();
+        if running > 0 {
+            tracing::info!(running, timeout = ?rt.config.shutdown_timeout, "shutting down: waiting for running steps");
+        }
+        let drained = tokio::time::timeout(rt.config.shutdown_timeout, async {
+            while steps.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            steps.abort_all();
+            while steps.join_next().await.is_some() {}
+            let abandoned = rt.held();
+            tracing::warn!(
+                abandoned = abandoned.len(),
+                "shutdown timeout passed: releasing the leases of unfinished steps"
+            );
+            rt.release(&abandoned).await;
+        }
+        helpers.abort_all();
+        tracing::info!(worker = %rt.config.name, "worker stopped");
+        Ok(())
+    }
+}
+
+impl Runtime {
+    /// Gives leases back, logging (not failing) when the database is unreachable:
+    /// the leases then simply expire.
+    async fn release(&self, held: &[(i64, i64)]) {
+        if held.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.release(held).await {
+            tracing::warn!(error = %e, "releasing leases failed; they will expire instead");
+        }
+        let mut map = lock(&self.in_flight);
+        for (id, _) in held {
+            map.remove(id);
+        }
+    }
+}
+
+/// Builds a [`Worker`]; every setting has a default that suits most uses.
+pub struct WorkerBuilder<T: Scheduler> {
+    store: Arc<dyn Store>,
+    pool: Box<dyn std::any::Any + Send + Sync>,
+    database: &'static str,
+    state: StateMap,
+    config: Config,
+    shutdown: CancellationToken,
+    _tasks: PhantomData<fn() -> T>,
+}
+
+impl<T: Scheduler> WorkerBuilder<T> {
+    fn new<DB: Backend>(pool: sqlx::Pool<DB>) -> Self {
+        let store = crate::store::for_pool(pool.clone());
+        WorkerBuilder {
+            database: store.database(),
+            store,
+            pool: Box::new(pool),
+            state: StateMap::default(),
+            config: Config::default(),
+            shutdown: CancellationToken::new(),
+            _tasks: PhantomData,
+        }
+    }
+
+    /// How many steps run at once (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// The most tasks claimed by one query (default 16).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.config.batch_size = n;
+        self
+    }
+
+    /// How long a claim is valid without a heartbeat (default 30 s). A worker
+    /// that dies loses its tasks to other workers after this long; a live one
+    /// renews the lease every third of it.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// How often to look for work when no notification arrives (default 2 s):
+    /// the fallback if a notification is lost.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval;
+        self
+    }
+
+    /// How long a shutdown waits for running steps before releasing them
+    /// (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The worker's name in `locked_by` (default `worker-<pid>-<random>`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = name.into();
+        self
+    }
+
+    /// Shared state for steps, read with [`Context::state`](crate::Context::state);
+    /// one value per type.
+    pub fn state<S: Send + Sync + 'static>(mut self, value: S) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Use this token for shutdown instead of a new one (for example one shared
+    /// by the whole application).
+    pub fn shutdown_token(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
+    /// Checks the settings and builds the worker.
+    pub fn build(self) -> Result<Worker<T>, Error> {
+        let c = &self.config;
+        if c.concurrency == 0 || c.batch_size == 0 {
+            return Err(Error::Config(
+                "concurrency and batch_size must be at least 1".into(),
+            ));
+        }
+        if c.lease < Duration::from_millis(300) {
+            return Err(Error::Config(format!(
+                "a lease of {:?} is too short: use 300 ms or more",
+                c.lease
+            )));
+        }
+        if c.poll_interval.is_zero() {
+            return Err(Error::Config("poll_interval must be above zero".into()));
+        }
+        Ok(self.finish())
+    }
+
+    fn finish(self) -> Worker<T> {
+        Worker {
+            rt: Arc::new(Runtime {
+                store: self.store,
+                shared: Shared {
+                    state: self.state,
+                    pool: self.pool,
+                    database: self.database,
+                    shutdown: self.shutdown,
+                },
+                config: self.config,
+                kinds: T::kinds(),
+                in_flight: InFlight::default(),
+                wake: Notify::new(),
+            }),
+            _tasks: PhantomData,
+        }
+    }
+}
+
+/// Exponential backoff for database errors: 100 ms doubling up to 5 s.
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = Duration::from_millis(100 << self.0.min(6)).min(Duration::from_secs(5));
+        self.0 = self.0.saturating_add(1);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
