@@ -102,15 +102,15 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (name, admin_url, pool) =
-            (self.name.clone(), self.admin_url.clone(), self.pool.clone());
-        // Drop may run inside a runtime (or while unwinding): use a thread of its own.
+        let (name, admin_url) = (self.name.clone(), self.admin_url.clone());
+        // Drop may run inside a runtime (or while unwinding): use a thread of its
+        // own. The pool's connections belong to the test's runtime, which this
+        // blocks, so they are not closed politely: FORCE ends them.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                pool.close().await;
                 let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
