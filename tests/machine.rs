@@ -23,7 +23,9 @@ enum Greeter {
 #[jetpack::async_trait]
 impl Step<Greeter> for ReadName {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
-        NextStep::now(SayHello { name: self.filename })
+        NextStep::now(SayHello {
+            name: self.filename,
+        })
     }
 }
 #[jetpack::async_trait]
@@ -91,7 +93,13 @@ fn graph_lists_steps_edges_initial_and_terminal() {
     let p = Payment::graph();
     assert_eq!(
         p.edges(),
-        [("Poll", "Poll"), ("Poll", "Charge"), ("Poll", "Refund"), ("Charge", "Done"), ("Charge", "Poll")]
+        [
+            ("Poll", "Poll"),
+            ("Poll", "Charge"),
+            ("Poll", "Refund"),
+            ("Charge", "Done"),
+            ("Charge", "Poll")
+        ]
     );
     assert_eq!(p.initial(), ["Poll"]);
     assert_eq!(p.terminal(), ["Refund", "Done"]);
@@ -117,10 +125,16 @@ fn stored_json_is_the_readable_form() {
     assert_eq!(json, r#"{"Greeter":{"ReadName":{"filename":"name.txt"}}}"#);
 
     let machine = Greeter::SayHello(SayHello { name: "Ann".into() });
-    assert_eq!(machine.into_step_json().unwrap(), r#"{"Greeter":{"SayHello":{"name":"Ann"}}}"#);
+    assert_eq!(
+        machine.into_step_json().unwrap(),
+        r#"{"Greeter":{"SayHello":{"name":"Ann"}}}"#
+    );
 
     // A unit step and the scheduler enum use the same form.
-    assert_eq!(Done.into_step_json().unwrap(), r#"{"Payment":{"Done":null}}"#);
+    assert_eq!(
+        Done.into_step_json().unwrap(),
+        r#"{"Payment":{"Done":null}}"#
+    );
     let tasks: Tasks = serde_json::from_str(&json).unwrap();
     assert_eq!(tasks.machine_name(), "Greeter");
     assert_eq!(tasks.step_name(), "ReadName");
@@ -130,8 +144,18 @@ fn stored_json_is_the_readable_form() {
 #[test]
 fn scheduler_knows_every_kind() {
     let kinds = Tasks::kinds();
-    for kind in ["", "Greeter.", "Greeter.ReadName", "Greeter.SayHello", "Payment.", "Payment.Refund"] {
-        assert!(kinds.iter().any(|k| k == kind), "{kind} missing from {kinds:?}");
+    for kind in [
+        "",
+        "Greeter.",
+        "Greeter.ReadName",
+        "Greeter.SayHello",
+        "Payment.",
+        "Payment.Refund",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
     }
     assert_eq!(Tasks::graphs().len(), 2);
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
-use crate::machine::{Follows, Machine, MemberOf, StepOf};
+use crate::machine::{BoxFuture, Follows, Machine, MemberOf, StepOf};
 use crate::Error;
 
 /// One state of a task, and the code that moves it on.
@@ -290,8 +290,32 @@ pub struct Context<'a> {
     tx: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
-/// The step's transaction, from [`Context::tx`]. Use `&mut **tx` as an executor.
-pub type Tx<'a, DB> = MappedMutexGuard<'a, sqlx::Transaction<'static, DB>>;
+/// The step's transaction, from [`Context::tx`]: a `sqlx::Transaction`, so
+/// `&mut **tx` is an executor.
+pub struct Tx<'a, DB: sqlx::Database> {
+    slot: MutexGuard<'a, Option<Box<dyn Any + Send>>>,
+    _db: PhantomData<fn() -> DB>,
+}
+
+impl<DB: sqlx::Database> std::ops::Deref for Tx<'_, DB> {
+    type Target = sqlx::Transaction<'static, DB>;
+
+    fn deref(&self) -> &Self::Target {
+        match self.slot.as_ref().and_then(|tx| tx.downcast_ref()) {
+            Some(tx) => tx,
+            None => unreachable!("Context::tx checked the transaction's type"),
+        }
+    }
+}
+
+impl<DB: sqlx::Database> std::ops::DerefMut for Tx<'_, DB> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self.slot.as_mut().and_then(|tx| tx.downcast_mut()) {
+            Some(tx) => tx,
+            None => unreachable!("Context::tx checked the transaction's type"),
+        }
+    }
+}
 
 impl<'a> Context<'a> {
     pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared) -> Self {
@@ -346,19 +370,27 @@ impl<'a> Context<'a> {
     /// sqlx::query("INSERT INTO ledger (amount) VALUES (1)").execute(&mut **tx).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn tx<DB: sqlx::Database>(&self) -> Result<Tx<'_, DB>, Error> {
-        let mut slot = self.tx.lock().await;
-        if slot.is_none() {
-            let tx = self.pool::<DB>()?.begin().await?;
-            *slot = Some(Box::new(tx));
-        }
-        MutexGuard::try_map(slot, |slot| {
-            slot.as_mut()
-                .and_then(|tx| tx.downcast_mut::<sqlx::Transaction<'static, DB>>())
-        })
-        .map_err(|_| Error::WrongDatabase {
-            actual: self.shared.database,
-            requested: DB::NAME,
+    pub fn tx<DB: sqlx::Database>(&self) -> BoxFuture<'_, Result<Tx<'_, DB>, Error>> {
+        // Boxed so the future is provably `Send` for every caller's lifetimes.
+        Box::pin(async move {
+            let mut slot = self.tx.lock().await;
+            if slot.is_none() {
+                let tx = self.pool::<DB>()?.begin().await?;
+                *slot = Some(Box::new(tx));
+            }
+            match slot
+                .as_ref()
+                .map(|tx| tx.is::<sqlx::Transaction<'static, DB>>())
+            {
+                Some(true) => Ok(Tx {
+                    slot,
+                    _db: PhantomData,
+                }),
+                _ => Err(Error::WrongDatabase {
+                    actual: self.shared.database,
+                    requested: DB::NAME,
+                }),
+            }
         })
     }
 

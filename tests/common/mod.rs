@@ -22,12 +22,13 @@ pub struct Row {
 }
 
 pub async fn row(pool: &PgPool, id: i64) -> Option<Row> {
-    let row: Option<(String, i32, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT step::text, tried, error, locked_by FROM jetpack_tasks WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .expect("read task row");
+    let row: Option<(String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT step::text, tried, error, locked_by FROM jetpack_tasks WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .expect("read task row");
     row.map(|(step, tried, error, locked_by)| Row {
         step,
         tried,
@@ -38,17 +39,20 @@ pub async fn row(pool: &PgPool, id: i64) -> Option<Row> {
 
 /// Waits until task `id` is parked (has an error) and returns its row.
 pub async fn parked(pool: &PgPool, id: i64) -> Row {
-    wait_for(DEADLINE, || async { Ok(row(pool, id).await.filter(|r| r.error.is_some())) })
-        .await
-        .unwrap_or_else(|e| panic!("task {id} did not park: {e}"))
+    wait_for(DEADLINE, || async {
+        Ok(row(pool, id).await.filter(|r| r.error.is_some()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("task {id} did not park: {e}"))
 }
-
 
 /// Waits until task `id` has finished (its row is gone).
 pub async fn finished(pool: &PgPool, id: i64) {
-    wait_for(DEADLINE, || async { Ok(row(pool, id).await.is_none().then_some(())) })
-        .await
-        .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
+    wait_for(DEADLINE, || async {
+        Ok(row(pool, id).await.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
 }
 
 /// A running worker and the means to stop it.

@@ -48,7 +48,9 @@ async fn attempt<T: Scheduler>(
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
         Err(e) => {
-            let error = format!("cannot decode the step JSON: {e}");
+            let error = format!(
+                "cannot decode the step JSON: {e} (a step is stored as {{\"Machine\":{{\"Step\":{{..fields..}}}}}})"
+            );
             tracing::error!(%error, "parking task");
             return (Outcome::Park { error }, None);
         }
