@@ -41,20 +41,20 @@ pub fn machine(m: &Machine) -> TokenStream {
     let per_step = m.steps.iter().map(|s| {
         let (v, ty) = (s.variant, s.ty);
         let name = v.to_string();
-        let follows = s.next.iter().map(|n| {
-            // `valid` checked that every successor names a variant.
-            let next_ty = m
-                .steps
-                .iter()
-                .find(|t| t.variant == n)
-                .map(|t| t.ty)
-                .unwrap_or(ty);
-            quote!(impl #p::Follows<#ty, #machine> for #next_ty {})
-        });
+        // `valid` checked that every successor names a variant.
+        let next_tys: Vec<_> = s
+            .next
+            .iter()
+            .filter_map(|n| m.steps.iter().find(|t| t.variant == n).map(|t| t.ty))
+            .collect();
+        let follows = next_tys
+            .iter()
+            .map(|next_ty| quote!(impl #p::Follows<#ty, #machine, (#(#next_tys,)*)> for #next_ty {}));
         quote! {
             impl #p::StepOf for #ty {
                 type Machine = #machine;
                 const NAME: &'static str = #name;
+                type Successors = (#(#next_tys,)*);
             }
             impl #p::MemberOf<#machine> for #ty {}
             impl ::std::convert::From<#ty> for #machine {

@@ -37,11 +37,19 @@ pub trait Machine: Serialize + DeserializeOwned + Send + Sync + 'static {
 }
 
 /// The one machine a step type belongs to. Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step of any machine",
+    label = "not a step of any machine",
+    note = "add a variant `{Self}({Self})` to the machine enum that runs it (`#[derive(Machine)]` or `task!`)"
+)]
 pub trait StepOf: Sized + Send + 'static {
     /// The machine enum that holds this step.
     type Machine: Machine + From<Self>;
     /// The step's name in that machine (its variant name).
     const NAME: &'static str;
+    /// The steps that may follow it, as a tuple: `(SayHello,)`, or `()` for a
+    /// terminal step. Named in compile errors about undeclared transitions.
+    type Successors;
 }
 
 /// Marks `Self` as a step of machine `M`. Implemented by `#[derive(Machine)]`.
@@ -53,13 +61,26 @@ pub trait StepOf: Sized + Send + 'static {
 pub trait MemberOf<M> {}
 
 /// `Self` is a declared successor of step `From` in machine `M`: the
-/// `#[next(..)]` list of `From` names it. Implemented by `#[derive(Machine)]`.
+/// `#[next(..)]` list of `From` names it. `Allowed` is the tuple of all of
+/// `From`'s successors, for the error message. Implemented by `#[derive(Machine)]`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` is not a declared successor of `{From}` in machine `{M}`",
+    message = "`{Self}` is not a declared successor of `{From}` in machine `{M}`; the successors of `{From}` are `{Allowed}`",
     label = "`{From}` may not be followed by `{Self}`",
     note = "a step may only return the steps listed in `#[next(..)]` on its variant of `{M}`; a step without `#[next]` is terminal and can only return `NextStep::none()`"
 )]
-pub trait Follows<From, M>: Into<M> {}
+pub trait Follows<From, M, Allowed>: Into<M> {}
+
+/// Never steps: these two impls only make `Follows` ambiguous until the compiler
+/// knows which step is returning (from the return type), so that an undeclared
+/// transition is reported against that step instead of being inferred from the
+/// one impl that exists.
+#[doc(hidden)]
+pub enum InferFromReturnType {}
+#[doc(hidden)]
+pub enum InferFromReturnTypeToo {}
+
+impl<N: Into<M>, M, A> Follows<InferFromReturnType, M, A> for N {}
+impl<N: Into<M>, M, A> Follows<InferFromReturnTypeToo, M, A> for N {}
 
 /// A value that can be stored as a task: a step, a machine or a scheduler enum.
 pub trait IntoTask {

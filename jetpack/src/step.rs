@@ -113,18 +113,24 @@ impl<S: StepOf> NextStep<S> {
     }
 
     /// Moves the task to `next`, to run right away.
-    pub fn now<N: Follows<S, S::Machine>>(next: N) -> StepResult<S> {
+    pub fn now<N: Follows<S, S::Machine, S::Successors>>(next: N) -> StepResult<S> {
         Self::new(Some((next.into(), Wakeup::Now)))
     }
 
     /// Moves the task to `next`, to run after `delay`. The task is stored, not
     /// slept on: a crash or shutdown meanwhile loses nothing.
-    pub fn delay<N: Follows<S, S::Machine>>(next: N, delay: Duration) -> StepResult<S> {
+    pub fn delay<N: Follows<S, S::Machine, S::Successors>>(
+        next: N,
+        delay: Duration,
+    ) -> StepResult<S> {
         Self::new(Some((next.into(), Wakeup::Delay(delay))))
     }
 
     /// Moves the task to `next`, to run at `at`.
-    pub fn at<N: Follows<S, S::Machine>>(next: N, at: DateTime<Utc>) -> StepResult<S> {
+    pub fn at<N: Follows<S, S::Machine, S::Successors>>(
+        next: N,
+        at: DateTime<Utc>,
+    ) -> StepResult<S> {
         Self::new(Some((next.into(), Wakeup::At(at))))
     }
 
