@@ -18,7 +18,7 @@ fn combine(errors: impl IntoIterator<Item = syn::Error>) -> syn::Result<()> {
 }
 
 pub fn machine(m: &Machine) -> syn::Result<()> {
-    let mut errors: Vec<syn::Error> = m.errors.iter().cloned().collect();
+    let mut errors: Vec<syn::Error> = m.errors.to_vec();
     if m.steps.is_empty() && errors.is_empty() {
         errors.push(syn::Error::new_spanned(
             m.ident,

@@ -1,0 +1,120 @@
+//! A worker process: what you deploy. It runs until SIGINT/SIGTERM (or
+//! `SELECT pg_notify('jetpack', 'stop')`), then stops gracefully: no new step
+//! starts, running steps finish within the shutdown timeout, unfinished ones
+//! are released for another worker.
+//!
+//! ```text
+//! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N]
+//! ```
+//! `--enqueue N` first enqueues N three-step orders in one statement;
+//! `--until-empty` stops once no task is left (used by CI).
+
+use std::time::Duration;
+
+use jetpack::{sqlx, Context, NextStep, Step, StepResult, Worker};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reserve {
+    order: u64,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Charge {
+    order: u64,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Ship {
+    order: u64,
+}
+
+jetpack::task!(Order { Reserve => [Charge], Charge => [Ship], Ship });
+
+#[jetpack::async_trait]
+impl Step<Order> for Reserve {
+    async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+        NextStep::now(Charge { order: self.order })
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Order> for Charge {
+    const RETRY_LIMIT: i32 = 3;
+    async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+        NextStep::now(Ship { order: self.order })
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Order> for Ship {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        tracing::info!(order = self.order, task = cx.task_id(), "shipped");
+        NextStep::none()
+    }
+}
+
+jetpack::scheduler!(Tasks { Order });
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name);
+    let value = |name: &str| flag(name).and_then(|i| args.get(i + 1)).map(|v| v.parse::<u64>());
+
+    let pool = jetpack_suite::connect().await?;
+    jetpack::migrate(&pool).await?;
+    if let Some(n) = value("--enqueue").transpose()? {
+        let ids = jetpack::enqueue_many(&pool, (0..n).map(|order| Reserve { order })).await?;
+        tracing::info!(count = ids.len(), "enqueued orders");
+    }
+
+    let concurrency = value("--concurrency").transpose()?.unwrap_or(16) as usize;
+    let worker = Worker::<Tasks>::builder(pool.clone()).concurrency(concurrency).build()?;
+    let stop = worker.shutdown_token();
+    tokio::spawn(stop_on_signal(stop.clone()));
+    if flag("--until-empty").is_some() {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let left: Result<i64, _> =
+                    sqlx::query_scalar("SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'")
+                        .fetch_one(&pool)
+                        .await;
+                if matches!(left, Ok(0)) {
+                    stop.cancel();
+                    return;
+                }
+            }
+        });
+    }
+    worker.run().await?;
+    Ok(())
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+async fn stop_on_signal(stop: jetpack::CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("signal received: stopping gracefully");
+    stop.cancel();
+}
