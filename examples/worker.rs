@@ -61,7 +61,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name);
-    let value = |name: &str| flag(name).and_then(|i| args.get(i + 1)).map(|v| v.parse::<u64>());
+    let value = |name: &str| {
+        flag(name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.parse::<u64>())
+    };
 
     let pool = jetpack_suite::connect().await?;
     jetpack::migrate(&pool).await?;
@@ -71,7 +75,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let concurrency = value("--concurrency").transpose()?.unwrap_or(16) as usize;
-    let worker = Worker::<Tasks>::builder(pool.clone()).concurrency(concurrency).build()?;
+    let worker = Worker::<Tasks>::builder(pool.clone())
+        .concurrency(concurrency)
+        .build()?;
     let stop = worker.shutdown_token();
     tokio::spawn(stop_on_signal(stop.clone()));
     if flag("--until-empty").is_some() {
@@ -80,10 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let left: Result<i64, _> =
-                    sqlx::query_scalar("SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'")
-                        .fetch_one(&pool)
-                        .await;
+                let left: Result<i64, _> = sqlx::query_scalar(
+                    "SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'",
+                )
+                .fetch_one(&pool)
+                .await;
                 if matches!(left, Ok(0)) {
                     stop.cancel();
                     return;
