@@ -1,7 +1,5 @@
 //! The one error type of the runtime.
 
-use std::time::Duration;
-
 /// What went wrong in a Jetpack call. Step failures are not here: they are
 /// [`StepError`](crate::StepError)s, recorded on the task's row.
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +40,4 @@ pub enum Error {
     /// A worker setting is out of range.
     #[error("invalid worker setting: {0}")]
     Config(String),
-
-    /// The worker did not finish its running steps within the shutdown timeout.
-    #[error("{abandoned} step(s) were still running after the shutdown timeout of {timeout:?}; their leases were released")]
-    ShutdownTimeout {
-        /// How many steps were abandoned.
-        abandoned: usize,
-        /// The timeout that passed.
-        timeout: Duration,
-    },
 }
