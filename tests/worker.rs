@@ -609,11 +609,7 @@ async fn a_stale_attempt_cannot_overwrite_the_newer_one() {
     let pool = &db.pool;
     let w = worker(pool);
     let id = jetpack::enqueue(pool, Gate).await.unwrap();
-    common::wait_for(DEADLINE, || async {
-        Ok((!runs(pool, id).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::started(pool, id).await;
     // Another claim happens meanwhile (as after an expired lease): the fence moves.
     sqlx::query("UPDATE jetpack_tasks SET fence = fence + 1, locked_by = 'other' WHERE id = $1")
         .bind(id)
@@ -647,11 +643,7 @@ async fn an_expired_lease_is_taken_over_and_the_crash_counts_as_an_attempt() {
     let id = jetpack::enqueue(pool, Hang { until_attempt: 2 })
         .await
         .unwrap();
-    common::wait_for(DEADLINE, || async {
-        Ok((!runs(pool, id).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::started(pool, id).await;
     a.handle.abort();
     let _ = a.handle.await;
 
@@ -717,11 +709,7 @@ async fn the_heartbeat_keeps_a_long_step_leased() {
     common::finished(pool, id).await;
     common::finished(pool, long).await;
     let hang = jetpack::enqueue(pool, Gate).await.unwrap();
-    common::wait_for(DEADLINE, || async {
-        Ok((!runs(pool, hang).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::started(pool, hang).await;
     tokio::time::sleep(lease * 6).await;
     let row = common::row(pool, hang).await.unwrap();
     assert_eq!(
@@ -741,11 +729,7 @@ async fn graceful_shutdown_lets_running_steps_finish_and_starts_nothing_new() {
     let pool = &db.pool;
     let w = worker(pool);
     let id = jetpack::enqueue(pool, Slow { ms: 50 }).await.unwrap();
-    common::wait_for(DEADLINE, || async {
-        Ok((!runs(pool, id).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::started(pool, id).await;
     w.shutdown().await;
     // Slow finished (within its timeout) and moved on; Finish did not start.
     let row = common::row(pool, id).await;
@@ -773,11 +757,7 @@ async fn shutdown_timeout_releases_the_leases_of_unfinished_steps() {
     let id = jetpack::enqueue(pool, Hang { until_attempt: 2 })
         .await
         .unwrap();
-    common::wait_for(DEADLINE, || async {
-        Ok((!runs(pool, id).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::started(pool, id).await;
     w.shutdown().await;
     let row = common::row(pool, id).await.unwrap();
     assert_eq!(

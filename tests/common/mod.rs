@@ -100,6 +100,15 @@ pub async fn record_run(cx: &jetpack::Context<'_>, step: &str) -> Result<(), jet
     Ok(())
 }
 
+/// Waits until task `id` has recorded at least one run.
+pub async fn started(pool: &PgPool, id: i64) {
+    wait_for(DEADLINE, || async {
+        Ok((!runs(pool, id).await.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("task {id} did not start: {e}"));
+}
+
 pub async fn runs(pool: &PgPool, id: i64) -> Vec<(String, i32)> {
     sqlx::query_as("SELECT step, attempt FROM runs WHERE task_id = $1 ORDER BY at")
         .bind(id)
