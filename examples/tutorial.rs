@@ -1,7 +1,8 @@
 //! The tutorial: a greeter task that fails until the world is fixed.
 //!
-//! `cargo run --example tutorial` (set `DATABASE_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/postgres`).
+//! `cargo run --example tutorial` runs it on an SQLite file (`jetpack.db`), with
+//! nothing to install; `DATABASE_URL=postgres://… cargo run --example tutorial`
+//! runs the same program on PostgreSQL.
 //!
 //! 1. `ReadName` reads `name.txt`, which does not exist: it fails, is retried
 //!    `RETRY_LIMIT` times with backoff, and the task parks with the error on its row.
@@ -58,7 +59,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .init();
-    let pool = jetpack_suite::connect().await?;
+    // The embedded SQLite file by default; DATABASE_URL=postgres://… for PostgreSQL.
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://jetpack.db".into());
+    if url.starts_with("sqlite:") {
+        println!("running on SQLite: {url}");
+        tutorial(jetpack::sqlite::connect(&url).await?).await
+    } else {
+        println!("running on PostgreSQL: {url}");
+        tutorial(sqlx::PgPool::connect(&url).await?).await
+    }
+}
+
+async fn tutorial<DB: jetpack::Backend>(
+    pool: sqlx::Pool<DB>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    for<'e> &'e sqlx::Pool<DB>: sqlx::Executor<'e, Database = DB>,
+{
     jetpack::migrate(&pool).await?;
 
     let dir = std::env::temp_dir().join(format!("jetpack-tutorial-{}", std::process::id()));
@@ -78,41 +95,47 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let running = tokio::spawn(worker.run());
 
     // 1. The file is missing: after its retries the task parks with the error.
-    let row = jetpack_suite::wait_for(Duration::from_secs(30), || async {
-        let row: Option<(String, i32, Option<String>)> =
-            sqlx::query_as("SELECT step::text, tried, error FROM jetpack_tasks WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&pool)
-                .await?;
-        Ok(row.filter(|(_, _, error)| error.is_some()))
+    let row = wait_for(|| async {
+        Ok(jetpack::find(&pool, id)
+            .await?
+            .filter(|row| row.error.is_some()))
     })
     .await?;
     println!(
         "parked: step = {}, tried = {}, error = {:?}",
-        row.0, row.1, row.2
+        row.step, row.tried, row.error
     );
 
-    // 2. Fix the world, then resume with plain SQL.
+    // 2. Fix the world, then resume: `UPDATE jetpack_tasks SET error = NULL WHERE id = …`
+    //    in psql or sqlite3 does the same as `jetpack::resume`.
     std::fs::write(&file, "Fixed World\n")?;
-    sqlx::query("UPDATE jetpack_tasks SET error = NULL WHERE id = $1")
-        .bind(id)
-        .execute(&pool)
-        .await?;
+    jetpack::resume(&pool, id).await?;
     println!("cleared the error: the task resumes");
 
     // 3. The task finishes: its row is gone.
-    jetpack_suite::wait_for(Duration::from_secs(30), || async {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jetpack_tasks WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await?;
-        Ok((left == 0).then_some(()))
-    })
-    .await?;
+    wait_for(|| async { Ok(jetpack::find(&pool, id).await?.is_none().then_some(())) }).await?;
     println!("task {id} finished");
 
     stop.cancel();
     running.await??;
     std::fs::remove_dir_all(&dir)?;
     Ok(())
+}
+
+/// Polls `check` until it returns `Some`, for at most 30 seconds.
+async fn wait_for<T, F, Fut>(mut check: F) -> Result<T, Box<dyn std::error::Error>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, jetpack::Error>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the tutorial's task did not get there within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

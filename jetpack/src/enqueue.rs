@@ -21,6 +21,16 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>>;
 
     #[doc(hidden)]
@@ -33,10 +43,88 @@ mod sealed {
     pub trait Sealed {}
     #[cfg(feature = "postgres")]
     impl Sealed for sqlx::Postgres {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for sqlx::Sqlite {}
+}
+
+/// A task's row, as [`find`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// The task's id.
+    pub id: i64,
+    /// The current step as JSON, `{"Machine":{"Step":{..}}}`.
+    pub step: String,
+    /// When the step may run (while it runs: when its lease expires).
+    pub wakeup_at: DateTime<Utc>,
+    /// Attempts of the current step so far.
+    pub tried: i32,
+    /// The error the task is parked with, if it is.
+    pub error: Option<String>,
+    /// The worker running the step, if one is.
+    pub locked_by: Option<String>,
+}
+
+/// Reads task `id`; `None` once it has finished (finished tasks are deleted).
+pub async fn find<'e, E>(db: E, id: i64) -> Result<Option<TaskRow>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::find(db, id).await
+}
+
+/// Resumes a parked task, as `UPDATE jetpack_tasks SET error = NULL WHERE id = ..`
+/// does: it runs again at once with its full retry budget. Returns false when the
+/// task was not parked. Workers of this process wake at once on both backends.
+pub async fn resume<'e, E>(db: E, id: i64) -> Result<bool, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::resume(db, id).await
 }
 
 #[cfg(feature = "postgres")]
 impl Backend for sqlx::Postgres {
+    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let row: Option<(String, DateTime<Utc>, i32, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT step::text, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+            Ok(
+                row.map(|(step, wakeup_at, tried, error, locked_by)| TaskRow {
+                    id,
+                    step,
+                    wakeup_at,
+                    tried,
+                    error,
+                    locked_by,
+                }),
+            )
+        })
+    }
+
+    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE jetpack_tasks SET error = NULL WHERE id = $1 AND error IS NOT NULL",
+            )
+            .bind(id)
+            .execute(db)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
             let mut migrator = sqlx::migrate!("../migrations/postgres");
@@ -133,4 +221,100 @@ where
         return Ok(Vec::new());
     }
     <E::Database as Backend>::insert_many(db, steps).await
+}
+
+#[cfg(feature = "sqlite")]
+impl Backend for sqlx::Sqlite {
+    fn insert<'e, E>(db: E, step: String, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        use crate::store::sqlite::{INSERT, LOCAL_WAKE, TIME_FORMAT};
+        Box::pin(async move {
+            let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
+            let id = sqlx::query_scalar(INSERT)
+                .bind(step)
+                .bind(delay)
+                .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
+                .fetch_one(db)
+                .await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(id)
+        })
+    }
+
+    fn insert_many<'e, E>(db: E, steps: Vec<String>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        use crate::store::sqlite::{INSERT_MANY, LOCAL_WAKE};
+        Box::pin(async move {
+            // Each element is a JSON document already: joined, they are a JSON array.
+            let array = format!("[{}]", steps.join(","));
+            let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
+                .bind(array)
+                .fetch_all(db)
+                .await?;
+            // Rows are inserted in the given order and rowids only grow.
+            ids.sort_unstable();
+            LOCAL_WAKE.notify_waiters();
+            Ok(ids)
+        })
+    }
+
+    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let row: Option<(String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT step, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = ?1",
+            )
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+            row.map(|(step, wakeup_at, tried, error, locked_by)| {
+                let wakeup_at =
+                    chrono::NaiveDateTime::parse_from_str(&wakeup_at, "%Y-%m-%d %H:%M:%S%.f")
+                        .map_err(|e| {
+                            Error::InvalidTime(format!("wakeup_at {wakeup_at:?} of task {id}: {e}"))
+                        })?
+                        .and_utc();
+                Ok(TaskRow {
+                    id,
+                    step,
+                    wakeup_at,
+                    tried,
+                    error,
+                    locked_by,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE jetpack_tasks SET error = NULL WHERE id = ?1 AND error IS NOT NULL",
+            )
+            .bind(id)
+            .execute(db)
+            .await?;
+            crate::store::sqlite::LOCAL_WAKE.notify_waiters();
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let mut migrator = sqlx::migrate!("../migrations/sqlite");
+            migrator.dangerous_set_table_name("_jetpack_migrations");
+            migrator.run(pool).await?;
+            Ok(())
+        })
+    }
 }

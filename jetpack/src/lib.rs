@@ -19,7 +19,7 @@ mod store;
 mod worker;
 
 pub use async_trait::async_trait;
-pub use enqueue::{delay, enqueue, enqueue_many, schedule, Backend};
+pub use enqueue::{delay, enqueue, enqueue_many, find, resume, schedule, Backend, TaskRow};
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
@@ -29,6 +29,12 @@ pub use machine::{
 pub use step::{Context, NextStep, RetryPolicy, Step, StepError, StepResult, Tx, Wakeup};
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};
+
+/// The SQLite backend's helpers.
+#[cfg(feature = "sqlite")]
+pub mod sqlite {
+    pub use crate::store::sqlite::connect;
+}
 
 /// Re-exported so that applications use the same versions Jetpack does.
 pub use chrono;

@@ -12,6 +12,8 @@ use crate::Error;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 /// A task a worker has claimed.
 #[derive(Debug)]
@@ -42,6 +44,11 @@ pub(crate) enum Outcome {
 pub(crate) trait Store: Send + Sync + 'static {
     /// The database's name, for messages.
     fn database(&self) -> &'static str;
+
+    /// How often to poll when no notification arrives, unless the user chose.
+    fn default_poll_interval(&self) -> Duration {
+        Duration::from_secs(2)
+    }
 
     /// Claims up to `limit` ready tasks of the given kinds, oldest first, leasing
     /// them to `owner` for `lease`; bumps `tried` and `fence` of each.
@@ -87,6 +94,7 @@ pub(crate) enum Notice {
     /// Work may be ready.
     Wake,
     /// `pg_notify('jetpack', 'stop')`: every worker shuts down gracefully.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Stop,
 }
 
@@ -129,6 +137,11 @@ pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::A
     #[cfg(feature = "postgres")]
     let pool = match pool.downcast::<sqlx::PgPool>() {
         Ok(pg) => return std::sync::Arc::new(postgres::PgStore::new(*pg)),
+        Err(other) => other,
+    };
+    #[cfg(feature = "sqlite")]
+    let pool = match pool.downcast::<sqlx::SqlitePool>() {
+        Ok(lite) => return std::sync::Arc::new(sqlite::SqliteStore::new(*lite)),
         Err(other) => other,
     };
     // `Backend` is sealed and implemented only for the databases above.

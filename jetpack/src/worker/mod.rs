@@ -254,12 +254,16 @@ pub struct WorkerBuilder<T: Scheduler> {
 impl<T: Scheduler> WorkerBuilder<T> {
     fn new<DB: Backend>(pool: sqlx::Pool<DB>) -> Self {
         let store = crate::store::for_pool(pool.clone());
+        let config = Config {
+            poll_interval: store.default_poll_interval(),
+            ..Config::default()
+        };
         WorkerBuilder {
             database: store.database(),
             store,
             pool: Box::new(pool),
             state: StateMap::default(),
-            config: Config::default(),
+            config,
             shutdown: CancellationToken::new(),
             _tasks: PhantomData,
         }
@@ -285,8 +289,9 @@ impl<T: Scheduler> WorkerBuilder<T> {
         self
     }
 
-    /// How often to look for work when no notification arrives (default 2 s):
-    /// the fallback if a notification is lost.
+    /// How often to look for work when no notification arrives: the fallback
+    /// if a notification is lost on PostgreSQL (default 2 s), and how soon
+    /// changes made by other processes are seen on SQLite (default 250 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
         self

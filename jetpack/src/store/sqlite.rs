@@ -1,0 +1,283 @@
+//! The SQLite backend: one file, no server.
+//!
+//! Claims are single `UPDATE … RETURNING` statements, which SQLite runs under its
+//! write lock, so two processes on one file never claim the same attempt. There
+//! is no LISTEN/NOTIFY: enqueues from this process wake its workers at once
+//! through an in-process signal, changes from other processes are seen at the
+//! next poll (250 ms by default).
+
+use std::any::Any;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Executor, Sqlite};
+use tokio::sync::Notify;
+
+use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
+use crate::Error;
+
+/// Wakes the workers of this process when a task is enqueued or resumed here.
+pub(crate) static LOCAL_WAKE: Notify = Notify::const_new();
+
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    };
+    ($micros:literal) => {
+        concat!(
+            "strftime('%Y-%m-%d %H:%M:%f', 'now', (",
+            $micros,
+            " / 1000000.0) || ' seconds')"
+        )
+    };
+}
+
+const CLAIM: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET tried = tried + 1, fence = fence + 1, locked_by = ?3, wakeup_at = ",
+    now!("?4"),
+    ", updated_at = ",
+    now!(),
+    " WHERE id IN (
+         SELECT id FROM jetpack_tasks
+         WHERE error IS NULL AND wakeup_at <= ",
+    now!(),
+    " AND kind IN (SELECT value FROM json_each(?2))
+         ORDER BY wakeup_at
+         LIMIT ?1)
+     RETURNING id, step, tried, fence"
+);
+
+const NEXT: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET step = ?3, tried = 0, locked_by = NULL, updated_at = ",
+    now!(),
+    ", wakeup_at = coalesce(?5, ",
+    now!("?4"),
+    ") WHERE id = ?1 AND fence = ?2"
+);
+
+const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = ?1 AND fence = ?2";
+
+const RETRY: &str = concat!(
+    "UPDATE jetpack_tasks SET locked_by = NULL, updated_at = ",
+    now!(),
+    ", wakeup_at = ",
+    now!("?3"),
+    " WHERE id = ?1 AND fence = ?2"
+);
+
+const PARK: &str = concat!(
+    "UPDATE jetpack_tasks SET error = ?3, locked_by = NULL, updated_at = ",
+    now!(),
+    ", wakeup_at = ",
+    now!(),
+    " WHERE id = ?1 AND fence = ?2"
+);
+
+const HEARTBEAT: &str = concat!(
+    "UPDATE jetpack_tasks SET wakeup_at = ",
+    now!("?2"),
+    " WHERE (id, fence) IN (
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))
+     RETURNING id"
+);
+
+const RELEASE: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET locked_by = NULL, tried = max(tried - 1, 0), wakeup_at = ",
+    now!(),
+    ", updated_at = ",
+    now!(),
+    " WHERE (id, fence) IN (
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))"
+);
+
+const NEXT_DUE: &str = "
+SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
+FROM jetpack_tasks
+WHERE error IS NULL AND kind IN (SELECT value FROM json_each(?1))";
+
+pub(crate) const INSERT: &str = concat!(
+    "INSERT INTO jetpack_tasks (step, wakeup_at) VALUES (?1, coalesce(?3, ",
+    now!("?2"),
+    ")) RETURNING id"
+);
+
+pub(crate) const INSERT_MANY: &str =
+    "INSERT INTO jetpack_tasks (step) SELECT value FROM json_each(?1) ORDER BY key RETURNING id";
+
+/// The time format of the table, for binding absolute times.
+pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+
+/// Opens (creating if needed) the SQLite file at `url` (`sqlite://jetpack.db`)
+/// with the settings Jetpack needs: WAL journal, `synchronous = NORMAL`, a busy
+/// timeout of 5 s.
+pub async fn connect(url: &str) -> Result<SqlitePool, Error> {
+    let options: SqliteConnectOptions = url.parse()?;
+    let options = options
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await?)
+}
+
+pub(crate) struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        SqliteStore { pool }
+    }
+}
+
+fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
+    serde_json::to_string(items).map_err(Error::Serialize)
+}
+
+async fn record<'e, E: Executor<'e, Database = Sqlite>>(
+    db: E,
+    id: i64,
+    fence: i64,
+    outcome: &Outcome,
+) -> Result<bool, Error> {
+    let done = match outcome {
+        Outcome::Next { step, wakeup } => {
+            let (delay, at) = wakeup_binds(wakeup)?;
+            sqlx::query(NEXT)
+                .bind(id)
+                .bind(fence)
+                .bind(step)
+                .bind(delay)
+                .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
+                .execute(db)
+                .await?
+        }
+        Outcome::Finish => sqlx::query(FINISH).bind(id).bind(fence).execute(db).await?,
+        Outcome::Retry { delay } => {
+            sqlx::query(RETRY)
+                .bind(id)
+                .bind(fence)
+                .bind(micros(*delay)?)
+                .execute(db)
+                .await?
+        }
+        Outcome::Park { error } => {
+            sqlx::query(PARK)
+                .bind(id)
+                .bind(fence)
+                .bind(error)
+                .execute(db)
+                .await?
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn database(&self) -> &'static str {
+        "SQLite"
+    }
+
+    fn default_poll_interval(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
+    async fn claim(
+        &self,
+        limit: usize,
+        kinds: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let rows: Vec<(i64, String, i32, i64)> = sqlx::query_as(CLAIM)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(json_list(&kinds)?)
+            .bind(owner)
+            .bind(micros(lease)?)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, step, tried, fence)| Claimed {
+                id,
+                step,
+                tried,
+                fence,
+            })
+            .collect())
+    }
+
+    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error> {
+        record(&self.pool, id, fence, outcome).await
+    }
+
+    async fn complete_in_tx(
+        &self,
+        tx: Box<dyn Any + Send>,
+        id: i64,
+        fence: i64,
+        outcome: &Outcome,
+    ) -> Result<bool, Error> {
+        let mut tx = tx
+            .downcast::<sqlx::Transaction<'static, Sqlite>>()
+            .map_err(|_| Error::WrongDatabase {
+                actual: "SQLite",
+                requested: "another database",
+            })?;
+        if record(&mut **tx, id, fence, outcome).await? {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            tx.rollback().await?;
+            Ok(false)
+        }
+    }
+
+    async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
+        Ok(sqlx::query_scalar(HEARTBEAT)
+            .bind(json_list(&held)?)
+            .bind(micros(lease)?)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error> {
+        sqlx::query(RELEASE)
+            .bind(json_list(&held)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn next_due(&self, kinds: &[String]) -> Result<Option<Duration>, Error> {
+        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE)
+            .bind(json_list(&kinds)?)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
+    }
+
+    async fn listen(&self) -> Result<Box<dyn Listener>, Error> {
+        Ok(Box::new(LocalNotices))
+    }
+}
+
+struct LocalNotices;
+
+#[async_trait]
+impl Listener for LocalNotices {
+    async fn recv(&mut self) -> Result<Notice, Error> {
+        LOCAL_WAKE.notified().await;
+        Ok(Notice::Wake)
+    }
+}
