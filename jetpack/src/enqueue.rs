@@ -64,6 +64,10 @@ pub struct TaskRow {
     pub locked_by: Option<String>,
 }
 
+/// A task row as selected: step, wakeup_at (as the backend stores it), tried,
+/// error, locked_by.
+type RowTuple<T> = (String, T, i32, Option<String>, Option<String>);
+
 /// Reads task `id`; `None` once it has finished (finished tasks are deleted).
 pub async fn find<'e, E>(db: E, id: i64) -> Result<Option<TaskRow>, Error>
 where
@@ -91,7 +95,7 @@ impl Backend for sqlx::Postgres {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let row: Option<(String, DateTime<Utc>, i32, Option<String>, Option<String>)> = sqlx::query_as(
+            let row: Option<RowTuple<DateTime<Utc>>> = sqlx::query_as(
                 "SELECT step::text, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = $1",
             )
             .bind(id)
@@ -267,7 +271,7 @@ impl Backend for sqlx::Sqlite {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let row: Option<(String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+            let row: Option<RowTuple<String>> = sqlx::query_as(
                 "SELECT step, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = ?1",
             )
             .bind(id)
