@@ -1,20 +1,25 @@
 //! Shared helpers of Jetpack's examples and integration tests (not published).
 //!
-//! Tests need a PostgreSQL server: `DATABASE_URL` names it, by default
-//! `postgres://postgres@127.0.0.1:5432/postgres`. Each test gets a database of its
-//! own, dropped when the test ends, so tests run in parallel and never see each
-//! other's rows.
+//! Tests run against both backends. PostgreSQL tests need a server:
+//! `DATABASE_URL` names it, by default `postgres://postgres@127.0.0.1:5432/postgres`.
+//! Each test gets a database of its own (a fresh PostgreSQL database, or a fresh
+//! SQLite file), removed when the test ends, so tests run in parallel and never
+//! see each other's rows.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use jetpack::chrono::{DateTime, Utc};
 use jetpack::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use jetpack::sqlx::{self, ConnectOptions, Connection, PgPool};
+use jetpack::sqlx::{self, ConnectOptions, Connection, PgPool, SqlitePool};
+use jetpack::{Context, IntoTask, Scheduler, StepError, TaskRow, Worker, WorkerBuilder};
 
-/// The server the examples and tests use.
+/// The PostgreSQL server the examples and tests use.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+        .ok()
+        .filter(|url| url.starts_with("postgres"))
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
 /// Connects to [`database_url`], with an error that says how to get a server.
@@ -57,25 +62,250 @@ where
     }
 }
 
-/// A database of one test's own, migrated; dropped with the value.
+/// A pool of either backend, with the few operations tests need written once.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+macro_rules! both {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            Db::Postgres($pool) => $body,
+            Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+impl Db {
+    /// The pool of the worker running this step.
+    pub fn of(cx: &Context<'_>) -> Db {
+        match cx.pool::<sqlx::Postgres>() {
+            Ok(pool) => Db::Postgres(pool.clone()),
+            Err(_) => Db::Sqlite(
+                cx.pool::<sqlx::Sqlite>()
+                    .expect("a worker runs on PostgreSQL or SQLite")
+                    .clone(),
+            ),
+        }
+    }
+
+    /// "postgres" or "sqlite".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => "postgres",
+            Db::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// A worker builder on this database, polling fast.
+    pub fn worker<T: Scheduler>(&self) -> WorkerBuilder<T> {
+        let builder = both!(self, p => Worker::<T>::builder(p.clone()));
+        builder.poll_interval(Duration::from_millis(200))
+    }
+
+    /// `jetpack::enqueue`.
+    pub async fn enqueue(&self, task: impl IntoTask) -> i64 {
+        both!(self, p => jetpack::enqueue(p, task).await).expect("enqueue")
+    }
+
+    /// `jetpack::enqueue_many`.
+    pub async fn enqueue_many<T: IntoTask>(&self, tasks: impl IntoIterator<Item = T>) -> Vec<i64> {
+        both!(self, p => jetpack::enqueue_many(p, tasks).await).expect("enqueue_many")
+    }
+
+    /// `jetpack::delay`.
+    pub async fn delay(&self, task: impl IntoTask, delay: Duration) -> Result<i64, jetpack::Error> {
+        both!(self, p => jetpack::delay(p, task, delay).await)
+    }
+
+    /// `jetpack::schedule`.
+    pub async fn schedule(
+        &self,
+        task: impl IntoTask,
+        at: DateTime<Utc>,
+    ) -> Result<i64, jetpack::Error> {
+        both!(self, p => jetpack::schedule(p, task, at).await)
+    }
+
+    /// `jetpack::find`.
+    pub async fn find(&self, id: i64) -> Option<TaskRow> {
+        both!(self, p => jetpack::find(p, id).await).expect("find")
+    }
+
+    /// `jetpack::resume`.
+    pub async fn resume(&self, id: i64) -> bool {
+        both!(self, p => jetpack::resume(p, id).await).expect("resume")
+    }
+
+    /// Runs portable SQL with optional `$1` (an id) and `$2` (a text).
+    pub async fn exec(&self, sql: &'static str, id: Option<i64>, text: Option<&str>) -> u64 {
+        both!(self, p => {
+            let mut q = sqlx::query(sql);
+            if let Some(id) = id {
+                q = q.bind(id);
+            }
+            if let Some(text) = text {
+                q = q.bind(text.to_string());
+            }
+            q.execute(p).await.unwrap_or_else(|e| panic!("{sql}: {e}")).rows_affected()
+        })
+    }
+
+    /// Runs portable SQL that returns one integer, with an optional `$1` id.
+    pub async fn scalar(&self, sql: &'static str, id: Option<i64>) -> i64 {
+        both!(self, p => {
+            let mut q = sqlx::query_scalar::<_, i64>(sql);
+            if let Some(id) = id {
+                q = q.bind(id);
+            }
+            q.fetch_one(p).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+        })
+    }
+
+    /// Inserts a step document by hand, as a person would; returns the id.
+    pub async fn insert_raw(&self, json: &str) -> Result<i64, sqlx::Error> {
+        match self {
+            Db::Postgres(p) => {
+                sqlx::query_scalar(
+                    "INSERT INTO jetpack_tasks (step) VALUES ($1::jsonb) RETURNING id",
+                )
+                .bind(json)
+                .fetch_one(p)
+                .await
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("INSERT INTO jetpack_tasks (step) VALUES ($1) RETURNING id")
+                    .bind(json)
+                    .fetch_one(p)
+                    .await
+            }
+        }
+    }
+
+    /// The application tables the test steps use: `runs` (every execution of a
+    /// step, in order), `world` and `ledger`.
+    pub async fn create_app_tables(&self) {
+        let runs = match self {
+            Db::Postgres(_) => {
+                "CREATE TABLE runs (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+                 task_id bigint, step text, attempt int, at_us bigint)"
+            }
+            Db::Sqlite(_) => {
+                "CREATE TABLE runs (seq INTEGER PRIMARY KEY, task_id bigint, step text, \
+                 attempt int, at_us bigint)"
+            }
+        };
+        for sql in [
+            runs,
+            "CREATE TABLE world (key text PRIMARY KEY)",
+            "CREATE TABLE ledger (task_id bigint, amount bigint)",
+        ] {
+            self.exec(sql, None, None).await;
+        }
+    }
+
+    /// Records an execution of `step` by the running attempt.
+    pub async fn record_run(&self, cx: &Context<'_>, step: &str) -> Result<(), StepError> {
+        let now = Utc::now().timestamp_micros();
+        let sql = "INSERT INTO runs (task_id, step, attempt, at_us) VALUES ($1, $2, $3, $4)";
+        both!(self, p => sqlx::query(sql)
+            .bind(cx.task_id())
+            .bind(step)
+            .bind(cx.attempt())
+            .bind(now)
+            .execute(p)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The recorded executions of task `id`: (step, attempt), in order.
+    pub async fn runs(&self, id: i64) -> Vec<(String, i32)> {
+        let sql = "SELECT step, attempt FROM runs WHERE task_id = $1 ORDER BY seq";
+        both!(self, p => sqlx::query_as(sql).bind(id).fetch_all(p).await).expect("read runs")
+    }
+
+    /// Microseconds between the first and the last recorded run of task `id`.
+    pub async fn run_span_us(&self, id: i64) -> i64 {
+        self.scalar(
+            "SELECT max(at_us) - min(at_us) FROM runs WHERE task_id = $1",
+            Some(id),
+        )
+        .await
+    }
+
+    /// The amounts task `id` wrote to the ledger.
+    pub async fn ledger(&self, id: i64) -> Vec<i64> {
+        let sql = "SELECT amount FROM ledger WHERE task_id = $1";
+        both!(self, p => sqlx::query_scalar(sql).bind(id).fetch_all(p).await).expect("read ledger")
+    }
+
+    /// Whether `key` is in the world table.
+    pub async fn world_has(&self, key: &str) -> Result<bool, sqlx::Error> {
+        let sql = "SELECT count(*) FROM world WHERE key = $1";
+        let n: i64 = both!(self, p => sqlx::query_scalar(sql).bind(key).fetch_one(p).await)?;
+        Ok(n > 0)
+    }
+}
+
+/// Writes to the ledger inside the step's own transaction.
+pub async fn ledger_in_tx(cx: &Context<'_>, amount: i64) -> Result<(), StepError> {
+    let sql = "INSERT INTO ledger (task_id, amount) VALUES ($1, $2)";
+    match Db::of(cx) {
+        Db::Postgres(_) => {
+            let mut tx = cx.tx::<sqlx::Postgres>().await?;
+            sqlx::query(sql)
+                .bind(cx.task_id())
+                .bind(amount)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Db::Sqlite(_) => {
+            let mut tx = cx.tx::<sqlx::Sqlite>().await?;
+            sqlx::query(sql)
+                .bind(cx.task_id())
+                .bind(amount)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A database of one test's own, migrated; removed with the value.
 pub struct TestDb {
-    /// A pool on the test's database.
-    pub pool: PgPool,
+    /// The pool.
+    pub db: Db,
     /// The database's URL, for child processes.
     pub url: String,
-    name: String,
-    admin_url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Postgres { name: String, admin_url: String },
+    Sqlite { dir: std::path::PathBuf },
+}
+
+impl std::ops::Deref for TestDb {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
 }
 
 impl TestDb {
-    /// Creates and migrates a fresh database. Panics with instructions when no
-    /// server is reachable: tests never skip silently.
-    pub async fn new() -> TestDb {
+    /// Creates and migrates a fresh PostgreSQL database. Panics with instructions
+    /// when no server is reachable: tests never skip silently.
+    pub async fn postgres() -> TestDb {
         let admin_url = database_url();
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| panic!("{}", unreachable_server(&admin_url, e)));
-        let name = format!("jetpack_test_{}_{:08x}", std::process::id(), fastrand_u32());
+        let name = format!("jetpack_test_{}", unique());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
@@ -92,42 +322,69 @@ impl TestDb {
             .await
             .expect("migrate the test database");
         TestDb {
-            pool,
+            db: Db::Postgres(pool),
             url,
-            name,
-            admin_url,
+            cleanup: Cleanup::Postgres { name, admin_url },
+        }
+    }
+
+    /// Creates and migrates a fresh SQLite file in a temporary folder.
+    pub async fn sqlite() -> TestDb {
+        let dir = std::env::temp_dir().join(format!("jetpack_test_{}", unique()));
+        std::fs::create_dir_all(&dir).expect("create a temporary folder");
+        let url = format!("sqlite://{}", dir.join("test.db").display());
+        let pool = jetpack::sqlite::connect(&url)
+            .await
+            .expect("open the SQLite file");
+        jetpack::migrate(&pool)
+            .await
+            .expect("migrate the test database");
+        TestDb {
+            db: Db::Sqlite(pool),
+            url,
+            cleanup: Cleanup::Sqlite { dir },
         }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (name, admin_url) = (self.name.clone(), self.admin_url.clone());
-        // Drop may run inside a runtime (or while unwinding): use a thread of its
-        // own. The pool's connections belong to the test's runtime, which this
-        // blocks, so they are not closed politely: FORCE ends them.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await?;
-                Ok::<_, sqlx::Error>(())
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
+        match &self.cleanup {
+            Cleanup::Sqlite { dir } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { name, admin_url } => {
+                let (name, admin_url) = (name.clone(), admin_url.clone());
+                // Drop may run inside a runtime (or while unwinding): use a thread of
+                // its own. The pool's connections belong to the test's runtime, which
+                // this blocks, so they are not closed politely: FORCE ends them.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        sqlx::query(sqlx::AssertSqlSafe(drop))
+                            .execute(&mut admin)
+                            .await?;
+                        Ok::<_, sqlx::Error>(())
+                    })?;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                })
+                .join();
+            }
+        }
     }
 }
 
-fn fastrand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish() as u32
+/// A name part unique to this process and call.
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -3,7 +3,8 @@
 -- 'YYYY-MM-DD HH:MM:SS.SSS', readable in the sqlite3 shell and ordered as text.
 
 CREATE TABLE jetpack_tasks (
-    id         INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: the id of a finished (deleted) task is never given to another.
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
     step       TEXT NOT NULL CHECK (json_valid(step)),
     wakeup_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')),
     tried      INTEGER NOT NULL DEFAULT 0,

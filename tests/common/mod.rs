@@ -1,58 +1,70 @@
 //! Helpers shared by the integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::time::Duration;
 
-use jetpack::sqlx::{self, PgPool};
-use jetpack::{CancellationToken, Scheduler, Worker};
+use jetpack::{CancellationToken, Scheduler, TaskRow, Worker};
 use tokio::task::JoinHandle;
 
-pub use jetpack_suite::{wait_for, TestDb};
+pub use jetpack_suite::{wait_for, Db, TestDb};
 
 /// Long enough for anything a test waits on, short enough to fail fast.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A task's row as a person sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub step: String,
-    pub tried: i32,
-    pub error: Option<String>,
-    pub locked_by: Option<String>,
+/// Runs each listed `async fn name(db: TestDb)` once per backend, as
+/// `postgres::name` and `sqlite::name`: one conformance suite, not two copies.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(jetpack_suite::TestDb::postgres().await).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(jetpack_suite::TestDb::sqlite().await).await
+                }
+            )*
+        }
+    };
 }
+pub(crate) use conformance;
 
-pub async fn row(pool: &PgPool, id: i64) -> Option<Row> {
-    let row: Option<(String, i32, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT step::text, tried, error, locked_by FROM jetpack_tasks WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .expect("read task row");
-    row.map(|(step, tried, error, locked_by)| Row {
-        step,
-        tried,
-        error,
-        locked_by,
-    })
+/// The step document of a row, parsed (PostgreSQL normalizes spacing).
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).expect("stored step is JSON")
 }
 
 /// Waits until task `id` is parked (has an error) and returns its row.
-pub async fn parked(pool: &PgPool, id: i64) -> Row {
+pub async fn parked(db: &Db, id: i64) -> TaskRow {
     wait_for(DEADLINE, || async {
-        Ok(row(pool, id).await.filter(|r| r.error.is_some()))
+        Ok(db.find(id).await.filter(|r| r.error.is_some()))
     })
     .await
     .unwrap_or_else(|e| panic!("task {id} did not park: {e}"))
 }
 
 /// Waits until task `id` has finished (its row is gone).
-pub async fn finished(pool: &PgPool, id: i64) {
+pub async fn finished(db: &Db, id: i64) {
     wait_for(DEADLINE, || async {
-        Ok(row(pool, id).await.is_none().then_some(()))
+        Ok(db.find(id).await.is_none().then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
+}
+
+/// Waits until task `id` has recorded at least one run.
+pub async fn started(db: &Db, id: i64) {
+    wait_for(DEADLINE, || async {
+        Ok((!db.runs(id).await.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("task {id} did not start: {e}"));
 }
 
 /// A running worker and the means to stop it.
@@ -74,45 +86,4 @@ pub fn spawn<T: Scheduler>(worker: Worker<T>) -> Running {
         stop,
         handle: tokio::spawn(worker.run()),
     }
-}
-
-/// A fast-polling worker builder for tests.
-pub fn builder<T: Scheduler>(pool: &PgPool) -> jetpack::WorkerBuilder<T> {
-    Worker::<T>::builder(pool.clone()).poll_interval(Duration::from_millis(200))
-}
-
-/// The table steps record their executions in, as an application would.
-pub async fn create_runs(pool: &PgPool) {
-    sqlx::query("CREATE TABLE runs (task_id bigint, step text, attempt int, at timestamptz DEFAULT clock_timestamp())")
-        .execute(pool)
-        .await
-        .expect("create runs");
-}
-
-pub async fn record_run(cx: &jetpack::Context<'_>, step: &str) -> Result<(), jetpack::StepError> {
-    let pool: &PgPool = cx.pool()?;
-    sqlx::query("INSERT INTO runs (task_id, step, attempt) VALUES ($1, $2, $3)")
-        .bind(cx.task_id())
-        .bind(step)
-        .bind(cx.attempt())
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Waits until task `id` has recorded at least one run.
-pub async fn started(pool: &PgPool, id: i64) {
-    wait_for(DEADLINE, || async {
-        Ok((!runs(pool, id).await.is_empty()).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("task {id} did not start: {e}"));
-}
-
-pub async fn runs(pool: &PgPool, id: i64) -> Vec<(String, i32)> {
-    sqlx::query_as("SELECT step, attempt FROM runs WHERE task_id = $1 ORDER BY at")
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("read runs")
 }
