@@ -7,11 +7,17 @@
 //! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N]
 //! ```
 //! `--enqueue N` first enqueues N three-step orders in one statement;
-//! `--until-empty` stops once no task is left (used by CI).
+//! `--until-empty` stops once no task is left (used by CI and the tests).
+//!
+//! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
+//! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
+//! execution in the application table `runs`, so tests can check from the
+//! outside that no step ran twice.
 
 use std::time::Duration;
 
-use jetpack::{sqlx, Context, NextStep, Step, StepResult, Worker};
+use jetpack::{Context, NextStep, Step, StepResult};
+use jetpack_suite::Db;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,7 +37,8 @@ jetpack::task!(Order { Reserve => [Charge], Charge => [Ship], Ship });
 
 #[jetpack::async_trait]
 impl Step<Order> for Reserve {
-    async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        Db::of(cx).record_run(cx, "Reserve").await?;
         NextStep::now(Charge { order: self.order })
     }
 }
@@ -39,7 +46,8 @@ impl Step<Order> for Reserve {
 #[jetpack::async_trait]
 impl Step<Order> for Charge {
     const RETRY_LIMIT: i32 = 3;
-    async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        Db::of(cx).record_run(cx, "Charge").await?;
         NextStep::now(Ship { order: self.order })
     }
 }
@@ -47,7 +55,8 @@ impl Step<Order> for Charge {
 #[jetpack::async_trait]
 impl Step<Order> for Ship {
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
-        tracing::info!(order = self.order, task = cx.task_id(), "shipped");
+        Db::of(cx).record_run(cx, "Ship").await?;
+        tracing::debug!(order = self.order, task = cx.task_id(), "shipped");
         NextStep::none()
     }
 }
@@ -67,31 +76,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|v| v.parse::<u64>())
     };
 
-    let pool = jetpack_suite::connect().await?;
-    jetpack::migrate(&pool).await?;
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://jetpack.db".into());
+    let db = if url.starts_with("sqlite:") {
+        Db::Sqlite(jetpack::sqlite::connect(&url).await?)
+    } else {
+        Db::Postgres(jetpack::sqlx::PgPool::connect(&url).await?)
+    };
+    match &db {
+        Db::Postgres(pool) => jetpack::migrate(pool).await?,
+        Db::Sqlite(pool) => jetpack::migrate(pool).await?,
+    }
+    db.exec(
+        "CREATE TABLE IF NOT EXISTS runs (task_id bigint, step text, attempt int, at_us bigint)",
+        None,
+        None,
+    )
+    .await;
     if let Some(n) = value("--enqueue").transpose()? {
-        let ids = jetpack::enqueue_many(&pool, (0..n).map(|order| Reserve { order })).await?;
+        let ids = db.enqueue_many((0..n).map(|order| Reserve { order })).await;
         tracing::info!(count = ids.len(), "enqueued orders");
     }
 
     let concurrency = value("--concurrency").transpose()?.unwrap_or(16) as usize;
-    let worker = Worker::<Tasks>::builder(pool.clone())
-        .concurrency(concurrency)
-        .build()?;
+    let worker = db.worker::<Tasks>().concurrency(concurrency).build()?;
     let stop = worker.shutdown_token();
     tokio::spawn(stop_on_signal(stop.clone()));
     if flag("--until-empty").is_some() {
-        let pool = pool.clone();
+        let db = db.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let left: Result<i64, _> = sqlx::query_scalar(
-                    "SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'",
-                )
-                .fetch_one(&pool)
-                .await;
-                if matches!(left, Ok(0)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let sql = "SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'";
+                if db.scalar(sql, None).await == 0 {
                     stop.cancel();
                     return;
                 }

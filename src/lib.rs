@@ -208,7 +208,7 @@ impl Db {
         }
     }
 
-    /// Records an execution of `step` by the running attempt.
+    /// Records an execution of `step` by the running attempt in `runs`.
     pub async fn record_run(&self, cx: &Context<'_>, step: &str) -> Result<(), StepError> {
         let now = Utc::now().timestamp_micros();
         let sql = "INSERT INTO runs (task_id, step, attempt, at_us) VALUES ($1, $2, $3, $4)";
