@@ -315,6 +315,11 @@ impl Backend for sqlx::Sqlite {
 
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
+            // WAL lets workers read while another process writes; the setting is
+            // kept in the file, so pools that did not ask for it get it too.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(pool)
+                .await?;
             let mut migrator = sqlx::migrate!("../migrations/sqlite");
             migrator.dangerous_set_table_name("_jetpack_migrations");
             migrator.run(pool).await?;

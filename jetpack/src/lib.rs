@@ -42,7 +42,8 @@ pub use sqlx;
 
 /// Applies Jetpack's migrations (creating the `jetpack_tasks` table and its
 /// functions and triggers). Safe to call from every worker at startup: it takes
-/// a lock and applies only what is missing. Jetpack records its migrations in
+/// a lock and applies only what is missing. On SQLite it also switches the file
+/// to WAL mode. Jetpack records its migrations in
 /// `_jetpack_migrations`, apart from your own `_sqlx_migrations`.
 pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
     DB::migrate(pool).await
