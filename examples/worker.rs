@@ -4,7 +4,7 @@
 //! are released for another worker.
 //!
 //! ```text
-//! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N]
+//! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N] [--lease-ms N]
 //! ```
 //! `--enqueue N` first enqueues N three-step orders in one statement;
 //! `--until-empty` stops once no task is left (used by CI and the tests).
@@ -37,6 +37,7 @@ jetpack::task!(Order { Reserve => [Charge], Charge => [Ship], Ship });
 
 #[jetpack::async_trait]
 impl Step<Order> for Reserve {
+    const RETRY_LIMIT: i32 = 5;
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
         Db::of(cx).record_run(cx, "Reserve").await?;
         NextStep::now(Charge { order: self.order })
@@ -45,7 +46,7 @@ impl Step<Order> for Reserve {
 
 #[jetpack::async_trait]
 impl Step<Order> for Charge {
-    const RETRY_LIMIT: i32 = 3;
+    const RETRY_LIMIT: i32 = 5;
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
         Db::of(cx).record_run(cx, "Charge").await?;
         NextStep::now(Ship { order: self.order })
@@ -54,6 +55,7 @@ impl Step<Order> for Charge {
 
 #[jetpack::async_trait]
 impl Step<Order> for Ship {
+    const RETRY_LIMIT: i32 = 5;
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
         Db::of(cx).record_run(cx, "Ship").await?;
         tracing::debug!(order = self.order, task = cx.task_id(), "shipped");
@@ -98,7 +100,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let concurrency = value("--concurrency").transpose()?.unwrap_or(16) as usize;
-    let worker = db.worker::<Tasks>().concurrency(concurrency).build()?;
+    let mut builder = db.worker::<Tasks>().concurrency(concurrency);
+    if let Some(ms) = value("--lease-ms").transpose()? {
+        builder = builder.lease(Duration::from_millis(ms));
+    }
+    let worker = builder.build()?;
     let stop = worker.shutdown_token();
     tokio::spawn(stop_on_signal(stop.clone()));
     if flag("--until-empty").is_some() {

@@ -3,26 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::{conformance, TestDb};
-
-/// Builds the `worker` example (a no-op when it is up to date) and returns its path.
-fn worker_binary() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "worker"])
-        .status()
-        .expect("run cargo build --example worker");
-    assert!(status.success(), "building the worker example failed");
-    let deps = std::env::current_exe().expect("test binary path");
-    let target = deps
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    target.join("examples").join("worker")
-}
 
 conformance!(two_worker_processes_never_run_the_same_step);
 
@@ -39,7 +23,7 @@ async fn two_worker_processes_never_run_the_same_step(db: TestDb) {
             .await
             .unwrap();
     }
-    let binary = worker_binary();
+    let binary = common::worker_binary();
     let children: Vec<_> = (0..2)
         .map(|_| {
             tokio::process::Command::new(&binary)

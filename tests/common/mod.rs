@@ -87,3 +87,66 @@ pub fn spawn<T: Scheduler>(worker: Worker<T>) -> Running {
         handle: tokio::spawn(worker.run()),
     }
 }
+
+/// Builds the `worker` example (a no-op when it is up to date) and returns its path.
+pub fn worker_binary() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-q", "--example", "worker"])
+        .status()
+        .expect("run cargo build --example worker");
+    assert!(status.success(), "building the worker example failed");
+    let deps = std::env::current_exe().expect("test binary path");
+    let target = deps
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    target.join("examples").join("worker")
+}
+
+/// Enqueues `n` orders of the `worker` example's `Order` machine in one statement
+/// and creates the `runs` table its steps record into.
+pub async fn enqueue_orders(db: &Db, n: i64) {
+    db.exec(
+        "CREATE TABLE IF NOT EXISTS runs (task_id bigint, step text, attempt int, at_us bigint)",
+        None,
+        None,
+    )
+    .await;
+    let sql = match db {
+        Db::Postgres(_) => {
+            "INSERT INTO jetpack_tasks (step)
+             SELECT jsonb_build_object('Order', jsonb_build_object('Reserve', jsonb_build_object('order', i)))
+             FROM generate_series(1, $1) i"
+        }
+        Db::Sqlite(_) => {
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1)
+             INSERT INTO jetpack_tasks (step)
+             SELECT json_object('Order', json_object('Reserve', json_object('order', i))) FROM s"
+        }
+    };
+    assert_eq!(db.exec(sql, Some(n), None).await, n as u64);
+}
+
+/// Starts a worker process of the `worker` example on `url`.
+pub fn start_worker(binary: &std::path::Path, url: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(binary)
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start a worker process")
+}
+
+/// (all executions, distinct (task, step) pairs) in the `runs` table.
+pub async fn run_counts(db: &Db) -> (i64, i64) {
+    let total = db.scalar("SELECT count(*) FROM runs", None).await;
+    let distinct = db
+        .scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT task_id, step FROM runs) d",
+            None,
+        )
+        .await;
+    (total, distinct)
+}

@@ -1,0 +1,156 @@
+//! Real worker processes killed with SIGKILL under load, and stopped with
+//! SIGTERM: nothing is lost, and a step runs twice only when its attempt was in
+//! flight at a kill. Steps record every execution in the application table
+//! `runs`, so all of this is checked from the outside.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{conformance, enqueue_orders, run_counts, start_worker, worker_binary, TestDb};
+
+conformance!(
+    kill_nine_under_load_loses_nothing,
+    sigterm_stops_gracefully_and_a_restart_resumes_exactly,
+);
+
+const STEPS_PER_ORDER: i64 = 3;
+
+async fn kill_nine_under_load_loses_nothing(db: TestDb) {
+    const ORDERS: i64 = 5000;
+    const KILLS: usize = 20;
+    const CONCURRENCY: &str = "8";
+    enqueue_orders(&db, ORDERS).await;
+    let binary = worker_binary();
+    let args = [
+        "--until-empty",
+        "--concurrency",
+        CONCURRENCY,
+        "--lease-ms",
+        "1000",
+    ];
+    let mut workers = vec![
+        start_worker(&binary, &db.url, &args),
+        start_worker(&binary, &db.url, &args),
+    ];
+
+    let mut kills = 0;
+    while kills < KILLS {
+        tokio::time::sleep(Duration::from_millis(50 + clock_random(250))).await;
+        let victim = (kills + clock_random(2) as usize) % 2;
+        if let Ok(Some(status)) = workers[victim].try_wait() {
+            panic!(
+                "worker {victim} exited ({status}) before {KILLS} kills: the workload is too small"
+            );
+        }
+        workers[victim].start_kill().expect("SIGKILL a worker"); // tokio sends SIGKILL
+        workers[victim]
+            .wait()
+            .await
+            .expect("reap the killed worker");
+        kills += 1;
+        workers[victim] = start_worker(&binary, &db.url, &args);
+    }
+    let started = Instant::now();
+    for mut worker in workers {
+        let status = tokio::time::timeout(Duration::from_secs(300), worker.wait())
+            .await
+            .expect("workers drain the queue within 5 minutes")
+            .expect("wait for a worker");
+        assert!(status.success(), "worker exited with {status}");
+    }
+
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
+        0,
+        "every task finished"
+    );
+    let (total, distinct) = run_counts(&db).await;
+    assert_eq!(
+        distinct,
+        ORDERS * STEPS_PER_ORDER,
+        "every step of every task ran"
+    );
+    let duplicates = total - distinct;
+    // A step runs again only as a new attempt after one that never finished.
+    let same_attempt_twice = db
+        .scalar(
+            "SELECT count(*) FROM (SELECT task_id, step, attempt FROM runs
+             GROUP BY task_id, step, attempt HAVING count(*) > 1) d",
+            None,
+        )
+        .await;
+    assert_eq!(same_attempt_twice, 0, "no attempt ran twice");
+    // At most the steps in flight at each kill can run again.
+    let bound = KILLS as i64 * 8;
+    assert!(
+        duplicates <= bound,
+        "{duplicates} duplicates for {KILLS} kills of ≤8 steps in flight"
+    );
+    eprintln!(
+        "[{}] {KILLS} SIGKILLs: {distinct} steps ran, {duplicates} re-ran after a kill \
+         (bound {bound}); drained {:?} after the last kill",
+        db.backend(),
+        started.elapsed()
+    );
+}
+
+async fn sigterm_stops_gracefully_and_a_restart_resumes_exactly(db: TestDb) {
+    const ORDERS: i64 = 2000;
+    enqueue_orders(&db, ORDERS).await;
+    let binary = worker_binary();
+    let args = ["--until-empty", "--concurrency", "8"];
+    let mut worker = start_worker(&binary, &db.url, &args);
+    common::wait_for(common::DEADLINE, || async {
+        Ok((db.scalar("SELECT count(*) FROM runs", None).await >= 300).then_some(()))
+    })
+    .await
+    .unwrap();
+    let pid = worker.id().expect("worker pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops within its shutdown timeout")
+        .unwrap();
+    assert!(status.success(), "a SIGTERM is a clean exit: {status}");
+    let left = db.scalar("SELECT count(*) FROM jetpack_tasks", None).await;
+    assert!(left > 0, "the worker was stopped mid-way");
+    let held = db
+        .scalar(
+            "SELECT count(*) FROM jetpack_tasks WHERE locked_by IS NOT NULL",
+            None,
+        )
+        .await;
+    assert_eq!(held, 0, "no task is left leased by the stopped worker");
+
+    let mut restarted = start_worker(&binary, &db.url, &args);
+    let status = tokio::time::timeout(Duration::from_secs(120), restarted.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
+        0
+    );
+    let (total, distinct) = run_counts(&db).await;
+    assert_eq!(
+        distinct,
+        ORDERS * STEPS_PER_ORDER,
+        "the restart picked up where the stop left"
+    );
+    assert_eq!(total, distinct, "a graceful stop makes no step run twice");
+}
+
+/// A pseudo-random number below `n`, from the clock (no dependency needed).
+fn clock_random(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    (nanos / 1000) % n.max(1)
+}
