@@ -114,7 +114,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let sql = "SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'";
-                if db.scalar(sql, None).await == 0 {
+                // A database error (a restart, say) is not "empty": keep watching.
+                if matches!(db.try_scalar(sql, None).await, Ok(0)) {
                     stop.cancel();
                     return;
                 }

@@ -157,12 +157,19 @@ impl Db {
 
     /// Runs portable SQL that returns one integer, with an optional `$1` id.
     pub async fn scalar(&self, sql: &'static str, id: Option<i64>) -> i64 {
+        self.try_scalar(sql, id)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// [`scalar`](Self::scalar) that returns database errors instead of panicking.
+    pub async fn try_scalar(&self, sql: &'static str, id: Option<i64>) -> Result<i64, sqlx::Error> {
         both!(self, p => {
             let mut q = sqlx::query_scalar::<_, i64>(sql);
             if let Some(id) = id {
                 q = q.bind(id);
             }
-            q.fetch_one(p).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
+            q.fetch_one(p).await
         })
     }
 
