@@ -106,6 +106,11 @@ pub fn worker_binary() -> std::path::PathBuf {
 /// Enqueues `n` orders of the `worker` example's `Order` machine in one statement
 /// and creates the `runs` table its steps record into.
 pub async fn enqueue_orders(db: &Db, n: i64) {
+    enqueue_steps(db, n, "Reserve").await
+}
+
+/// Enqueues `n` tasks of the `worker` example, starting at step `step`.
+pub async fn enqueue_steps(db: &Db, n: i64, step: &str) {
     db.exec(
         "CREATE TABLE IF NOT EXISTS runs (task_id bigint, step text, attempt int, at_us bigint)",
         None,
@@ -115,16 +120,16 @@ pub async fn enqueue_orders(db: &Db, n: i64) {
     let sql = match db {
         Db::Postgres(_) => {
             "INSERT INTO jetpack_tasks (step)
-             SELECT jsonb_build_object('Order', jsonb_build_object('Reserve', jsonb_build_object('order', i)))
+             SELECT jsonb_build_object('Order', jsonb_build_object($2, jsonb_build_object('order', i)))
              FROM generate_series(1, $1) i"
         }
         Db::Sqlite(_) => {
             "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < $1)
              INSERT INTO jetpack_tasks (step)
-             SELECT json_object('Order', json_object('Reserve', json_object('order', i))) FROM s"
+             SELECT json_object('Order', json_object($2, json_object('order', i))) FROM s"
         }
     };
-    assert_eq!(db.exec(sql, Some(n), None).await, n as u64);
+    assert_eq!(db.exec(sql, Some(n), Some(step)).await, n as u64);
 }
 
 /// Starts a worker process of the `worker` example on `url`.
