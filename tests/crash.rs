@@ -12,7 +12,17 @@ use common::{conformance, enqueue_orders, run_counts, start_worker, worker_binar
 conformance!(
     kill_nine_under_load_loses_nothing,
     sigterm_stops_gracefully_and_a_restart_resumes_exactly,
+    a_paused_worker_cannot_overwrite_the_newer_attempt,
 );
+
+fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("a running worker").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
 
 const STEPS_PER_ORDER: i64 = 3;
 
@@ -144,6 +154,57 @@ async fn sigterm_stops_gracefully_and_a_restart_resumes_exactly(db: TestDb) {
         "the restart picked up where the stop left"
     );
     assert_eq!(total, distinct, "a graceful stop makes no step run twice");
+}
+
+async fn a_paused_worker_cannot_overwrite_the_newer_attempt(db: TestDb) {
+    const ORDERS: i64 = 300;
+    enqueue_orders(&db, ORDERS).await;
+    let binary = worker_binary();
+    let args = ["--until-empty", "--concurrency", "4", "--lease-ms", "600"];
+    let mut paused = start_worker(&binary, &db.url, &args);
+    common::wait_for(common::DEADLINE, || async {
+        Ok((db.scalar("SELECT count(*) FROM runs", None).await >= 20).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Freeze it mid-run, holding leases: no heartbeat, no progress.
+    signal(&paused, "-STOP");
+    // Another worker takes over once the leases expire, and finishes everything.
+    let mut other = start_worker(&binary, &db.url, &args);
+    let status = tokio::time::timeout(Duration::from_secs(120), other.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
+        0
+    );
+    // The frozen worker wakes up with stale attempts: its writes are fenced off.
+    signal(&paused, "-CONT");
+    let status = tokio::time::timeout(Duration::from_secs(60), paused.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
+        0,
+        "no task came back"
+    );
+    let (_, distinct) = run_counts(&db).await;
+    assert_eq!(distinct, ORDERS * STEPS_PER_ORDER);
+    let same_attempt_twice = db
+        .scalar(
+            "SELECT count(*) FROM (SELECT task_id, step, attempt FROM runs
+             GROUP BY task_id, step, attempt HAVING count(*) > 1) d",
+            None,
+        )
+        .await;
+    assert_eq!(
+        same_attempt_twice, 0,
+        "the stale attempts did not overwrite the newer ones"
+    );
 }
 
 /// A pseudo-random number below `n`, from the clock (no dependency needed).
