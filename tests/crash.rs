@@ -12,8 +12,16 @@ use common::{conformance, enqueue_orders, run_counts, start_worker, worker_binar
 conformance!(
     kill_nine_under_load_loses_nothing,
     sigterm_stops_gracefully_and_a_restart_resumes_exactly,
-    a_paused_worker_cannot_overwrite_the_newer_attempt,
 );
+
+/// PostgreSQL only: on SQLite a process frozen while it holds the file's write
+/// lock blocks every other writer until it resumes (the OS releases the lock
+/// when a process dies, not when it is paused), so no other worker can take
+/// over meanwhile.
+#[tokio::test]
+async fn a_paused_postgres_worker_cannot_overwrite_the_newer_attempt() {
+    a_paused_worker_cannot_overwrite_the_newer_attempt(TestDb::postgres().await).await
+}
 
 fn signal(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().expect("a running worker").to_string();

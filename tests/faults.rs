@@ -129,3 +129,80 @@ async fn out_of_range_arguments_are_refused_at_the_api() {
             .is_err());
     }
 }
+
+/// A login role of the test's own, dropped (with its grants) when the test ends.
+struct Role {
+    name: String,
+    db_url: String,
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let (name, db_url, admin_url) = (
+            self.name.clone(),
+            self.db_url.clone(),
+            jetpack_suite::database_url(),
+        );
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use jetpack::sqlx::{self, Connection};
+                let mut db = sqlx::PgConnection::connect(&db_url).await?;
+                let revoke = format!("DROP OWNED BY {name}");
+                sqlx::query(sqlx::AssertSqlSafe(revoke))
+                    .execute(&mut db)
+                    .await?;
+                db.close().await?;
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                let drop = format!("DROP ROLE IF EXISTS {name}");
+                sqlx::query(sqlx::AssertSqlSafe(drop))
+                    .execute(&mut admin)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn a_worker_needs_only_dml_privileges() {
+    use jetpack::sqlx::{self, postgres::PgConnectOptions};
+    let db = TestDb::postgres().await;
+    db.create_app_tables().await;
+    let name = format!("jetpack_worker_{}", std::process::id());
+    let role = Role {
+        name: name.clone(),
+        db_url: db.url.clone(),
+    };
+    for sql in [
+        format!("CREATE ROLE {name} LOGIN"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON jetpack_tasks TO {name}"),
+        format!("GRANT INSERT, SELECT ON runs TO {name}"),
+    ] {
+        let Db::Postgres(pool) = &*db else {
+            unreachable!()
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let options: PgConnectOptions = db.url.parse().unwrap();
+    let small = Db::Postgres(
+        sqlx::PgPool::connect_with(options.username(&role.name))
+            .await
+            .unwrap(),
+    );
+    let id = small.enqueue(hello("least privilege")).await;
+    let w = common::spawn(small.worker::<Tasks>().build().unwrap());
+    common::finished(&small, id).await;
+    w.shutdown().await;
+    assert_eq!(db.runs(id).await.len(), 2);
+    if let Db::Postgres(pool) = small {
+        pool.close().await;
+    }
+}
