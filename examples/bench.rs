@@ -1,0 +1,700 @@
+//! Benchmark: Jetpack beside the raw-SQL limit, measured in the same run on the
+//! same database. Every figure is printed with its ratio to a raw reference.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--backend postgres|sqlite|both] [--runs N] [--json FILE]
+//! ```
+//! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! the bench creates and drops a database of its own); SQLite uses a temporary file.
+//!
+//! Scenarios (medians over `--runs`, default 3):
+//! 1. enqueue one at a time            vs raw single-row INSERT
+//! 2. enqueue_many of 10,000           vs raw INSERT … SELECT FROM UNNEST / json_each
+//! 3. drain 10,000 no-op tasks, 1 worker vs raw loop: claim 100 (SKIP LOCKED) + delete by id
+//! 4. 2,000 three-step chains, 1 worker (steps/s) vs scenario 3
+//! 5. two worker processes draining 10,000 vs one process
+//! 6. pickup latency into an idle worker vs a raw INSERT + NOTIFY round trip (PostgreSQL)
+//! 7. cost per step (PostgreSQL): transactions, WAL bytes, dead tuples vs the raw loop
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use jetpack::sqlx::{self, Connection, PgPool};
+use jetpack::{Context, NextStep, Step, StepResult};
+use jetpack_suite::Db;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct One {
+    n: u32,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct A {
+    n: u32,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct B {
+    n: u32,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct C {
+    n: u32,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Probe {
+    sent_us: i64,
+}
+
+jetpack::task!(Bench { One, A => [B], B => [C], C, Probe });
+jetpack::scheduler!(Tasks { Bench });
+
+static DONE: AtomicUsize = AtomicUsize::new(0);
+static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn now_us() -> i64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_micros() as i64
+}
+
+#[jetpack::async_trait]
+impl Step<Bench> for One {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::none()
+    }
+}
+#[jetpack::async_trait]
+impl Step<Bench> for A {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::now(B { n: self.n })
+    }
+}
+#[jetpack::async_trait]
+impl Step<Bench> for B {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::now(C { n: self.n })
+    }
+}
+#[jetpack::async_trait]
+impl Step<Bench> for C {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::none()
+    }
+}
+#[jetpack::async_trait]
+impl Step<Bench> for Probe {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        let latency = Duration::from_micros((now_us() - self.sent_us).max(0) as u64);
+        LATENCIES.lock().unwrap().push(latency);
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::none()
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Serialize)]
+struct Row {
+    backend: &'static str,
+    scenario: &'static str,
+    unit: &'static str,
+    jetpack: f64,
+    reference: f64,
+    reference_name: &'static str,
+    /// jetpack / reference, oriented so that higher is better for jetpack.
+    ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// A fresh database for one measurement.
+struct Fresh {
+    db: Db,
+    url: String,
+    cleanup: Option<(String, String)>,
+}
+
+impl Fresh {
+    async fn new(backend: &str) -> Result<Fresh, Error> {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let fresh = if backend == "postgres" {
+            let admin = jetpack_suite::database_url();
+            let name = format!("jetpack_bench_{}_{n}", std::process::id());
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await?;
+            let base = admin
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_string())
+                .unwrap_or(admin.clone());
+            let url = format!("{base}/{name}");
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .connect(&url)
+                .await?;
+            Fresh {
+                db: Db::Postgres(pool),
+                url,
+                cleanup: Some((admin, name)),
+            }
+        } else {
+            let path =
+                std::env::temp_dir().join(format!("jetpack_bench_{}_{n}.db", std::process::id()));
+            let url = format!("sqlite://{}", path.display());
+            let pool = jetpack::sqlite::connect(&url).await?;
+            Fresh {
+                db: Db::Sqlite(pool),
+                url,
+                cleanup: None,
+            }
+        };
+        match &fresh.db {
+            Db::Postgres(p) => {
+                jetpack::migrate(p).await?;
+                sqlx::query("CREATE TABLE raw_tasks (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, step jsonb NOT NULL, wakeup_at timestamptz NOT NULL DEFAULT now())").execute(p).await?;
+                sqlx::query("CREATE INDEX ON raw_tasks (wakeup_at)")
+                    .execute(p)
+                    .await?;
+            }
+            Db::Sqlite(p) => {
+                jetpack::migrate(p).await?;
+                sqlx::query("CREATE TABLE raw_tasks (id INTEGER PRIMARY KEY, step TEXT NOT NULL, wakeup_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')))").execute(p).await?;
+                sqlx::query("CREATE INDEX raw_ready ON raw_tasks (wakeup_at)")
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(fresh)
+    }
+
+    async fn close(self) -> Result<(), Error> {
+        match &self.db {
+            Db::Postgres(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+        }
+        if let Some((admin, name)) = self.cleanup {
+            let mut conn = sqlx::PgConnection::connect(&admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+        } else if let Some(path) = self.url.strip_prefix("sqlite://") {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+const PAYLOAD: &str = r#"{"Bench":{"One":{"n":1}}}"#;
+
+/// Scenario 1: rows/s of single enqueues, and of raw single-row inserts.
+async fn single_inserts(db: &Db, n: u32) -> Result<(f64, f64), Error> {
+    let t = Instant::now();
+    for i in 0..n {
+        db.enqueue(One { n: i }).await;
+    }
+    let jet = n as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for _ in 0..n {
+        match db {
+            Db::Postgres(p) => {
+                sqlx::query("INSERT INTO raw_tasks (step) VALUES ($1::text::jsonb) RETURNING id")
+                    .bind(PAYLOAD)
+                    .fetch_one(p)
+                    .await?;
+            }
+            Db::Sqlite(p) => {
+                sqlx::query("INSERT INTO raw_tasks (step) VALUES ($1) RETURNING id")
+                    .bind(PAYLOAD)
+                    .fetch_one(p)
+                    .await?;
+            }
+        }
+    }
+    Ok((jet, n as f64 / t.elapsed().as_secs_f64()))
+}
+
+/// Scenario 2: rows/s of one enqueue_many, and of the raw batch insert.
+async fn batch_insert(db: &Db, n: u32) -> Result<(f64, f64), Error> {
+    let t = Instant::now();
+    db.enqueue_many((0..n).map(|i| One { n: i })).await;
+    let jet = n as f64 / t.elapsed().as_secs_f64();
+    let steps: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"Bench":{{"One":{{"n":{i}}}}}}}"#))
+        .collect();
+    let t = Instant::now();
+    match db {
+        Db::Postgres(p) => {
+            sqlx::query("INSERT INTO raw_tasks (step) SELECT s::jsonb FROM unnest($1::text[]) s")
+                .bind(&steps)
+                .execute(p)
+                .await?;
+        }
+        Db::Sqlite(p) => {
+            let array = format!("[{}]", steps.join(","));
+            sqlx::query("INSERT INTO raw_tasks (step) SELECT value FROM json_each($1)")
+                .bind(array)
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok((jet, n as f64 / t.elapsed().as_secs_f64()))
+}
+
+async fn wait_empty(db: &Db, table: &'static str) -> Result<(), Error> {
+    let sql: &'static str = if table == "jetpack_tasks" {
+        "SELECT count(*) FROM jetpack_tasks"
+    } else {
+        "SELECT count(*) FROM raw_tasks"
+    };
+    while db.try_scalar(sql, None).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Runs one worker until `steps` steps ran and the table is empty; steps/s.
+async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
+    DONE.store(0, Ordering::Relaxed);
+    let worker = db.worker::<Tasks>().build()?;
+    let stop = worker.shutdown_token();
+    let t = Instant::now();
+    let running = tokio::spawn(worker.run());
+    while DONE.load(Ordering::Relaxed) < steps {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wait_empty(db, "jetpack_tasks").await?;
+    let rate = steps as f64 / t.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await??;
+    Ok(rate)
+}
+
+/// The raw reference drain: claim 100 with SKIP LOCKED, delete them by id; rows/s.
+async fn raw_drain(db: &Db, n: usize) -> Result<f64, Error> {
+    let t = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let got = match db {
+            Db::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM raw_tasks WHERE wakeup_at <= now() ORDER BY wakeup_at LIMIT 100 FOR UPDATE SKIP LOCKED").fetch_all(&mut *tx).await?;
+                sqlx::query("DELETE FROM raw_tasks WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                ids.len()
+            }
+            Db::Sqlite(p) => {
+                let ids: Vec<i64> = sqlx::query_scalar("DELETE FROM raw_tasks WHERE id IN (SELECT id FROM raw_tasks WHERE wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now') ORDER BY wakeup_at LIMIT 100) RETURNING id").fetch_all(p).await?;
+                ids.len()
+            }
+        };
+        if got == 0 {
+            break;
+        }
+        left -= got.min(left);
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn fill_raw(db: &Db, n: u32) -> Result<(), Error> {
+    batch_insert_raw_only(db, n).await
+}
+
+async fn batch_insert_raw_only(db: &Db, n: u32) -> Result<(), Error> {
+    let steps: Vec<String> = (0..n).map(|_| PAYLOAD.to_string()).collect();
+    match db {
+        Db::Postgres(p) => {
+            sqlx::query("INSERT INTO raw_tasks (step) SELECT s::jsonb FROM unnest($1::text[]) s")
+                .bind(&steps)
+                .execute(p)
+                .await?;
+            sqlx::query("ANALYZE raw_tasks").execute(p).await?;
+        }
+        Db::Sqlite(p) => {
+            sqlx::query("INSERT INTO raw_tasks (step) SELECT value FROM json_each($1)")
+                .bind(format!("[{}]", steps.join(",")))
+                .execute(p)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn analyze(db: &Db) -> Result<(), Error> {
+    if let Db::Postgres(p) = db {
+        sqlx::query("ANALYZE jetpack_tasks").execute(p).await?;
+    }
+    Ok(())
+}
+
+/// (transactions committed in this database, WAL position) now.
+async fn pg_counters(p: &PgPool) -> Result<(i64, String), Error> {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(p)
+        .await
+        .ok();
+    let xacts: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(p)
+    .await?;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(p)
+        .await?;
+    Ok((xacts, lsn))
+}
+
+async fn wal_since(p: &PgPool, lsn: &str) -> Result<f64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(lsn)
+            .fetch_one(p)
+            .await?,
+    )
+}
+
+async fn dead_tuples(p: &PgPool, table: &str) -> Result<i64, Error> {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(p)
+        .await
+        .ok();
+    Ok(
+        sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1")
+            .bind(table)
+            .fetch_one(p)
+            .await?,
+    )
+}
+
+/// Scenario 6: pickup latencies (ms) into an idle worker; and the raw
+/// INSERT + NOTIFY → LISTEN round trip on PostgreSQL.
+async fn pickup(db: &Db, samples: usize) -> Result<(Vec<Duration>, Vec<Duration>), Error> {
+    LATENCIES.lock().unwrap().clear();
+    DONE.store(0, Ordering::Relaxed);
+    let worker = db.worker::<Tasks>().build()?;
+    let stop = worker.shutdown_token();
+    let running = tokio::spawn(worker.run());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..samples {
+        // Stamped after the commit returns: commit → step start.
+        let before = DONE.load(Ordering::Relaxed);
+        let sent = now_us();
+        db.enqueue(Probe { sent_us: sent }).await;
+        let _ = i;
+        while DONE.load(Ordering::Relaxed) == before {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await; // idle again
+    }
+    stop.cancel();
+    running.await??;
+    let mut jet = std::mem::take(&mut *LATENCIES.lock().unwrap());
+    jet.sort();
+    let mut raw = Vec::new();
+    if let Db::Postgres(p) = db {
+        let mut listener = sqlx::postgres::PgListener::connect_with(p).await?;
+        listener.listen("raw_bench").await?;
+        for _ in 0..samples {
+            let t = Instant::now();
+            sqlx::query("WITH i AS (INSERT INTO raw_tasks (step) VALUES ($1::text::jsonb) RETURNING id) SELECT pg_notify('raw_bench', id::text) FROM i").bind(PAYLOAD).execute(p).await?;
+            listener.recv().await?;
+            raw.push(t.elapsed());
+        }
+        raw.sort();
+    }
+    Ok((jet, raw))
+}
+
+/// Scenario 5: wall time for `procs` child processes to drain `n` tasks.
+async fn processes(fresh: &Fresh, n: u32, procs: usize) -> Result<f64, Error> {
+    fresh.db.enqueue_many((0..n).map(|i| One { n: i })).await;
+    analyze(&fresh.db).await?;
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let children: Vec<_> = (0..procs)
+        .map(|_| {
+            tokio::process::Command::new(&exe)
+                .args(["--child-drain", &fresh.url])
+                .kill_on_drop(true)
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            return Err(format!("child drain failed: {}", out.status).into());
+        }
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+async fn child_drain(url: &str) -> Result<(), Error> {
+    let db = if url.starts_with("sqlite:") {
+        Db::Sqlite(jetpack::sqlite::connect(url).await?)
+    } else {
+        Db::Postgres(PgPool::connect(url).await?)
+    };
+    let worker = db.worker::<Tasks>().build()?;
+    let stop = worker.shutdown_token();
+    let running = tokio::spawn(worker.run());
+    while db
+        .try_scalar("SELECT count(*) FROM jetpack_tasks", None)
+        .await?
+        > 0
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    running.await??;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    backend: &'static str,
+    scenario: &'static str,
+    unit: &'static str,
+    jetpack: f64,
+    reference: f64,
+    reference_name: &'static str,
+    higher_is_better: bool,
+) -> Row {
+    let ratio = if higher_is_better {
+        jetpack / reference
+    } else {
+        reference / jetpack
+    };
+    Row {
+        backend,
+        scenario,
+        unit,
+        jetpack,
+        reference,
+        reference_name,
+        ratio,
+    }
+}
+
+async fn bench(backend: &'static str, runs: usize, rows: &mut Vec<Row>) -> Result<(), Error> {
+    let (mut s1, mut s2, mut s3, mut s4, mut s5) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut r1, mut r2, mut r3) = (vec![], vec![], vec![]);
+    let (mut two, mut one) = (vec![], vec![]);
+    let mut cost = None;
+    for run in 0..runs {
+        eprintln!("[{backend}] run {}/{runs}", run + 1);
+        let f = Fresh::new(backend).await?;
+        let (j, r) = single_inserts(&f.db, 2000).await?;
+        s1.push(j);
+        r1.push(r);
+        f.close().await?;
+
+        let f = Fresh::new(backend).await?;
+        let (j, r) = batch_insert(&f.db, 10_000).await?;
+        s2.push(j);
+        r2.push(r);
+        f.close().await?;
+
+        let f = Fresh::new(backend).await?;
+        f.db.enqueue_many((0..10_000).map(|i| One { n: i })).await;
+        analyze(&f.db).await?;
+        let before = match &f.db {
+            Db::Postgres(p) => Some(pg_counters(p).await?),
+            Db::Sqlite(_) => None,
+        };
+        s3.push(drain(&f.db, 10_000).await?);
+        let jet_cost = match (&f.db, &before) {
+            (Db::Postgres(p), Some((x0, lsn))) => {
+                let (x1, _) = pg_counters(p).await?;
+                Some((
+                    (x1 - x0) as f64 / 10_000.0,
+                    wal_since(p, lsn).await? / 10_000.0,
+                    dead_tuples(p, "jetpack_tasks").await?,
+                ))
+            }
+            _ => None,
+        };
+        fill_raw(&f.db, 10_000).await?;
+        let before = match &f.db {
+            Db::Postgres(p) => Some(pg_counters(p).await?),
+            Db::Sqlite(_) => None,
+        };
+        r3.push(raw_drain(&f.db, 10_000).await?);
+        if let (Db::Postgres(p), Some((x0, lsn)), Some(j)) = (&f.db, &before, jet_cost) {
+            let (x1, _) = pg_counters(p).await?;
+            cost = Some((
+                j,
+                (
+                    (x1 - x0) as f64 / 10_000.0,
+                    wal_since(p, lsn).await? / 10_000.0,
+                    dead_tuples(p, "raw_tasks").await?,
+                ),
+            ));
+        }
+        f.close().await?;
+
+        let f = Fresh::new(backend).await?;
+        f.db.enqueue_many((0..2000).map(|i| A { n: i })).await;
+        analyze(&f.db).await?;
+        s4.push(drain(&f.db, 6000).await?);
+        f.close().await?;
+
+        let f = Fresh::new(backend).await?;
+        one.push(processes(&f, 10_000, 1).await?);
+        f.close().await?;
+        let f = Fresh::new(backend).await?;
+        two.push(processes(&f, 10_000, 2).await?);
+        f.close().await?;
+        s5.push(0.0);
+    }
+    let _ = s5;
+    rows.push(row(
+        backend,
+        "1 enqueue one at a time",
+        "rows/s",
+        median(s1),
+        median(r1),
+        "raw single-row INSERT",
+        true,
+    ));
+    rows.push(row(
+        backend,
+        "2 enqueue_many 10,000",
+        "rows/s",
+        median(s2),
+        median(r2),
+        "raw batch INSERT",
+        true,
+    ));
+    let drain3 = median(s3.clone());
+    rows.push(row(
+        backend,
+        "3 drain 10,000 no-op, 1 worker",
+        "steps/s",
+        drain3,
+        median(r3),
+        "raw claim 100 + delete",
+        true,
+    ));
+    rows.push(row(
+        backend,
+        "4 2,000 three-step chains",
+        "steps/s",
+        median(s4),
+        drain3,
+        "scenario 3",
+        true,
+    ));
+    rows.push(row(
+        backend,
+        "5 two processes drain 10,000",
+        "tasks/s",
+        median(two),
+        median(one),
+        "one process",
+        true,
+    ));
+
+    let f = Fresh::new(backend).await?;
+    let (jet, raw) = pickup(&f.db, 200).await?;
+    f.close().await?;
+    for (name, p) in [
+        ("6 pickup latency p50", 0.5),
+        ("6 pickup latency p90", 0.9),
+        ("6 pickup latency p99", 0.99),
+    ] {
+        let j = percentile(&jet, p);
+        let (r, rname) = if raw.is_empty() {
+            (f64::NAN, "none on SQLite")
+        } else {
+            (percentile(&raw, p), "raw INSERT+NOTIFY round trip")
+        };
+        rows.push(row(backend, name, "ms", j, r, rname, false));
+    }
+    if let Some(((jx, jw, jd), (rx, rw, rd))) = cost {
+        rows.push(row(
+            backend,
+            "7 write transactions per step",
+            "xacts",
+            jx,
+            rx,
+            "raw loop",
+            false,
+        ));
+        rows.push(row(
+            backend,
+            "7 WAL bytes per step",
+            "bytes",
+            jw,
+            rw,
+            "raw loop",
+            false,
+        ));
+        rows.push(row(
+            backend,
+            "7 dead tuples after 10,000",
+            "tuples",
+            jd as f64,
+            rd as f64,
+            "raw loop",
+            false,
+        ));
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(url) = arg("--child-drain") {
+        return child_drain(&url).await;
+    }
+    let backend = arg("--backend").unwrap_or_else(|| "both".into());
+    let runs: usize = arg("--runs").map(|r| r.parse()).transpose()?.unwrap_or(3);
+    let mut rows = Vec::new();
+    for b in ["postgres", "sqlite"] {
+        if backend == b || backend == "both" {
+            bench(b, runs, &mut rows).await?;
+        }
+    }
+    println!(
+        "{:<9} {:<34} {:>12} {:>12}  {:<30} {:>7}",
+        "backend", "scenario", "jetpack", "reference", "reference is", "ratio"
+    );
+    for r in &rows {
+        println!(
+            "{:<9} {:<34} {:>12.1} {:>12.1}  {:<30} {:>7.2}   {}",
+            r.backend, r.scenario, r.jetpack, r.reference, r.reference_name, r.ratio, r.unit
+        );
+    }
+    let json = serde_json::to_string_pretty(&rows)?;
+    let path = arg("--json").unwrap_or_else(|| "target/bench.json".into());
+    std::fs::write(&path, json)?;
+    eprintln!("wrote {path}");
+    Ok(())
+}
