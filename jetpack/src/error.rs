@@ -37,6 +37,10 @@ pub enum Error {
         requested: &'static str,
     },
 
+    /// Recording a batch of step outcomes failed (the message of the database error).
+    #[error("recording step outcomes failed: {0}")]
+    Completion(String),
+
     /// A worker setting is out of range.
     #[error("invalid worker setting: {0}")]
     Config(String),

@@ -27,7 +27,7 @@ pub(crate) struct Claimed {
 }
 
 /// What happens to a claimed task when its attempt ends.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     /// Move to the next step, stored as JSON, due at `wakeup`.
     Next { step: String, wakeup: Wakeup },
@@ -60,11 +60,12 @@ pub(crate) trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error>;
 
-    /// Records the outcome of attempt `fence` of task `id`. Returns false when the
-    /// attempt was superseded (the lease expired and another claim happened).
-    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error>;
+    /// Records the outcomes of attempts `(id, fence, outcome)`, all in one
+    /// transaction; returns, in order, whether each attempt still held its task
+    /// (false when its lease expired and another claim happened).
+    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error>;
 
-    /// As [`complete`](Self::complete), inside the step's own transaction, which is
+    /// Records one outcome inside the step's own transaction, which is
     /// committed when the attempt still holds the task and rolled back otherwise.
     async fn complete_in_tx(
         &self,

@@ -36,6 +36,21 @@ WHERE id = $1 AND fence = $2";
 
 const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = $1 AND fence = $2";
 
+const FINISH_MANY: &str = "
+DELETE FROM jetpack_tasks t
+USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
+WHERE t.id = d.id AND t.fence = d.fence
+RETURNING t.id";
+
+const NEXT_MANY: &str = "
+UPDATE jetpack_tasks t
+SET step = u.step::jsonb, tried = 0, locked_by = NULL, updated_at = now(),
+    wakeup_at = coalesce(u.at, now() + u.delay * interval '1 microsecond')
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[])
+    AS u(id, fence, step, delay, at)
+WHERE t.id = u.id AND t.fence = u.fence
+RETURNING t.id";
+
 const RETRY: &str = "
 UPDATE jetpack_tasks
 SET locked_by = NULL, updated_at = now(), wakeup_at = now() + $3 * interval '1 microsecond'
@@ -159,8 +174,58 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error> {
-        record(&self.pool, id, fence, outcome).await
+    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
+        // Finishes and moves to a next step, the common outcomes, each go in one
+        // statement; retries and parking are rare and go one by one. All of it
+        // commits once.
+        let mut finish = (Vec::new(), Vec::new());
+        let mut next = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut others = Vec::new();
+        for &(id, fence, outcome) in done {
+            match outcome {
+                Outcome::Finish => {
+                    finish.0.push(id);
+                    finish.1.push(fence);
+                }
+                Outcome::Next { step, wakeup } => {
+                    let (delay, at) = wakeup_binds(wakeup)?;
+                    next.0.push(id);
+                    next.1.push(fence);
+                    next.2.push(step.as_str());
+                    next.3.push(delay);
+                    next.4.push(at);
+                }
+                _ => others.push((id, fence, outcome)),
+            }
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut held: Vec<i64> = Vec::with_capacity(done.len());
+        if !finish.0.is_empty() {
+            let ids: Vec<i64> = sqlx::query_scalar(FINISH_MANY)
+                .bind(&finish.0)
+                .bind(&finish.1)
+                .fetch_all(&mut *tx)
+                .await?;
+            held.extend(ids);
+        }
+        if !next.0.is_empty() {
+            let ids: Vec<i64> = sqlx::query_scalar(NEXT_MANY)
+                .bind(&next.0)
+                .bind(&next.1)
+                .bind(&next.2)
+                .bind(&next.3)
+                .bind(&next.4)
+                .fetch_all(&mut *tx)
+                .await?;
+            held.extend(ids);
+        }
+        for (id, fence, outcome) in others {
+            if record(&mut *tx, id, fence, outcome).await? {
+                held.push(id);
+            }
+        }
+        tx.commit().await?;
+        Ok(done.iter().map(|(id, _, _)| held.contains(id)).collect())
     }
 
     async fn complete_in_tx(

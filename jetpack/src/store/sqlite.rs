@@ -217,8 +217,15 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn complete(&self, id: i64, fence: i64, outcome: &Outcome) -> Result<bool, Error> {
-        record(&self.pool, id, fence, outcome).await
+    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
+        // One write transaction for the whole batch: one lock, one commit.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut held = Vec::with_capacity(done.len());
+        for &(id, fence, outcome) in done {
+            held.push(record(&mut *tx, id, fence, outcome).await?);
+        }
+        tx.commit().await?;
+        Ok(held)
     }
 
     async fn complete_in_tx(

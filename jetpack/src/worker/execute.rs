@@ -127,7 +127,7 @@ async fn record(
                     .complete_in_tx(tx, task.id, task.fence, &outcome)
                     .await
             }
-            None => rt.store.complete(task.id, task.fence, &outcome).await,
+            None => complete(rt, task, outcome.clone()).await,
         };
         let error = match result {
             Ok(true) => {
@@ -166,6 +166,28 @@ async fn record(
         tracing::warn!(%error, retry_in = ?pause, "recording the outcome failed");
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Hands the outcome to the completer, which writes it with others in one
+/// transaction, and waits for the answer.
+async fn complete(rt: &Runtime, task: &Claimed, outcome: Outcome) -> Result<bool, crate::Error> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let completion = super::complete::Completion {
+        id: task.id,
+        fence: task.fence,
+        outcome,
+        reply,
+    };
+    if rt.completions.send(completion).is_err() {
+        return Err(crate::Error::Completion(
+            "the worker's completer has stopped".into(),
+        ));
+    }
+    answer.await.unwrap_or_else(|_| {
+        Err(crate::Error::Completion(
+            "the worker's completer has stopped".into(),
+        ))
+    })
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

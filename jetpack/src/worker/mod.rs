@@ -5,6 +5,7 @@
 //! become failures) and records its outcome; [`heartbeat`] keeps the leases of
 //! running steps alive; [`notify`] turns database notifications into wakeups.
 
+mod complete;
 mod execute;
 mod heartbeat;
 mod notify;
@@ -59,6 +60,7 @@ struct Runtime {
     kinds: Vec<String>,
     in_flight: InFlight,
     wake: Notify,
+    completions: complete::Completions,
 }
 
 impl Runtime {
@@ -99,6 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// ```
 pub struct Worker<T: Scheduler> {
     rt: Arc<Runtime>,
+    completer: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<complete::Completion>>>,
     _tasks: PhantomData<fn() -> T>,
 }
 
@@ -132,6 +135,9 @@ impl<T: Scheduler> Worker<T> {
         let rt = self.rt;
         let stop = rt.shared.shutdown.clone();
         let mut helpers = JoinSet::new();
+        if let Some(queue) = lock(&self.completer).take() {
+            helpers.spawn(complete::run(rt.clone(), queue));
+        }
         helpers.spawn(notify::run(rt.clone()));
         helpers.spawn(heartbeat::run(rt.clone()));
 
@@ -345,7 +351,9 @@ impl<T: Scheduler> WorkerBuilder<T> {
     }
 
     fn finish(self) -> Worker<T> {
+        let (completions, queue) = complete::channel();
         Worker {
+            completer: Mutex::new(Some(queue)),
             rt: Arc::new(Runtime {
                 store: self.store,
                 shared: Shared {
@@ -358,6 +366,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 kinds: T::kinds(),
                 in_flight: InFlight::default(),
                 wake: Notify::new(),
+                completions,
             }),
             _tasks: PhantomData,
         }

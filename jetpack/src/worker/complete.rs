@@ -1,0 +1,54 @@
+//! The completer: records the outcomes of many steps in one transaction.
+//!
+//! Executors hand their outcome over and wait for the answer. The completer takes
+//! whatever has queued up while the previous flush ran (up to `MAX_BATCH`) and
+//! writes it at once, so under load a commit serves many steps, and an idle
+//! worker still records a lone outcome right away.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Runtime;
+use crate::store::Outcome;
+use crate::Error;
+
+/// The most outcomes written by one flush.
+const MAX_BATCH: usize = 256;
+
+/// One outcome waiting to be written, and where to send the answer: whether
+/// the attempt still held its task.
+pub(super) struct Completion {
+    pub id: i64,
+    pub fence: i64,
+    pub outcome: Outcome,
+    pub reply: oneshot::Sender<Result<bool, Error>>,
+}
+
+pub(super) type Completions = mpsc::UnboundedSender<Completion>;
+
+pub(super) fn channel() -> (Completions, mpsc::UnboundedReceiver<Completion>) {
+    mpsc::unbounded_channel()
+}
+
+pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Completion>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let done: Vec<(i64, i64, &Outcome)> =
+            batch.iter().map(|c| (c.id, c.fence, &c.outcome)).collect();
+        match rt.store.complete_many(&done).await {
+            Ok(held) => {
+                for (completion, held) in batch.drain(..).zip(held) {
+                    let _ = completion.reply.send(Ok(held));
+                }
+            }
+            Err(e) => {
+                // Every executor gets the error and retries on its own schedule.
+                let text = e.to_string();
+                for completion in batch.drain(..) {
+                    let _ = completion.reply.send(Err(Error::Completion(text.clone())));
+                }
+            }
+        }
+    }
+}
