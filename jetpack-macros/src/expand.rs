@@ -39,6 +39,7 @@ pub fn machine(m: &Machine) -> TokenStream {
         }
     });
     let per_step = m.steps.iter().map(|s| {
+        let machine_name = &machine_name;
         let (v, ty) = (s.variant, s.ty);
         let name = v.to_string();
         // `valid` checked that every successor names a variant.
@@ -65,6 +66,9 @@ pub fn machine(m: &Machine) -> TokenStream {
             impl #p::IntoTask for #ty {
                 fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
                     #p::IntoTask::into_step_json(<#machine as ::std::convert::From<#ty>>::from(self))
+                }
+                fn kind(&self) -> (&'static str, &'static str) {
+                    (#machine_name, #name)
                 }
             }
             #(#follows)*
@@ -100,6 +104,9 @@ pub fn machine(m: &Machine) -> TokenStream {
             impl #p::IntoTask for #machine {
                 fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
                     #p::tagged_json(#machine_name, &self)
+                }
+                fn kind(&self) -> (&'static str, &'static str) {
+                    (#machine_name, #p::Machine::step_name(self))
                 }
             }
 
@@ -147,6 +154,9 @@ pub fn scheduler(s: &SchedulerInput) -> TokenStream {
             impl #p::IntoTask for #ident {
                 fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
                     #p::serde_json::to_string(&self)
+                }
+                fn kind(&self) -> (&'static str, &'static str) {
+                    (#p::Scheduler::machine_name(self), #p::Scheduler::step_name(self))
                 }
             }
 

@@ -16,7 +16,7 @@ use crate::Error;
 /// A database Jetpack can store tasks in.
 pub trait Backend: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
-    fn insert<'e, E>(db: E, step: String, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
 
@@ -34,7 +34,7 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>>;
 
     #[doc(hidden)]
-    fn insert_many<'e, E>(db: E, steps: Vec<String>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
 }
@@ -138,14 +138,15 @@ impl Backend for sqlx::Postgres {
         })
     }
 
-    fn insert<'e, E>(db: E, step: String, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
             let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
             Ok(sqlx::query_scalar(crate::store::postgres::INSERT)
-                .bind(step)
+                .bind(step.json)
+                .bind(step.kind)
                 .bind(delay)
                 .bind(at)
                 .fetch_one(db)
@@ -153,21 +154,35 @@ impl Backend for sqlx::Postgres {
         })
     }
 
-    fn insert_many<'e, E>(db: E, steps: Vec<String>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
+            let (json, kinds): (Vec<String>, Vec<String>) =
+                steps.into_iter().map(|s| (s.json, s.kind)).unzip();
             Ok(sqlx::query_scalar(crate::store::postgres::INSERT_MANY)
-                .bind(steps)
+                .bind(json)
+                .bind(kinds)
                 .fetch_all(db)
                 .await?)
         })
     }
 }
 
-fn to_json(task: impl IntoTask) -> Result<String, Error> {
-    task.into_step_json().map_err(Error::Serialize)
+/// A task ready to insert: its JSON and its `kind`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Encoded {
+    json: String,
+    kind: String,
+}
+
+fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
+    let (machine, step) = task.kind();
+    let kind = format!("{machine}.{step}");
+    let json = task.into_step_json().map_err(Error::Serialize)?;
+    Ok(Encoded { json, kind })
 }
 
 /// Enqueues a task to run as soon as a worker is free; returns its id.
@@ -229,7 +244,7 @@ where
 
 #[cfg(feature = "sqlite")]
 impl Backend for sqlx::Sqlite {
-    fn insert<'e, E>(db: E, step: String, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
@@ -237,7 +252,8 @@ impl Backend for sqlx::Sqlite {
         Box::pin(async move {
             let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
             let id = sqlx::query_scalar(INSERT)
-                .bind(step)
+                .bind(step.json)
+                .bind(step.kind)
                 .bind(delay)
                 .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
                 .fetch_one(db)
@@ -247,14 +263,19 @@ impl Backend for sqlx::Sqlite {
         })
     }
 
-    fn insert_many<'e, E>(db: E, steps: Vec<String>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
         use crate::store::sqlite::{INSERT_MANY, LOCAL_WAKE};
         Box::pin(async move {
-            // Each element is a JSON document already: joined, they are a JSON array.
-            let array = format!("[{}]", steps.join(","));
+            // Each step is a JSON document already, and a kind a plain name:
+            // joined, they are a JSON array of [kind, step] pairs.
+            let pairs: Vec<String> = steps
+                .iter()
+                .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind.as_str()), s.json))
+                .collect();
+            let array = format!("[{}]", pairs.join(","));
             let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
                 .bind(array)
                 .fetch_all(db)

@@ -86,6 +86,9 @@ impl<N: Into<M>, M, A> Follows<InferFromReturnTypeToo, M, A> for N {}
 pub trait IntoTask {
     /// The stored JSON form, e.g. `{"Greeter":{"ReadName":{"filename":"name.txt"}}}`.
     fn into_step_json(self) -> Result<String, serde_json::Error>;
+
+    /// The `kind` column: `(machine, step)`, e.g. `("Greeter", "ReadName")`.
+    fn kind(&self) -> (&'static str, &'static str);
 }
 
 /// The enum a worker runs, combining machines. Implemented by

@@ -29,8 +29,12 @@ pub(crate) struct Claimed {
 /// What happens to a claimed task when its attempt ends.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    /// Move to the next step, stored as JSON, due at `wakeup`.
-    Next { step: String, wakeup: Wakeup },
+    /// Move to the next step, stored as JSON (of kind "Machine.Step"), due at `wakeup`.
+    Next {
+        step: String,
+        kind: String,
+        wakeup: Wakeup,
+    },
     /// Finished: the row is deleted.
     Finish,
     /// Failed; retried after `delay`.

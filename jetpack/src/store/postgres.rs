@@ -30,7 +30,7 @@ RETURNING t.id, t.step::text, t.tried, t.fence";
 
 const NEXT: &str = "
 UPDATE jetpack_tasks
-SET step = $3::text::jsonb, tried = 0, locked_by = NULL, updated_at = now(),
+SET step = $3::text::jsonb, kind = $6, tried = 0, locked_by = NULL, updated_at = now(),
     wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond')
 WHERE id = $1 AND fence = $2";
 
@@ -44,10 +44,10 @@ RETURNING t.id";
 
 const NEXT_MANY: &str = "
 UPDATE jetpack_tasks t
-SET step = u.step::jsonb, tried = 0, locked_by = NULL, updated_at = now(),
+SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, updated_at = now(),
     wakeup_at = coalesce(u.at, now() + u.delay * interval '1 microsecond')
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[])
-    AS u(id, fence, step, delay, at)
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[], $6::text[])
+    AS u(id, fence, step, delay, at, kind)
 WHERE t.id = u.id AND t.fence = u.fence
 RETURNING t.id";
 
@@ -80,13 +80,13 @@ FROM jetpack_tasks
 WHERE error IS NULL AND kind = ANY($1)";
 
 pub(crate) const INSERT: &str = "
-INSERT INTO jetpack_tasks (step, wakeup_at)
-VALUES ($1::text::jsonb, coalesce($3, now() + $2 * interval '1 microsecond'))
+INSERT INTO jetpack_tasks (step, kind, wakeup_at)
+VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'))
 RETURNING id";
 
 pub(crate) const INSERT_MANY: &str = "
-INSERT INTO jetpack_tasks (step)
-SELECT s::jsonb FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
+INSERT INTO jetpack_tasks (step, kind)
+SELECT s::jsonb, k FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
 RETURNING id";
 
 pub(crate) struct PgStore {
@@ -107,7 +107,7 @@ async fn record<'e, E: Executor<'e, Database = Postgres>>(
     outcome: &Outcome,
 ) -> Result<bool, Error> {
     let done = match outcome {
-        Outcome::Next { step, wakeup } => {
+        Outcome::Next { step, kind, wakeup } => {
             let (delay, at) = wakeup_binds(wakeup)?;
             sqlx::query(NEXT)
                 .bind(id)
@@ -115,6 +115,7 @@ async fn record<'e, E: Executor<'e, Database = Postgres>>(
                 .bind(step)
                 .bind(delay)
                 .bind(at)
+                .bind(kind)
                 .execute(db)
                 .await?
         }
@@ -179,7 +180,14 @@ impl Store for PgStore {
         // statement; retries and parking are rare and go one by one. All of it
         // commits once.
         let mut finish = (Vec::new(), Vec::new());
-        let mut next = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut next = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let mut others = Vec::new();
         for &(id, fence, outcome) in done {
             match outcome {
@@ -187,8 +195,9 @@ impl Store for PgStore {
                     finish.0.push(id);
                     finish.1.push(fence);
                 }
-                Outcome::Next { step, wakeup } => {
+                Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
+                    next.5.push(kind.as_str());
                     next.0.push(id);
                     next.1.push(fence);
                     next.2.push(step.as_str());
@@ -215,6 +224,7 @@ impl Store for PgStore {
                 .bind(&next.2)
                 .bind(&next.3)
                 .bind(&next.4)
+                .bind(&next.5)
                 .fetch_all(&mut *tx)
                 .await?;
             held.extend(ids);

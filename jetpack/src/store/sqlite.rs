@@ -53,7 +53,7 @@ const CLAIM: &str = concat!(
 
 const NEXT: &str = concat!(
     "UPDATE jetpack_tasks
-     SET step = ?3, tried = 0, locked_by = NULL, updated_at = ",
+     SET step = ?3, kind = ?6, tried = 0, locked_by = NULL, updated_at = ",
     now!(),
     ", wakeup_at = coalesce(?5, ",
     now!("?4"),
@@ -102,13 +102,13 @@ FROM jetpack_tasks
 WHERE error IS NULL AND kind IN (SELECT value FROM json_each(?1))";
 
 pub(crate) const INSERT: &str = concat!(
-    "INSERT INTO jetpack_tasks (step, wakeup_at) VALUES (?1, coalesce(?3, ",
-    now!("?2"),
+    "INSERT INTO jetpack_tasks (step, kind, wakeup_at) VALUES (?1, ?2, coalesce(?4, ",
+    now!("?3"),
     ")) RETURNING id"
 );
 
-pub(crate) const INSERT_MANY: &str =
-    "INSERT INTO jetpack_tasks (step) SELECT value FROM json_each(?1) ORDER BY key RETURNING id";
+pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
+     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY key RETURNING id";
 
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
@@ -150,7 +150,7 @@ async fn record<'e, E: Executor<'e, Database = Sqlite>>(
     outcome: &Outcome,
 ) -> Result<bool, Error> {
     let done = match outcome {
-        Outcome::Next { step, wakeup } => {
+        Outcome::Next { step, kind, wakeup } => {
             let (delay, at) = wakeup_binds(wakeup)?;
             sqlx::query(NEXT)
                 .bind(id)
@@ -158,6 +158,7 @@ async fn record<'e, E: Executor<'e, Database = Sqlite>>(
                 .bind(step)
                 .bind(delay)
                 .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
+                .bind(kind)
                 .execute(db)
                 .await?
         }

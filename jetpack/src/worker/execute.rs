@@ -89,7 +89,8 @@ async fn attempt<T: Scheduler>(
         Ok(Ok(Some((next, wakeup)))) => match serde_json::to_string(&next) {
             Ok(step) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
-                return (Outcome::Next { step, wakeup }, tx);
+                let kind = format!("{}.{}", next.machine_name(), next.step_name());
+                return (Outcome::Next { step, kind, wakeup }, tx);
             }
             Err(e) => StepError::permanent(format!("cannot serialize the next step: {e}")),
         },

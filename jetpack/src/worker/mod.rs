@@ -142,14 +142,17 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(heartbeat::run(rt.clone()));
 
         let slots = Arc::new(Semaphore::new(rt.config.concurrency));
+        let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
         let mut steps = JoinSet::new();
         let mut backoff = Backoff::default();
         tracing::info!(worker = %rt.config.name, concurrency = rt.config.concurrency, "worker started");
 
         while !stop.is_cancelled() {
             while steps.try_join_next().is_some() {}
+            // Claim in batches: while steps run, wait until at least half a batch
+            // of slots is free rather than claiming one task per finished step.
             let free = slots.available_permits();
-            if free == 0 {
+            if free < claim_threshold && !steps.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = steps.join_next() => continue,
