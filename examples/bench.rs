@@ -273,7 +273,12 @@ async fn wait_empty(db: &Db, table: &'static str) -> Result<(), Error> {
 /// Runs one worker until `steps` steps ran and the table is empty; steps/s.
 async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     DONE.store(0, Ordering::Relaxed);
-    let worker = db.worker::<Tasks>().build()?;
+    let mut builder = db.worker::<Tasks>();
+    if let Ok(n) = std::env::var("BENCH_CONCURRENCY") {
+        let n: usize = n.parse()?;
+        builder = builder.concurrency(n).batch_size(n);
+    }
+    let worker = builder.build()?;
     let stop = worker.shutdown_token();
     let t = Instant::now();
     let running = tokio::spawn(worker.run());
@@ -688,7 +693,7 @@ async fn main() -> Result<(), Error> {
     );
     for r in &rows {
         println!(
-            "{:<9} {:<34} {:>12.1} {:>12.1}  {:<30} {:>7.2}   {}",
+            "{:<9} {:<34} {:>12.3} {:>12.3}  {:<30} {:>7.2}   {}",
             r.backend, r.scenario, r.jetpack, r.reference, r.reference_name, r.ratio, r.unit
         );
     }

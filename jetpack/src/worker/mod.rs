@@ -39,8 +39,8 @@ struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            concurrency: 16,
-            batch_size: 16,
+            concurrency: 100,
+            batch_size: 100,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(30),
@@ -278,13 +278,15 @@ impl<T: Scheduler> WorkerBuilder<T> {
         }
     }
 
-    /// How many steps run at once (default 16).
+    /// How many steps run at once (default 100). Steps are async tasks, so a high
+    /// limit costs little; lower it for steps that each hold scarce resources.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
         self
     }
 
-    /// The most tasks claimed by one query (default 16).
+    /// The most tasks claimed by one query (default 100). While steps run, the
+    /// worker claims again once half a batch of slots is free.
     pub fn batch_size(mut self, n: usize) -> Self {
         self.config.batch_size = n;
         self
