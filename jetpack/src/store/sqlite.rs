@@ -62,6 +62,24 @@ const NEXT: &str = concat!(
 
 const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = ?1 AND fence = ?2";
 
+const FINISH_MANY: &str = "
+DELETE FROM jetpack_tasks WHERE (id, fence) IN (
+    SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+RETURNING id";
+
+const NEXT_MANY: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, updated_at = ",
+    now!(),
+    ", wakeup_at = coalesce(u.at, ",
+    now!("u.delay"),
+    ") FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
+                    value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at
+             FROM json_each(?1)) AS u
+     WHERE jetpack_tasks.id = u.id AND jetpack_tasks.fence = u.fence
+     RETURNING jetpack_tasks.id"
+);
+
 const RETRY: &str = concat!(
     "UPDATE jetpack_tasks SET locked_by = NULL, updated_at = ",
     now!(),
@@ -219,14 +237,45 @@ impl Store for SqliteStore {
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
-        // One write transaction for the whole batch: one lock, one commit.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut held = Vec::with_capacity(done.len());
+        // Finishes and moves each go in one statement (lists bound as JSON:
+        // every statement is a round trip to SQLite's connection thread), the
+        // rare retries and parkings one by one, all in one write transaction.
+        let mut finish = Vec::new();
+        let mut next = Vec::new();
+        let mut others = Vec::new();
         for &(id, fence, outcome) in done {
-            held.push(record(&mut *tx, id, fence, outcome).await?);
+            match outcome {
+                Outcome::Finish => finish.push(format!("[{id},{fence}]")),
+                Outcome::Next { step, kind, wakeup } => {
+                    let (delay, at) = wakeup_binds(wakeup)?;
+                    let at = at.map(|at| at.format(TIME_FORMAT).to_string());
+                    next.push(format!(
+                        "[{id},{fence},{step},{},{delay},{}]",
+                        serde_json::Value::from(kind.as_str()),
+                        serde_json::Value::from(at)
+                    ));
+                }
+                _ => others.push((id, fence, outcome)),
+            }
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut held: Vec<i64> = Vec::with_capacity(done.len());
+        for (sql, rows) in [(FINISH_MANY, &finish), (NEXT_MANY, &next)] {
+            if !rows.is_empty() {
+                let ids: Vec<i64> = sqlx::query_scalar(sql)
+                    .bind(format!("[{}]", rows.join(",")))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                held.extend(ids);
+            }
+        }
+        for (id, fence, outcome) in others {
+            if record(&mut *tx, id, fence, outcome).await? {
+                held.push(id);
+            }
         }
         tx.commit().await?;
-        Ok(held)
+        Ok(done.iter().map(|(id, _, _)| held.contains(id)).collect())
     }
 
     async fn complete_in_tx(
