@@ -91,13 +91,7 @@ async fn kill_nine_under_load_loses_nothing(db: TestDb) {
     );
     let duplicates = total - distinct;
     // A step runs again only as a new attempt after one that never finished.
-    let same_attempt_twice = db
-        .scalar(
-            "SELECT count(*) FROM (SELECT task_id, step, attempt FROM runs
-             GROUP BY task_id, step, attempt HAVING count(*) > 1) d",
-            None,
-        )
-        .await;
+    let same_attempt_twice = common::attempts_run_twice(&db).await;
     assert_eq!(same_attempt_twice, 0, "no attempt ran twice");
     // At most the steps in flight at each kill can run again.
     let bound = KILLS as i64 * 8;
@@ -202,13 +196,7 @@ async fn a_paused_worker_cannot_overwrite_the_newer_attempt(db: TestDb) {
     );
     let (_, distinct) = run_counts(&db).await;
     assert_eq!(distinct, ORDERS * STEPS_PER_ORDER);
-    let same_attempt_twice = db
-        .scalar(
-            "SELECT count(*) FROM (SELECT task_id, step, attempt FROM runs
-             GROUP BY task_id, step, attempt HAVING count(*) > 1) d",
-            None,
-        )
-        .await;
+    let same_attempt_twice = common::attempts_run_twice(&db).await;
     assert_eq!(
         same_attempt_twice, 0,
         "the stale attempts did not overwrite the newer ones"

@@ -155,3 +155,14 @@ pub async fn run_counts(db: &Db) -> (i64, i64) {
         .await;
     (total, distinct)
 }
+
+/// How many (task, step, attempt) triples of `runs` ran more than once: a step
+/// may run again after a lost attempt, but never as the same attempt.
+pub async fn attempts_run_twice(db: &Db) -> i64 {
+    db.scalar(
+        "SELECT count(*) FROM (SELECT task_id, step, attempt FROM runs
+         GROUP BY task_id, step, attempt HAVING count(*) > 1) d",
+        None,
+    )
+    .await
+}
