@@ -206,3 +206,47 @@ async fn a_worker_needs_only_dml_privileges() {
         pool.close().await;
     }
 }
+
+/// A due task locked by someone else's transaction is skipped (SKIP LOCKED); the
+/// worker must then wait, not spin on claim queries until the lock goes.
+#[tokio::test]
+async fn a_due_task_locked_elsewhere_does_not_make_the_worker_spin() {
+    use jetpack::sqlx;
+    let db = TestDb::postgres().await;
+    db.create_app_tables().await;
+    let Db::Postgres(pool) = &*db else {
+        unreachable!()
+    };
+    let id = db.enqueue(hello("locked")).await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM jetpack_tasks WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let statements = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    let flush = "SELECT pg_stat_force_next_flush()";
+    let w = common::spawn(db.worker::<Tasks>().build().unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(flush).execute(pool).await.unwrap();
+    let before: i64 = sqlx::query_scalar(statements)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::query(flush).execute(pool).await.unwrap();
+    let after: i64 = sqlx::query_scalar(statements)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    // A spinning worker commits thousands of claim transactions a second; a
+    // waiting one about two per 10 ms nap.
+    assert!(
+        after - before < 500,
+        "{} transactions in one second while the task was locked",
+        after - before
+    );
+    holder.rollback().await.unwrap();
+    common::finished(&db, id).await;
+    w.shutdown().await;
+}

@@ -101,7 +101,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// ```
 pub struct Worker<T: Scheduler> {
     rt: Arc<Runtime>,
-    completer: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<complete::Completion>>>,
+    completions: tokio::sync::mpsc::UnboundedReceiver<complete::Completion>,
     _tasks: PhantomData<fn() -> T>,
 }
 
@@ -132,12 +132,12 @@ impl<T: Scheduler> Worker<T> {
     /// Runs until shut down. Database errors never end it: it logs them, backs
     /// off and carries on.
     pub async fn run(self) -> Result<(), Error> {
-        let rt = self.rt;
+        let Worker {
+            rt, completions, ..
+        } = self;
         let stop = rt.shared.shutdown.clone();
         let mut helpers = JoinSet::new();
-        if let Some(queue) = lock(&self.completer).take() {
-            helpers.spawn(complete::run(rt.clone(), queue));
-        }
+        helpers.spawn(complete::run(rt.clone(), completions));
         helpers.spawn(notify::run(rt.clone()));
         helpers.spawn(heartbeat::run(rt.clone()));
 
@@ -175,7 +175,7 @@ impl<T: Scheduler> Worker<T> {
                 }
             };
             backoff.reset();
-            let full_batch = claimed.len() == limit;
+            let (got, full_batch) = (claimed.len(), claimed.len() == limit);
             for task in claimed {
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
                     // Unreachable: only this loop takes permits and it claimed no
@@ -197,9 +197,11 @@ impl<T: Scheduler> Worker<T> {
                     backoff.next()
                 }
             };
-            if nap.is_zero() {
+            if nap.is_zero() && got > 0 {
                 continue;
             }
+            // Due but not claimable (locked by another transaction): do not spin.
+            let nap = nap.max(Duration::from_millis(10));
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = rt.wake.notified() => {}
@@ -358,7 +360,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
     fn finish(self) -> Worker<T> {
         let (completions, queue) = complete::channel();
         Worker {
-            completer: Mutex::new(Some(queue)),
+            completions: queue,
             rt: Arc::new(Runtime {
                 store: self.store,
                 shared: Shared {
