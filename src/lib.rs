@@ -361,28 +361,37 @@ impl Drop for TestDb {
                 let _ = std::fs::remove_dir_all(dir);
             }
             Cleanup::Postgres { name, admin_url } => {
-                let (name, admin_url) = (name.clone(), admin_url.clone());
-                // Drop may run inside a runtime (or while unwinding): use a thread of
-                // its own. The pool's connections belong to the test's runtime, which
-                // this blocks, so they are not closed politely: FORCE ends them.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    rt.block_on(async {
-                        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                        sqlx::query(sqlx::AssertSqlSafe(drop))
-                            .execute(&mut admin)
-                            .await?;
-                        Ok::<_, sqlx::Error>(())
-                    })?;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                })
-                .join();
+                // The pool's connections belong to the test's runtime, which this
+                // blocks, so they are not closed politely: FORCE ends them.
+                let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = run_sql_blocking(admin_url, vec![drop]);
             }
         }
     }
+}
+
+/// Runs `statements` on a connection of its own, from a thread of its own: for
+/// `Drop` impls, which may run inside a runtime or while unwinding.
+pub fn run_sql_blocking(url: &str, statements: Vec<String>) -> Result<(), String> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            for sql in statements {
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await?;
+            }
+            conn.close().await
+        })
+        .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the cleanup thread panicked".to_string())?
 }
 
 /// A name part unique to this process and call.

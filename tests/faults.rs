@@ -138,33 +138,12 @@ struct Role {
 
 impl Drop for Role {
     fn drop(&mut self) {
-        let (name, db_url, admin_url) = (
-            self.name.clone(),
-            self.db_url.clone(),
-            jetpack_suite::database_url(),
-        );
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                use jetpack::sqlx::{self, Connection};
-                let mut db = sqlx::PgConnection::connect(&db_url).await?;
-                let revoke = format!("DROP OWNED BY {name}");
-                sqlx::query(sqlx::AssertSqlSafe(revoke))
-                    .execute(&mut db)
-                    .await?;
-                db.close().await?;
-                let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                let drop = format!("DROP ROLE IF EXISTS {name}");
-                sqlx::query(sqlx::AssertSqlSafe(drop))
-                    .execute(&mut admin)
-                    .await?;
-                Ok::<_, sqlx::Error>(())
-            })?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        })
-        .join();
+        let name = &self.name;
+        let _ =
+            jetpack_suite::run_sql_blocking(&self.db_url, vec![format!("DROP OWNED BY {name}")]);
+        let admin = jetpack_suite::database_url();
+        let _ =
+            jetpack_suite::run_sql_blocking(&admin, vec![format!("DROP ROLE IF EXISTS {name}")]);
     }
 }
 
