@@ -153,3 +153,27 @@ pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::A
     drop(pool);
     unreachable!("jetpack::Backend is implemented only for enabled databases")
 }
+
+/// The step's transaction, as the worker handed it over, back in its type.
+pub(crate) fn downcast_tx<DB: sqlx::Database>(
+    tx: Box<dyn Any + Send>,
+) -> Result<Box<sqlx::Transaction<'static, DB>>, Error> {
+    tx.downcast().map_err(|_| Error::WrongDatabase {
+        actual: DB::NAME,
+        requested: "another database",
+    })
+}
+
+/// Commits the step's transaction when its attempt still held the task, rolls
+/// it back otherwise; returns `held`.
+pub(crate) async fn end_tx<DB: sqlx::Database>(
+    tx: Box<sqlx::Transaction<'static, DB>>,
+    held: bool,
+) -> Result<bool, Error> {
+    if held {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(held)
+}

@@ -245,19 +245,9 @@ impl Store for PgStore {
         fence: i64,
         outcome: &Outcome,
     ) -> Result<bool, Error> {
-        let mut tx = tx
-            .downcast::<sqlx::Transaction<'static, Postgres>>()
-            .map_err(|_| Error::WrongDatabase {
-                actual: "PostgreSQL",
-                requested: "another database",
-            })?;
-        if record(&mut **tx, id, fence, outcome).await? {
-            tx.commit().await?;
-            Ok(true)
-        } else {
-            tx.rollback().await?;
-            Ok(false)
-        }
+        let mut tx = super::downcast_tx::<Postgres>(tx)?;
+        let held = record(&mut **tx, id, fence, outcome).await?;
+        super::end_tx(tx, held).await
     }
 
     async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {

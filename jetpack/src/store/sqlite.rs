@@ -285,19 +285,9 @@ impl Store for SqliteStore {
         fence: i64,
         outcome: &Outcome,
     ) -> Result<bool, Error> {
-        let mut tx = tx
-            .downcast::<sqlx::Transaction<'static, Sqlite>>()
-            .map_err(|_| Error::WrongDatabase {
-                actual: "SQLite",
-                requested: "another database",
-            })?;
-        if record(&mut **tx, id, fence, outcome).await? {
-            tx.commit().await?;
-            Ok(true)
-        } else {
-            tx.rollback().await?;
-            Ok(false)
-        }
+        let mut tx = super::downcast_tx::<Sqlite>(tx)?;
+        let held = record(&mut **tx, id, fence, outcome).await?;
+        super::end_tx(tx, held).await
     }
 
     async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
