@@ -177,3 +177,111 @@ pub(crate) async fn end_tx<DB: sqlx::Database>(
     }
     Ok(held)
 }
+
+#[cfg(all(test, feature = "postgres", feature = "sqlite"))]
+mod tests {
+    //! Storage statements against real databases, below the worker.
+
+    use std::time::Duration;
+
+    use sqlx::Connection;
+
+    use super::*;
+
+    /// After an attempt recorded its outcome, its `(id, fence)` must no longer
+    /// touch the row: a heartbeat or release racing the completion would
+    /// otherwise move the next step's `wakeup_at` (a delayed step made due at
+    /// once, or a due step pushed back by a lease).
+    async fn completed_attempt_is_inert(store: &dyn Store) -> Vec<String> {
+        let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+        let mut problems = Vec::new();
+        let claimed = store
+            .claim(1, &kinds, "w", Duration::from_secs(30))
+            .await
+            .unwrap();
+        let (id, fence) = (claimed[0].id, claimed[0].fence);
+        let next = Outcome::Next {
+            step: r#"{"M":{"B":null}}"#.into(),
+            kind: "M.B".into(),
+            wakeup: Wakeup::Delay(Duration::from_secs(3600)),
+        };
+        assert_eq!(
+            store.complete_many(&[(id, fence, &next)]).await.unwrap(),
+            [true]
+        );
+        let due = store.next_due(&kinds).await.unwrap().unwrap();
+        if !store
+            .heartbeat(&[(id, fence)], Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            problems.push("heartbeat touched a completed attempt".to_string());
+        }
+        store.release(&[(id, fence)]).await.unwrap();
+        let after = store.next_due(&kinds).await.unwrap().unwrap();
+        if after + Duration::from_secs(5) < due {
+            problems.push(format!(
+                "the delayed step became due in {after:?} instead of {due:?}"
+            ));
+        }
+        problems
+    }
+
+    #[tokio::test]
+    async fn sqlite_completed_attempt_is_inert() {
+        let dir = std::env::temp_dir().join(format!("jetpack_unit_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("unit.db").display());
+        let pool = sqlite::connect(&url).await.unwrap();
+        <sqlx::Sqlite as crate::Backend>::migrate(&pool)
+            .await
+            .unwrap();
+        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let problems = completed_attempt_is_inert(&sqlite::SqliteStore::new(pool)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn postgres_completed_attempt_is_inert() {
+        let admin_url = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot reach PostgreSQL at {admin_url}: {e}; start it or set DATABASE_URL")
+            });
+        let name = format!("jetpack_unit_{}", std::process::id());
+        let create = format!("CREATE DATABASE {name}");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("DATABASE_URL has no database part"),
+        };
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        <sqlx::Postgres as crate::Backend>::migrate(&pool)
+            .await
+            .unwrap();
+        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let problems = completed_attempt_is_inert(&postgres::PgStore::new(pool.clone())).await;
+        pool.close().await;
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+}

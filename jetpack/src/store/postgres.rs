@@ -65,14 +65,14 @@ const HEARTBEAT: &str = "
 UPDATE jetpack_tasks t
 SET wakeup_at = now() + $3 * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
-WHERE t.id = h.id AND t.fence = h.fence
+WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL
 RETURNING t.id";
 
 const RELEASE: &str = "
 UPDATE jetpack_tasks t
 SET locked_by = NULL, wakeup_at = now(), tried = greatest(t.tried - 1, 0), updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
-WHERE t.id = h.id AND t.fence = h.fence";
+WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL";
 
 const NEXT_DUE: &str = "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8

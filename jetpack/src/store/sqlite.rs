@@ -99,7 +99,7 @@ const PARK: &str = concat!(
 const HEARTBEAT: &str = concat!(
     "UPDATE jetpack_tasks SET wakeup_at = ",
     now!("?2"),
-    " WHERE (id, fence) IN (
+    " WHERE locked_by IS NOT NULL AND (id, fence) IN (
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))
      RETURNING id"
 );
@@ -110,7 +110,7 @@ const RELEASE: &str = concat!(
     now!(),
     ", updated_at = ",
     now!(),
-    " WHERE (id, fence) IN (
+    " WHERE locked_by IS NOT NULL AND (id, fence) IN (
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))"
 );
 
