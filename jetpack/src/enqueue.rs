@@ -276,14 +276,15 @@ impl Backend for sqlx::Sqlite {
                 .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind.as_str()), s.json))
                 .collect();
             let array = format!("[{}]", pairs.join(","));
-            let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_MANY)
-                .bind(array)
-                .fetch_all(db)
-                .await?;
-            // Rows are inserted in the given order and rowids only grow.
-            ids.sort_unstable();
+            let done = sqlx::query(INSERT_MANY).bind(array).execute(db).await?;
+            // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
+            // gives its rows consecutive ids in insertion order, ending at the
+            // last one: no need to stream every id back (each row returned is a
+            // hand-off from the connection's thread).
+            let last = done.last_insert_rowid();
+            let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
             LOCAL_WAKE.notify_waiters();
-            Ok(ids)
+            Ok((last - n + 1..=last).collect())
         })
     }
 

@@ -126,7 +126,7 @@ pub(crate) const INSERT: &str = concat!(
 );
 
 pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
-     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY key RETURNING id";
+     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY key";
 
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
