@@ -71,11 +71,12 @@ async fn kill_nine_under_load_loses_nothing(db: TestDb) {
     }
     let started = Instant::now();
     for mut worker in workers {
-        let status = tokio::time::timeout(Duration::from_secs(300), worker.wait())
-            .await
-            .expect("workers drain the queue within 5 minutes")
-            .expect("wait for a worker");
-        assert!(status.success(), "worker exited with {status}");
+        common::exits_cleanly(
+            &mut worker,
+            Duration::from_secs(300),
+            "the workers drain the queue after the kills",
+        )
+        .await;
     }
 
     assert_eq!(
@@ -124,11 +125,12 @@ async fn sigterm_stops_gracefully_and_a_restart_resumes_exactly(db: TestDb) {
         .status()
         .unwrap();
     assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
-        .await
-        .expect("the worker stops within its shutdown timeout")
-        .unwrap();
-    assert!(status.success(), "a SIGTERM is a clean exit: {status}");
+    common::exits_cleanly(
+        &mut worker,
+        Duration::from_secs(30),
+        "the worker stops within its shutdown timeout",
+    )
+    .await;
     let left = db.scalar("SELECT count(*) FROM jetpack_tasks", None).await;
     assert!(left > 0, "the worker was stopped mid-way");
     let held = db
@@ -140,11 +142,12 @@ async fn sigterm_stops_gracefully_and_a_restart_resumes_exactly(db: TestDb) {
     assert_eq!(held, 0, "no task is left leased by the stopped worker");
 
     let mut restarted = start_worker(&binary, &db.url, &args);
-    let status = tokio::time::timeout(Duration::from_secs(120), restarted.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    common::exits_cleanly(
+        &mut restarted,
+        Duration::from_secs(120),
+        "the restarted worker finishes the rest",
+    )
+    .await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
         0
@@ -173,22 +176,24 @@ async fn a_paused_worker_cannot_overwrite_the_newer_attempt(db: TestDb) {
     signal(&paused, "-STOP");
     // Another worker takes over once the leases expire, and finishes everything.
     let mut other = start_worker(&binary, &db.url, &args);
-    let status = tokio::time::timeout(Duration::from_secs(120), other.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    common::exits_cleanly(
+        &mut other,
+        Duration::from_secs(120),
+        "another worker takes over and finishes",
+    )
+    .await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
         0
     );
     // The frozen worker wakes up with stale attempts: its writes are fenced off.
     signal(&paused, "-CONT");
-    let status = tokio::time::timeout(Duration::from_secs(60), paused.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    common::exits_cleanly(
+        &mut paused,
+        Duration::from_secs(60),
+        "the paused worker resumes and exits",
+    )
+    .await;
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
         0,

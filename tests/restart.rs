@@ -52,14 +52,12 @@ async fn worker_processes_survive_a_postgres_restart() {
     restart_postgres();
 
     for mut worker in workers {
-        let status = tokio::time::timeout(Duration::from_secs(180), worker.wait())
-            .await
-            .expect("workers reconnect and drain the queue")
-            .unwrap();
-        assert!(
-            status.success(),
-            "a worker exited with {status} instead of reconnecting"
-        );
+        common::exits_cleanly(
+            &mut worker,
+            Duration::from_secs(180),
+            "workers reconnect and drain the queue",
+        )
+        .await;
     }
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,

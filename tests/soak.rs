@@ -59,11 +59,7 @@ async fn soak(db: TestDb) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for worker in &mut workers {
-        let status = tokio::time::timeout(Duration::from_secs(1800), worker.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success());
+        common::exits_cleanly(worker, Duration::from_secs(1800), "the soak drains").await;
     }
     let elapsed = started.elapsed();
     assert_eq!(

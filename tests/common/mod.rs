@@ -166,3 +166,13 @@ pub async fn attempts_run_twice(db: &Db) -> i64 {
     )
     .await
 }
+
+/// Waits for a worker process to exit, failing unless it exits cleanly within
+/// `within`; `what` says what the test expected it to do meanwhile.
+pub async fn exits_cleanly(worker: &mut tokio::process::Child, within: Duration, what: &str) {
+    let status = tokio::time::timeout(within, worker.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the worker did not exit within {within:?}: {what}"))
+        .expect("wait for the worker process");
+    assert!(status.success(), "the worker exited with {status}: {what}");
+}

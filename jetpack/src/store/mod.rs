@@ -188,66 +188,60 @@ mod tests {
 
     use super::*;
 
+    type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
+
     /// After an attempt recorded its outcome, its `(id, fence)` must no longer
     /// touch the row: a heartbeat or release racing the completion would
     /// otherwise move the next step's `wakeup_at` (a delayed step made due at
     /// once, or a due step pushed back by a lease).
-    async fn completed_attempt_is_inert(store: &dyn Store) -> Vec<String> {
+    async fn completed_attempt_is_inert(store: &dyn Store) -> TestResult<Vec<String>> {
         let kinds = vec!["M.A".to_string(), "M.B".to_string()];
         let mut problems = Vec::new();
-        let claimed = store
-            .claim(1, &kinds, "w", Duration::from_secs(30))
-            .await
-            .unwrap();
+        let claimed = store.claim(1, &kinds, "w", Duration::from_secs(30)).await?;
         let (id, fence) = (claimed[0].id, claimed[0].fence);
         let next = Outcome::Next {
             step: r#"{"M":{"B":null}}"#.into(),
             kind: "M.B".into(),
             wakeup: Wakeup::Delay(Duration::from_secs(3600)),
         };
-        assert_eq!(
-            store.complete_many(&[(id, fence, &next)]).await.unwrap(),
-            [true]
-        );
-        let due = store.next_due(&kinds).await.unwrap().unwrap();
+        assert_eq!(store.complete_many(&[(id, fence, &next)]).await?, [true]);
+        let due = store.next_due(&kinds).await?.ok_or("the task is gone")?;
         if !store
             .heartbeat(&[(id, fence)], Duration::from_secs(1))
-            .await
-            .unwrap()
+            .await?
             .is_empty()
         {
             problems.push("heartbeat touched a completed attempt".to_string());
         }
-        store.release(&[(id, fence)]).await.unwrap();
-        let after = store.next_due(&kinds).await.unwrap().unwrap();
+        store.release(&[(id, fence)]).await?;
+        let after = store.next_due(&kinds).await?.ok_or("the task is gone")?;
         if after + Duration::from_secs(5) < due {
             problems.push(format!(
                 "the delayed step became due in {after:?} instead of {due:?}"
             ));
         }
-        problems
+        Ok(problems)
     }
 
     #[tokio::test]
-    async fn sqlite_completed_attempt_is_inert() {
+    async fn sqlite_completed_attempt_is_inert() -> TestResult {
         let dir = std::env::temp_dir().join(format!("jetpack_unit_{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite://{}", dir.join("unit.db").display());
-        let pool = sqlite::connect(&url).await.unwrap();
-        <sqlx::Sqlite as crate::Backend>::migrate(&pool)
-            .await
-            .unwrap();
+        let pool = sqlite::connect(&url).await?;
+        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
         sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
             .execute(&pool)
-            .await
-            .unwrap();
+            .await?;
         let problems = completed_attempt_is_inert(&sqlite::SqliteStore::new(pool)).await;
         let _ = std::fs::remove_dir_all(&dir);
+        let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
+        Ok(())
     }
 
     #[tokio::test]
-    async fn postgres_completed_attempt_is_inert() {
+    async fn postgres_completed_attempt_is_inert() -> TestResult {
         let admin_url = std::env::var("DATABASE_URL")
             .ok()
             .filter(|u| u.starts_with("postgres"))
@@ -261,27 +255,24 @@ mod tests {
         let create = format!("CREATE DATABASE {name}");
         sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
-            .await
-            .unwrap();
+            .await?;
         let url = match admin_url.rsplit_once('/') {
             Some((base, _)) => format!("{base}/{name}"),
             None => panic!("DATABASE_URL has no database part"),
         };
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        <sqlx::Postgres as crate::Backend>::migrate(&pool)
-            .await
-            .unwrap();
+        let pool = sqlx::PgPool::connect(&url).await?;
+        <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
         sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
             .execute(&pool)
-            .await
-            .unwrap();
+            .await?;
         let problems = completed_attempt_is_inert(&postgres::PgStore::new(pool.clone())).await;
         pool.close().await;
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut admin)
-            .await
-            .unwrap();
+            .await?;
+        let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
+        Ok(())
     }
 }
