@@ -2,7 +2,8 @@
 //! same database. Every figure is printed with its ratio to a raw reference.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--backend postgres|sqlite|both] [--runs N] [--json FILE]
+//! cargo run --release --example bench -- [--backend postgres|sqlite|both] [--runs N]
+//!     [--scenario 1,2,…] [--json FILE]
 //! ```
 //! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
 //! the bench creates and drops a database of its own); SQLite uses a temporary file.
@@ -270,6 +271,14 @@ async fn wait_empty(db: &Db, table: &'static str) -> Result<(), Error> {
     Ok(())
 }
 
+/// With `BENCH_PERF_CTL=<fifo>`, switches a `perf record --control fifo:<fifo>
+/// -D -1` on and off around the drains, to profile them alone.
+fn perf_control(command: &str) {
+    if let Ok(fifo) = std::env::var("BENCH_PERF_CTL") {
+        let _ = std::fs::write(fifo, format!("{command}\n"));
+    }
+}
+
 /// Runs one worker until `steps` steps ran and the table is empty; steps/s.
 async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     DONE.store(0, Ordering::Relaxed);
@@ -280,6 +289,7 @@ async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     }
     let worker = builder.build()?;
     let stop = worker.shutdown_token();
+    perf_control("enable");
     let t = Instant::now();
     let running = tokio::spawn(worker.run());
     while DONE.load(Ordering::Relaxed) < steps {
@@ -287,6 +297,7 @@ async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     }
     wait_empty(db, "jetpack_tasks").await?;
     let rate = steps as f64 / t.elapsed().as_secs_f64();
+    perf_control("disable");
     stop.cancel();
     running.await??;
     Ok(rate)
@@ -352,39 +363,97 @@ async fn analyze(db: &Db) -> Result<(), Error> {
     Ok(())
 }
 
-/// (transactions committed in this database, WAL position) now.
-async fn pg_counters(p: &PgPool) -> Result<(i64, String), Error> {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(p)
-        .await
-        .ok();
-    let xacts: i64 = sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(p)
-    .await?;
+/// CPU time (ns) a process or thread has used, from `/proc/<id>/schedstat`.
+fn cpu_ns(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path.join("schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The counters the cost of a drain is read from.
+struct Counters {
+    xacts: i64,
+    lsn: String,
+    /// CPU time of each server process serving this database, by pid.
+    server: std::collections::HashMap<i32, u64>,
+    /// CPU time of all this process's threads.
+    client: u64,
+}
+
+/// What a drain cost per step: write transactions, WAL bytes, server and client
+/// CPU microseconds.
+#[derive(Clone, Copy)]
+struct Cost {
+    xacts: f64,
+    wal: f64,
+    server_us: f64,
+    client_us: f64,
+}
+
+async fn pg_counters(p: &PgPool) -> Result<Counters, Error> {
+    // Every write transaction takes a transaction id: the difference counts
+    // them exactly (pg_stat_database's counters lag behind other sessions).
+    let xacts: i64 = sqlx::query_scalar("SELECT pg_current_xact_id()::text::bigint")
+        .fetch_one(p)
+        .await?;
     let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(p)
         .await?;
-    Ok((xacts, lsn))
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(p)
+            .await?;
+    let server = pids
+        .into_iter()
+        .map(|pid| {
+            (
+                pid,
+                cpu_ns(&std::path::Path::new("/proc").join(pid.to_string())),
+            )
+        })
+        .collect();
+    let client = std::fs::read_dir("/proc/self/task")?
+        .filter_map(|t| t.ok())
+        .map(|t| cpu_ns(&t.path()))
+        .sum();
+    Ok(Counters {
+        xacts,
+        lsn,
+        server,
+        client,
+    })
 }
 
-async fn wal_since(p: &PgPool, lsn: &str) -> Result<f64, Error> {
-    Ok(
+/// The cost per step of what ran since `before`.
+async fn cost_since(p: &PgPool, before: &Counters, steps: f64) -> Result<Cost, Error> {
+    let after = pg_counters(p).await?;
+    let wal: f64 =
         sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
-            .bind(lsn)
+            .bind(&before.lsn)
             .fetch_one(p)
-            .await?,
-    )
+            .await?;
+    let server: u64 = after
+        .server
+        .iter()
+        .map(|(pid, ns)| ns.saturating_sub(before.server.get(pid).copied().unwrap_or(0)))
+        .sum();
+    Ok(Cost {
+        xacts: (after.xacts - before.xacts - 1) as f64 / steps,
+        wal: wal / steps,
+        server_us: server as f64 / 1000.0 / steps,
+        client_us: after.client.saturating_sub(before.client) as f64 / 1000.0 / steps,
+    })
 }
 
+/// Dead row versions still taking space in `table`, counted exactly by
+/// `pgstattuple` (the statistics views lag behind).
 async fn dead_tuples(p: &PgPool, table: &str) -> Result<i64, Error> {
-    sqlx::query("SELECT pg_stat_force_next_flush()")
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
         .execute(p)
-        .await
-        .ok();
+        .await?;
     Ok(
-        sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1")
+        sqlx::query_scalar("SELECT dead_tuple_count FROM pgstattuple($1::regclass)")
             .bind(table)
             .fetch_one(p)
             .await?,
@@ -500,169 +569,194 @@ fn row(
     }
 }
 
-async fn bench(backend: &'static str, runs: usize, rows: &mut Vec<Row>) -> Result<(), Error> {
-    let (mut s1, mut s2, mut s3, mut s4, mut s5) = (vec![], vec![], vec![], vec![], vec![]);
+/// Reads one figure off a run's cost and dead tuples.
+type Figure = dyn Fn(&(Cost, i64)) -> f64;
+
+/// Which scenarios to run (`--scenario 1,3,6`; all by default).
+#[derive(Clone)]
+struct Want(Option<Vec<u32>>);
+
+impl Want {
+    fn has(&self, n: u32) -> bool {
+        self.0.as_ref().is_none_or(|v| v.contains(&n))
+    }
+}
+
+async fn bench(
+    backend: &'static str,
+    runs: usize,
+    want: &Want,
+    rows: &mut Vec<Row>,
+) -> Result<(), Error> {
+    let (mut s1, mut s2, mut s3, mut s4) = (vec![], vec![], vec![], vec![]);
     let (mut r1, mut r2, mut r3) = (vec![], vec![], vec![]);
     let (mut two, mut one) = (vec![], vec![]);
-    let mut cost = None;
+    let mut costs = Vec::new();
+    // Scenarios 4 and 7 are read against scenario 3.
+    let drain3 = want.has(3) || want.has(4) || want.has(7);
     for run in 0..runs {
         eprintln!("[{backend}] run {}/{runs}", run + 1);
-        let f = Fresh::new(backend).await?;
-        let (j, r) = single_inserts(&f.db, 2000).await?;
-        s1.push(j);
-        r1.push(r);
-        f.close().await?;
-
-        let f = Fresh::new(backend).await?;
-        let (j, r) = batch_insert(&f.db, 10_000).await?;
-        s2.push(j);
-        r2.push(r);
-        f.close().await?;
-
-        let f = Fresh::new(backend).await?;
-        f.db.enqueue_many((0..10_000).map(|i| One { n: i })).await;
-        analyze(&f.db).await?;
-        let before = match &f.db {
-            Db::Postgres(p) => Some(pg_counters(p).await?),
-            Db::Sqlite(_) => None,
-        };
-        s3.push(drain(&f.db, 10_000).await?);
-        let jet_cost = match (&f.db, &before) {
-            (Db::Postgres(p), Some((x0, lsn))) => {
-                let (x1, _) = pg_counters(p).await?;
-                Some((
-                    (x1 - x0) as f64 / 10_000.0,
-                    wal_since(p, lsn).await? / 10_000.0,
+        if want.has(1) {
+            let f = Fresh::new(backend).await?;
+            let (j, r) = single_inserts(&f.db, 2000).await?;
+            s1.push(j);
+            r1.push(r);
+            f.close().await?;
+        }
+        if want.has(2) {
+            let f = Fresh::new(backend).await?;
+            let (j, r) = batch_insert(&f.db, 10_000).await?;
+            s2.push(j);
+            r2.push(r);
+            f.close().await?;
+        }
+        if drain3 {
+            let f = Fresh::new(backend).await?;
+            f.db.enqueue_many((0..10_000).map(|i| One { n: i })).await;
+            analyze(&f.db).await?;
+            let before = match &f.db {
+                Db::Postgres(p) => Some(pg_counters(p).await?),
+                Db::Sqlite(_) => None,
+            };
+            s3.push(drain(&f.db, 10_000).await?);
+            let jet_cost = match (&f.db, &before) {
+                (Db::Postgres(p), Some(before)) => Some((
+                    cost_since(p, before, 10_000.0).await?,
                     dead_tuples(p, "jetpack_tasks").await?,
-                ))
+                )),
+                _ => None,
+            };
+            fill_raw(&f.db, 10_000).await?;
+            let before = match &f.db {
+                Db::Postgres(p) => Some(pg_counters(p).await?),
+                Db::Sqlite(_) => None,
+            };
+            r3.push(raw_drain(&f.db, 10_000).await?);
+            if let (Db::Postgres(p), Some(before), Some(j)) = (&f.db, &before, jet_cost) {
+                let raw = cost_since(p, before, 10_000.0).await?;
+                costs.push((j, (raw, dead_tuples(p, "raw_tasks").await?)));
             }
-            _ => None,
+            f.close().await?;
+        }
+        if want.has(4) {
+            let f = Fresh::new(backend).await?;
+            f.db.enqueue_many((0..2000).map(|i| A { n: i })).await;
+            analyze(&f.db).await?;
+            s4.push(drain(&f.db, 6000).await?);
+            f.close().await?;
+        }
+        if want.has(5) {
+            let f = Fresh::new(backend).await?;
+            one.push(processes(&f, 10_000, 1).await?);
+            f.close().await?;
+            let f = Fresh::new(backend).await?;
+            two.push(processes(&f, 10_000, 2).await?);
+            f.close().await?;
+        }
+    }
+    if want.has(1) {
+        rows.push(row(
+            backend,
+            "1 enqueue one at a time",
+            "rows/s",
+            median(s1),
+            median(r1),
+            "raw single-row INSERT",
+            true,
+        ));
+    }
+    if want.has(2) {
+        rows.push(row(
+            backend,
+            "2 enqueue_many 10,000",
+            "rows/s",
+            median(s2),
+            median(r2),
+            "raw batch INSERT",
+            true,
+        ));
+    }
+    let drain3 = if drain3 { median(s3.clone()) } else { f64::NAN };
+    if want.has(3) {
+        rows.push(row(
+            backend,
+            "3 drain 10,000 no-op, 1 worker",
+            "steps/s",
+            drain3,
+            median(r3),
+            "raw claim 100 + delete",
+            true,
+        ));
+    }
+    if want.has(4) {
+        rows.push(row(
+            backend,
+            "4 2,000 three-step chains",
+            "steps/s",
+            median(s4),
+            drain3,
+            "scenario 3",
+            true,
+        ));
+    }
+    if want.has(5) {
+        rows.push(row(
+            backend,
+            "5 two processes drain 10,000",
+            "tasks/s",
+            median(two),
+            median(one),
+            "one process",
+            true,
+        ));
+    }
+
+    if want.has(6) {
+        let f = Fresh::new(backend).await?;
+        let (jet, raw) = pickup(&f.db, 200).await?;
+        f.close().await?;
+        for (name, p) in [
+            ("6 pickup latency p50", 0.5),
+            ("6 pickup latency p90", 0.9),
+            ("6 pickup latency p99", 0.99),
+        ] {
+            let j = percentile(&jet, p);
+            let (r, rname) = if raw.is_empty() {
+                (f64::NAN, "none on SQLite")
+            } else {
+                (percentile(&raw, p), "raw INSERT+NOTIFY round trip")
+            };
+            rows.push(row(backend, name, "ms", j, r, rname, false));
+        }
+    }
+    if want.has(7) && !costs.is_empty() {
+        // Medians of each figure over the runs.
+        let m = |f: &Figure, side: usize| {
+            median(
+                costs
+                    .iter()
+                    .map(|(j, r)| f(if side == 0 { j } else { r }))
+                    .collect(),
+            )
         };
-        fill_raw(&f.db, 10_000).await?;
-        let before = match &f.db {
-            Db::Postgres(p) => Some(pg_counters(p).await?),
-            Db::Sqlite(_) => None,
-        };
-        r3.push(raw_drain(&f.db, 10_000).await?);
-        if let (Db::Postgres(p), Some((x0, lsn)), Some(j)) = (&f.db, &before, jet_cost) {
-            let (x1, _) = pg_counters(p).await?;
-            cost = Some((
-                j,
-                (
-                    (x1 - x0) as f64 / 10_000.0,
-                    wal_since(p, lsn).await? / 10_000.0,
-                    dead_tuples(p, "raw_tasks").await?,
-                ),
+        let figures: [(&str, &str, &Figure); 5] = [
+            ("7 write transactions per step", "xacts", &|c| c.0.xacts),
+            ("7 WAL bytes per step", "bytes", &|c| c.0.wal),
+            ("7 server CPU per step", "µs", &|c| c.0.server_us),
+            ("7 client CPU per step", "µs", &|c| c.0.client_us),
+            ("7 dead tuples after 10,000", "tuples", &|c| c.1 as f64),
+        ];
+        for (name, unit, f) in figures {
+            rows.push(row(
+                backend,
+                name,
+                unit,
+                m(f, 0),
+                m(f, 1),
+                "raw loop",
+                false,
             ));
         }
-        f.close().await?;
-
-        let f = Fresh::new(backend).await?;
-        f.db.enqueue_many((0..2000).map(|i| A { n: i })).await;
-        analyze(&f.db).await?;
-        s4.push(drain(&f.db, 6000).await?);
-        f.close().await?;
-
-        let f = Fresh::new(backend).await?;
-        one.push(processes(&f, 10_000, 1).await?);
-        f.close().await?;
-        let f = Fresh::new(backend).await?;
-        two.push(processes(&f, 10_000, 2).await?);
-        f.close().await?;
-        s5.push(0.0);
-    }
-    let _ = s5;
-    rows.push(row(
-        backend,
-        "1 enqueue one at a time",
-        "rows/s",
-        median(s1),
-        median(r1),
-        "raw single-row INSERT",
-        true,
-    ));
-    rows.push(row(
-        backend,
-        "2 enqueue_many 10,000",
-        "rows/s",
-        median(s2),
-        median(r2),
-        "raw batch INSERT",
-        true,
-    ));
-    let drain3 = median(s3.clone());
-    rows.push(row(
-        backend,
-        "3 drain 10,000 no-op, 1 worker",
-        "steps/s",
-        drain3,
-        median(r3),
-        "raw claim 100 + delete",
-        true,
-    ));
-    rows.push(row(
-        backend,
-        "4 2,000 three-step chains",
-        "steps/s",
-        median(s4),
-        drain3,
-        "scenario 3",
-        true,
-    ));
-    rows.push(row(
-        backend,
-        "5 two processes drain 10,000",
-        "tasks/s",
-        median(two),
-        median(one),
-        "one process",
-        true,
-    ));
-
-    let f = Fresh::new(backend).await?;
-    let (jet, raw) = pickup(&f.db, 200).await?;
-    f.close().await?;
-    for (name, p) in [
-        ("6 pickup latency p50", 0.5),
-        ("6 pickup latency p90", 0.9),
-        ("6 pickup latency p99", 0.99),
-    ] {
-        let j = percentile(&jet, p);
-        let (r, rname) = if raw.is_empty() {
-            (f64::NAN, "none on SQLite")
-        } else {
-            (percentile(&raw, p), "raw INSERT+NOTIFY round trip")
-        };
-        rows.push(row(backend, name, "ms", j, r, rname, false));
-    }
-    if let Some(((jx, jw, jd), (rx, rw, rd))) = cost {
-        rows.push(row(
-            backend,
-            "7 write transactions per step",
-            "xacts",
-            jx,
-            rx,
-            "raw loop",
-            false,
-        ));
-        rows.push(row(
-            backend,
-            "7 WAL bytes per step",
-            "bytes",
-            jw,
-            rw,
-            "raw loop",
-            false,
-        ));
-        rows.push(row(
-            backend,
-            "7 dead tuples after 10,000",
-            "tuples",
-            jd as f64,
-            rd as f64,
-            "raw loop",
-            false,
-        ));
     }
     Ok(())
 }
@@ -676,15 +770,30 @@ async fn main() -> Result<(), Error> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Some(url) = arg("--child-drain") {
         return child_drain(&url).await;
     }
     let backend = arg("--backend").unwrap_or_else(|| "both".into());
     let runs: usize = arg("--runs").map(|r| r.parse()).transpose()?.unwrap_or(3);
+    let want = Want(
+        arg("--scenario")
+            .map(|list| {
+                list.split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<u32>, _>>()
+            })
+            .transpose()?,
+    );
     let mut rows = Vec::new();
     for b in ["postgres", "sqlite"] {
         if backend == b || backend == "both" {
-            bench(b, runs, &mut rows).await?;
+            bench(b, runs, &want, &mut rows).await?;
         }
     }
     println!(

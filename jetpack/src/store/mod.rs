@@ -240,8 +240,10 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn postgres_completed_attempt_is_inert() -> TestResult {
+    /// A fresh PostgreSQL database with Jetpack's tables, dropped by `drop_pg`.
+    async fn pg_database() -> TestResult<(sqlx::PgConnection, String, sqlx::PgPool)> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
         let admin_url = std::env::var("DATABASE_URL")
             .ok()
             .filter(|u| u.starts_with("postgres"))
@@ -251,7 +253,11 @@ mod tests {
             .unwrap_or_else(|e| {
                 panic!("cannot reach PostgreSQL at {admin_url}: {e}; start it or set DATABASE_URL")
             });
-        let name = format!("jetpack_unit_{}", std::process::id());
+        let name = format!(
+            "jetpack_unit_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let create = format!("CREATE DATABASE {name}");
         sqlx::query(sqlx::AssertSqlSafe(create))
             .execute(&mut admin)
@@ -262,17 +268,75 @@ mod tests {
         };
         let pool = sqlx::PgPool::connect(&url).await?;
         <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
-        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
-            .execute(&pool)
-            .await?;
-        let problems = completed_attempt_is_inert(&postgres::PgStore::new(pool.clone())).await;
+        Ok((admin, name, pool))
+    }
+
+    async fn drop_pg(mut admin: sqlx::PgConnection, name: &str, pool: sqlx::PgPool) -> TestResult {
         pool.close().await;
         let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut admin)
             .await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn postgres_completed_attempt_is_inert() -> TestResult {
+        let (admin, name, pool) = pg_database().await?;
+        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+            .execute(&pool)
+            .await?;
+        let problems = completed_attempt_is_inert(&postgres::PgStore::new(pool.clone())).await;
+        drop_pg(admin, &name, pool).await?;
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
+        Ok(())
+    }
+
+    /// The claim must be two index scans (ready index, then primary key) on a
+    /// queue of any real size: written as a join, it was planned as a hash join
+    /// over a sequential scan of all 10,000 rows of a freshly filled queue.
+    /// (A table of a page or two is rightly read whole.)
+    #[tokio::test]
+    async fn postgres_claim_never_scans_the_table() -> TestResult {
+        let (admin, name, pool) = pg_database().await?;
+        let plan = async {
+            for rows in [10_000, 200_000] {
+                sqlx::query("TRUNCATE jetpack_tasks").execute(&pool).await?;
+                sqlx::query(
+                    r#"INSERT INTO jetpack_tasks (step, kind)
+                       SELECT '{"M":{"A":null}}', 'M.A' FROM generate_series(1, $1)"#,
+                )
+                .bind(rows)
+                .execute(&pool)
+                .await?;
+                sqlx::query("ANALYZE jetpack_tasks").execute(&pool).await?;
+                let explain = format!("EXPLAIN {}", postgres::CLAIM);
+                let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                    .bind(100_i64)
+                    .bind(vec!["M.A".to_string()])
+                    .bind("w")
+                    .bind(30_000_000_i64)
+                    .fetch_all(&pool)
+                    .await?;
+                let plan = plan.join("\n");
+                let uses = |index: &str| plan.contains(&format!("Index Scan using {index}"));
+                if plan.contains("Seq Scan")
+                    || !uses("jetpack_tasks_ready")
+                    || !uses("jetpack_tasks_pkey")
+                {
+                    return Ok::<_, Box<dyn std::error::Error>>(Some(format!(
+                        "with {rows} rows:\n{plan}"
+                    )));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        drop_pg(admin, &name, pool).await?;
+        if let Some(plan) = plan? {
+            panic!("the claim is not planned as two index scans {plan}");
+        }
         Ok(())
     }
 }

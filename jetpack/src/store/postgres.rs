@@ -13,19 +13,21 @@ use crate::Error;
 /// The channel Jetpack's triggers notify and its workers listen on.
 pub(crate) const CHANNEL: &str = "jetpack";
 
-const CLAIM: &str = "
-WITH ready AS (
+/// Claims up to `$1` ready tasks of the kinds `$2` for worker `$3` with a lease
+/// of `$4` µs. The ids are collected first (`ANY(ARRAY(…))`) so the update is
+/// always a primary-key lookup: joined to a CTE instead, PostgreSQL planned a
+/// hash join over a sequential scan of the whole table for tables of a few
+/// thousand rows.
+pub(super) const CLAIM: &str = "
+UPDATE jetpack_tasks t
+SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
+    wakeup_at = now() + $4 * interval '1 microsecond', updated_at = now()
+WHERE t.id = ANY(ARRAY(
     SELECT id FROM jetpack_tasks
     WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
     ORDER BY wakeup_at
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE jetpack_tasks t
-SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
-    wakeup_at = now() + $4 * interval '1 microsecond', updated_at = now()
-FROM ready
-WHERE t.id = ready.id
+    FOR UPDATE SKIP LOCKED))
 RETURNING t.id, t.step::text, t.tried, t.fence";
 
 const NEXT: &str = "

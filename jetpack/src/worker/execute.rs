@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{field, Instrument};
 
-use super::{lock, Backoff, Runtime};
+use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
 use crate::step::{Context, Wakeup};
 use crate::store::{Claimed, Outcome};
@@ -18,11 +17,7 @@ use crate::StepError;
 /// The longest error text kept on a row.
 const MAX_ERROR_LEN: usize = 16 * 1024;
 
-pub(super) async fn run<T: Scheduler>(
-    rt: Arc<Runtime>,
-    task: Claimed,
-    _slot: OwnedSemaphorePermit,
-) {
+pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot: Slot) {
     let span = tracing::info_span!(
         "step",
         task_id = task.id,
@@ -32,11 +27,18 @@ pub(super) async fn run<T: Scheduler>(
     );
     async {
         let (outcome, tx) = attempt::<T>(&rt, &task).await;
+        if tx.is_none() {
+            // The step is done; only its outcome is left to write, with others.
+            // (A step's own transaction holds a connection until it commits, so
+            // that step keeps its running slot until then.)
+            slot.stop_running();
+        }
         record(&rt, &task, outcome, tx).await;
     }
     .instrument(span)
     .await;
     lock(&rt.in_flight).remove(&task.id);
+    drop(slot);
 }
 
 /// Decodes and runs the step; returns what should happen to the task and the

@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -141,7 +141,7 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(notify::run(rt.clone()));
         helpers.spawn(heartbeat::run(rt.clone()));
 
-        let slots = Arc::new(Semaphore::new(rt.config.concurrency));
+        let slots = Slots::new(&rt.config);
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
         let mut steps = JoinSet::new();
         let mut backoff = Backoff::default();
@@ -151,14 +151,19 @@ impl<T: Scheduler> Worker<T> {
             while steps.try_join_next().is_some() {}
             // Claim in batches: while steps run, wait until at least half a batch
             // of slots is free rather than claiming one task per finished step.
-            let free = slots.available_permits();
+            let free = slots.free();
             if free < claim_threshold && !steps.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = steps.join_next() => continue,
+                    _ = slots.freed.notified() => continue,
                 }
             }
-            let limit = free.min(rt.config.batch_size);
+            if free < rt.config.batch_size && !steps.is_empty() {
+                // Steps that finish together free their slots together: let
+                // those that can run now do so, then claim for all of them.
+                tokio::task::yield_now().await;
+            }
+            let limit = slots.free().min(rt.config.batch_size);
             let claimed = match rt
                 .store
                 .claim(limit, &rt.kinds, &rt.config.name, rt.config.lease)
@@ -176,15 +181,16 @@ impl<T: Scheduler> Worker<T> {
             };
             backoff.reset();
             let (got, full_batch) = (claimed.len(), claimed.len() == limit);
+            tracing::trace!(claimed = got, limit, "claimed");
             for task in claimed {
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    // Unreachable: only this loop takes permits and it claimed no
+                let Some(slot) = slots.take() else {
+                    // Unreachable: only this loop takes slots and it claimed no
                     // more than were free. Give the task back rather than lose it.
                     rt.release(&[(task.id, task.fence)]).await;
                     continue;
                 };
                 lock(&rt.in_flight).insert(task.id, task.fence);
-                steps.spawn(execute::run::<T>(rt.clone(), task, permit));
+                steps.spawn(execute::run::<T>(rt.clone(), task, slot));
             }
             if full_batch {
                 continue;
@@ -231,6 +237,67 @@ impl<T: Scheduler> Worker<T> {
         helpers.abort_all();
         tracing::info!(worker = %rt.config.name, "worker stopped");
         Ok(())
+    }
+}
+
+/// The two limits on what a worker takes on: steps running (`concurrency`), and
+/// tasks held, which also counts finished steps whose outcome is still being
+/// written. Freeing the running slot as soon as a step returns lets the next
+/// claim overlap with the writing of the last batch's outcomes.
+struct Slots {
+    running: Arc<Semaphore>,
+    held: Arc<Semaphore>,
+    /// Signalled whenever a slot is given back.
+    freed: Arc<Notify>,
+}
+
+/// What one claimed task holds until its outcome is written; see [`Slots`].
+pub(crate) struct Slot {
+    running: Option<OwnedSemaphorePermit>,
+    held: Option<OwnedSemaphorePermit>,
+    freed: Arc<Notify>,
+}
+
+impl Slots {
+    fn new(config: &Config) -> Self {
+        Slots {
+            running: Arc::new(Semaphore::new(config.concurrency)),
+            held: Arc::new(Semaphore::new(config.concurrency + config.batch_size)),
+            freed: Arc::new(Notify::new()),
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.running
+            .available_permits()
+            .min(self.held.available_permits())
+    }
+
+    fn take(&self) -> Option<Slot> {
+        let held = self.held.clone().try_acquire_owned().ok()?;
+        let running = self.running.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            running: Some(running),
+            held: Some(held),
+            freed: self.freed.clone(),
+        })
+    }
+}
+
+impl Slot {
+    /// The step has returned: another step may run while its outcome is written.
+    fn stop_running(&mut self) {
+        self.running = None;
+        self.freed.notify_one();
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Give the permits back before waking the fetch loop, which counts them.
+        self.running = None;
+        self.held = None;
+        self.freed.notify_one();
     }
 }
 
