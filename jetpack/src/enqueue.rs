@@ -54,7 +54,8 @@ pub struct TaskRow {
     pub id: i64,
     /// The current step as JSON, `{"Machine":{"Step":{..}}}`.
     pub step: String,
-    /// When the step may run (while it runs: when its lease expires).
+    /// When the step may run. While a step runs longer than a third of its
+    /// lease, the heartbeat moves this along with the lease.
     pub wakeup_at: DateTime<Utc>,
     /// Attempts of the current step so far.
     pub tried: i32,
@@ -62,11 +63,13 @@ pub struct TaskRow {
     pub error: Option<String>,
     /// The worker running the step, if one is.
     pub locked_by: Option<String>,
+    /// While a worker runs the step: when its lease expires.
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 /// A task row as selected: step, wakeup_at (as the backend stores it), tried,
-/// error, locked_by.
-type RowTuple<T> = (String, T, i32, Option<String>, Option<String>);
+/// error, locked_by, lease_until.
+type RowTuple<T> = (String, T, i32, Option<String>, Option<String>, Option<T>);
 
 /// Reads task `id`; `None` once it has finished (finished tasks are deleted).
 pub async fn find<'e, E>(db: E, id: i64) -> Result<Option<TaskRow>, Error>
@@ -96,21 +99,23 @@ impl Backend for sqlx::Postgres {
     {
         Box::pin(async move {
             let row: Option<RowTuple<DateTime<Utc>>> = sqlx::query_as(
-                "SELECT step::text, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = $1",
+                "SELECT step::text, wakeup_at, tried, error, locked_by, lease_until
+                 FROM jetpack_tasks WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(db)
             .await?;
-            Ok(
-                row.map(|(step, wakeup_at, tried, error, locked_by)| TaskRow {
+            Ok(row.map(
+                |(step, wakeup_at, tried, error, locked_by, lease_until)| TaskRow {
                     id,
                     step,
                     wakeup_at,
                     tried,
                     error,
                     locked_by,
-                }),
-            )
+                    lease_until,
+                },
+            ))
         })
     }
 
@@ -294,25 +299,28 @@ impl Backend for sqlx::Sqlite {
     {
         Box::pin(async move {
             let row: Option<RowTuple<String>> = sqlx::query_as(
-                "SELECT step, wakeup_at, tried, error, locked_by FROM jetpack_tasks WHERE id = ?1",
+                "SELECT step, wakeup_at, tried, error, locked_by, lease_until
+                 FROM jetpack_tasks WHERE id = ?1",
             )
             .bind(id)
             .fetch_optional(db)
             .await?;
-            row.map(|(step, wakeup_at, tried, error, locked_by)| {
-                let wakeup_at =
-                    chrono::NaiveDateTime::parse_from_str(&wakeup_at, "%Y-%m-%d %H:%M:%S%.f")
+            row.map(|(step, wakeup_at, tried, error, locked_by, lease_until)| {
+                let time = |column: &str, text: &str| {
+                    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+                        .map(|t| t.and_utc())
                         .map_err(|e| {
-                            Error::InvalidTime(format!("wakeup_at {wakeup_at:?} of task {id}: {e}"))
-                        })?
-                        .and_utc();
+                            Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}"))
+                        })
+                };
                 Ok(TaskRow {
                     id,
                     step,
-                    wakeup_at,
+                    wakeup_at: time("wakeup_at", &wakeup_at)?,
                     tried,
                     error,
                     locked_by,
+                    lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
                 })
             })
             .transpose()

@@ -223,6 +223,109 @@ mod tests {
         Ok(problems)
     }
 
+    /// A leased task is not ready, not even "due", until its lease expires;
+    /// then another claim takes it as a new attempt.
+    async fn a_lease_holds_until_it_expires(store: &dyn Store) -> TestResult<Vec<String>> {
+        let kinds = vec!["M.A".to_string()];
+        let mut problems = Vec::new();
+        let lease = Duration::from_millis(400);
+        let first = store.claim(10, &kinds, "a", lease).await?;
+        if first.len() != 1 {
+            return Err(format!("claimed {} tasks instead of 1", first.len()).into());
+        }
+        if !store.claim(10, &kinds, "b", lease).await?.is_empty() {
+            problems.push("a leased task was claimed again".into());
+        }
+        if let Some(due) = store.next_due(&kinds).await? {
+            problems.push(format!("a leased task is reported due in {due:?}"));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let second = loop {
+            let got = store.claim(10, &kinds, "b", lease).await?;
+            if !got.is_empty() || std::time::Instant::now() > deadline {
+                break got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        match second.as_slice() {
+            [again] if again.id == first[0].id && again.fence == first[0].fence + 1 => {
+                if again.tried != 2 {
+                    problems.push(format!("tried is {} after two claims", again.tried));
+                }
+            }
+            other => problems.push(format!("after the lease expired, claimed {other:?}")),
+        }
+        Ok(problems)
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_lease_holds_until_it_expires() -> TestResult {
+        let dir = std::env::temp_dir().join(format!("jetpack_unit_lease_{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}", dir.join("unit.db").display());
+        let pool = sqlite::connect(&url).await?;
+        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+            .execute(&pool)
+            .await?;
+        let problems = a_lease_holds_until_it_expires(&sqlite::SqliteStore::new(pool)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let problems = problems?;
+        assert!(problems.is_empty(), "{problems:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn postgres_a_lease_holds_until_it_expires() -> TestResult {
+        let (admin, name, pool) = pg_database().await?;
+        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+            .execute(&pool)
+            .await?;
+        let problems = a_lease_holds_until_it_expires(&postgres::PgStore::new(pool.clone())).await;
+        drop_pg(admin, &name, pool).await?;
+        let problems = problems?;
+        assert!(problems.is_empty(), "{problems:?}");
+        Ok(())
+    }
+
+    /// A claim changes no indexed column, so on a page with room PostgreSQL
+    /// updates the row in place (HOT) without new index entries. It wrote the
+    /// lease into the indexed `wakeup_at` before, and no claim was HOT.
+    #[tokio::test]
+    async fn postgres_claims_are_hot_updates() -> TestResult {
+        let (admin, name, pool) = pg_database().await?;
+        let counts = async {
+            sqlx::query(
+                r#"INSERT INTO jetpack_tasks (step, kind)
+                   SELECT format('{"Order":{"Ship":{"order":%s}}}', i)::jsonb, 'Order.Ship'
+                   FROM generate_series(1, 1000) i"#,
+            )
+            .execute(&pool)
+            .await?;
+            let mut tx = pool.begin().await?;
+            sqlx::query(postgres::CLAIM)
+                .bind(100_i64)
+                .bind(vec!["Order.Ship".to_string()])
+                .bind("worker-1234567-0123abcd")
+                .bind(30_000_000_i64)
+                .execute(&mut *tx)
+                .await?;
+            let counts: (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables
+                 WHERE relname = 'jetpack_tasks'",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            Ok::<_, Box<dyn std::error::Error>>(counts)
+        }
+        .await;
+        drop_pg(admin, &name, pool).await?;
+        let (updated, hot) = counts?;
+        assert_eq!(updated, 100);
+        assert!(hot >= 90, "only {hot} of {updated} claims were HOT updates");
+        Ok(())
+    }
+
     #[tokio::test]
     async fn sqlite_completed_attempt_is_inert() -> TestResult {
         let dir = std::env::temp_dir().join(format!("jetpack_unit_{}", std::process::id()));

@@ -17,14 +17,15 @@ pub(crate) const CHANNEL: &str = "jetpack";
 /// of `$4` µs. The ids are collected first (`ANY(ARRAY(…))`) so the update is
 /// always a primary-key lookup: joined to a CTE instead, PostgreSQL planned a
 /// hash join over a sequential scan of the whole table for tables of a few
-/// thousand rows.
+/// thousand rows. It changes no indexed column, so it can be a HOT update.
 pub(super) const CLAIM: &str = "
 UPDATE jetpack_tasks t
 SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
-    wakeup_at = now() + $4 * interval '1 microsecond', updated_at = now()
+    lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
 WHERE t.id = ANY(ARRAY(
     SELECT id FROM jetpack_tasks
     WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
+      AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY wakeup_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
@@ -32,7 +33,8 @@ RETURNING t.id, t.step::text, t.tried, t.fence";
 
 const NEXT: &str = "
 UPDATE jetpack_tasks
-SET step = $3::text::jsonb, kind = $6, tried = 0, locked_by = NULL, updated_at = now(),
+SET step = $3::text::jsonb, kind = $6, tried = 0, locked_by = NULL, lease_until = NULL,
+    updated_at = now(),
     wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond')
 WHERE id = $1 AND fence = $2";
 
@@ -46,7 +48,8 @@ RETURNING t.id";
 
 const NEXT_MANY: &str = "
 UPDATE jetpack_tasks t
-SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, updated_at = now(),
+SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
+    updated_at = now(),
     wakeup_at = coalesce(u.at, now() + u.delay * interval '1 microsecond')
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[], $6::text[])
     AS u(id, fence, step, delay, at, kind)
@@ -55,31 +58,38 @@ RETURNING t.id";
 
 const RETRY: &str = "
 UPDATE jetpack_tasks
-SET locked_by = NULL, updated_at = now(), wakeup_at = now() + $3 * interval '1 microsecond'
+SET locked_by = NULL, lease_until = NULL, updated_at = now(),
+    wakeup_at = now() + $3 * interval '1 microsecond'
 WHERE id = $1 AND fence = $2";
 
 const PARK: &str = "
 UPDATE jetpack_tasks
-SET error = $3, locked_by = NULL, updated_at = now(), wakeup_at = now()
+SET error = $3, locked_by = NULL, lease_until = NULL, updated_at = now(), wakeup_at = now()
 WHERE id = $1 AND fence = $2";
 
+/// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
+/// of the claim's index scan: a step that runs long stops being stepped over.
 const HEARTBEAT: &str = "
 UPDATE jetpack_tasks t
-SET wakeup_at = now() + $3 * interval '1 microsecond'
+SET lease_until = now() + $3 * interval '1 microsecond', wakeup_at = now() + $3 * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
 WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL
 RETURNING t.id";
 
 const RELEASE: &str = "
 UPDATE jetpack_tasks t
-SET locked_by = NULL, wakeup_at = now(), tried = greatest(t.tried - 1, 0), updated_at = now()
+SET locked_by = NULL, lease_until = NULL, wakeup_at = now(), tried = greatest(t.tried - 1, 0),
+    updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
 WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL";
 
+/// When the next task becomes due. Leases that have not expired yet are left
+/// out (finding their minimum would read every held row); the worker's poll
+/// interval bounds how late an expiring lease is noticed.
 const NEXT_DUE: &str = "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
-WHERE error IS NULL AND kind = ANY($1)";
+WHERE error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
 
 pub(crate) const INSERT: &str = "
 INSERT INTO jetpack_tasks (step, kind, wakeup_at)

@@ -37,7 +37,7 @@ macro_rules! now {
 
 const CLAIM: &str = concat!(
     "UPDATE jetpack_tasks
-     SET tried = tried + 1, fence = fence + 1, locked_by = ?3, wakeup_at = ",
+     SET tried = tried + 1, fence = fence + 1, locked_by = ?3, lease_until = ",
     now!("?4"),
     ", updated_at = ",
     now!(),
@@ -45,7 +45,9 @@ const CLAIM: &str = concat!(
          SELECT id FROM jetpack_tasks
          WHERE error IS NULL AND wakeup_at <= ",
     now!(),
-    " AND kind IN (SELECT value FROM json_each(?2))
+    " AND (lease_until IS NULL OR lease_until <= ",
+    now!(),
+    ") AND kind IN (SELECT value FROM json_each(?2))
          ORDER BY wakeup_at
          LIMIT ?1)
      RETURNING id, step, tried, fence"
@@ -53,7 +55,7 @@ const CLAIM: &str = concat!(
 
 const NEXT: &str = concat!(
     "UPDATE jetpack_tasks
-     SET step = ?3, kind = ?6, tried = 0, locked_by = NULL, updated_at = ",
+     SET step = ?3, kind = ?6, tried = 0, locked_by = NULL, lease_until = NULL, updated_at = ",
     now!(),
     ", wakeup_at = coalesce(?5, ",
     now!("?4"),
@@ -69,7 +71,8 @@ RETURNING id";
 
 const NEXT_MANY: &str = concat!(
     "UPDATE jetpack_tasks
-     SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, updated_at = ",
+     SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
+         updated_at = ",
     now!(),
     ", wakeup_at = coalesce(u.at, ",
     now!("u.delay"),
@@ -81,7 +84,7 @@ const NEXT_MANY: &str = concat!(
 );
 
 const RETRY: &str = concat!(
-    "UPDATE jetpack_tasks SET locked_by = NULL, updated_at = ",
+    "UPDATE jetpack_tasks SET locked_by = NULL, lease_until = NULL, updated_at = ",
     now!(),
     ", wakeup_at = ",
     now!("?3"),
@@ -89,15 +92,18 @@ const RETRY: &str = concat!(
 );
 
 const PARK: &str = concat!(
-    "UPDATE jetpack_tasks SET error = ?3, locked_by = NULL, updated_at = ",
+    "UPDATE jetpack_tasks SET error = ?3, locked_by = NULL, lease_until = NULL, updated_at = ",
     now!(),
     ", wakeup_at = ",
     now!(),
     " WHERE id = ?1 AND fence = ?2"
 );
 
+/// Renews leases, and moves `wakeup_at` along (see the PostgreSQL backend).
 const HEARTBEAT: &str = concat!(
-    "UPDATE jetpack_tasks SET wakeup_at = ",
+    "UPDATE jetpack_tasks SET lease_until = ",
+    now!("?2"),
+    ", wakeup_at = ",
     now!("?2"),
     " WHERE locked_by IS NOT NULL AND (id, fence) IN (
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))
@@ -106,7 +112,7 @@ const HEARTBEAT: &str = concat!(
 
 const RELEASE: &str = concat!(
     "UPDATE jetpack_tasks
-     SET locked_by = NULL, tried = max(tried - 1, 0), wakeup_at = ",
+     SET locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0), wakeup_at = ",
     now!(),
     ", updated_at = ",
     now!(),
@@ -114,10 +120,16 @@ const RELEASE: &str = concat!(
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))"
 );
 
-const NEXT_DUE: &str = "
-SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
-FROM jetpack_tasks
-WHERE error IS NULL AND kind IN (SELECT value FROM json_each(?1))";
+/// When the next task becomes due, leaving out leases that have not expired
+/// (see the PostgreSQL backend).
+const NEXT_DUE: &str = concat!(
+    "SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
+     FROM jetpack_tasks
+     WHERE error IS NULL AND kind IN (SELECT value FROM json_each(?1))
+       AND (lease_until IS NULL OR lease_until <= ",
+    now!(),
+    ")"
+);
 
 pub(crate) const INSERT: &str = concat!(
     "INSERT INTO jetpack_tasks (step, kind, wakeup_at) VALUES (?1, ?2, coalesce(?4, ",
