@@ -110,6 +110,13 @@ pub(crate) trait Listener: Send {
     async fn recv(&mut self) -> Result<Notice, Error>;
 }
 
+/// For each outcome of `done`, whether its attempt still held the task: whether
+/// its id is among those the statements touched.
+pub(crate) fn which_held(done: &[(i64, i64, &Outcome)], held: Vec<i64>) -> Vec<bool> {
+    let held: std::collections::HashSet<i64> = held.into_iter().collect();
+    done.iter().map(|(id, _, _)| held.contains(id)).collect()
+}
+
 /// Converts a wakeup into (delay in microseconds, absolute time) for binding.
 pub(crate) fn wakeup_binds(wakeup: &Wakeup) -> Result<(i64, Option<DateTime<Utc>>), Error> {
     match *wakeup {
@@ -258,17 +265,67 @@ mod tests {
         Ok(problems)
     }
 
+    /// A next step due now is due at once, also after the heartbeat moved the
+    /// row's `wakeup_at` to a lease expiry in the future (a next step keeps a
+    /// passed `wakeup_at`, so that its update can be HOT).
+    async fn a_next_step_due_now_is_claimable_at_once(
+        store: &dyn Store,
+    ) -> TestResult<Vec<String>> {
+        let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+        let mut problems = Vec::new();
+        let hour = Duration::from_secs(3600);
+        for heartbeat in [false, true] {
+            let claimed = store.claim(1, &kinds, "w", hour).await?;
+            let (id, fence) = match claimed.as_slice() {
+                [c] => (c.id, c.fence),
+                other => return Err(format!("claimed {other:?}").into()),
+            };
+            if heartbeat {
+                store.heartbeat(&[(id, fence)], hour).await?;
+            }
+            let next = Outcome::Next {
+                step: r#"{"M":{"B":null}}"#.into(),
+                kind: "M.B".into(),
+                wakeup: Wakeup::Now,
+            };
+            store.complete_many(&[(id, fence, &next)]).await?;
+            let again = store.claim(1, &["M.B".to_string()], "w", hour).await?;
+            if again.len() != 1 || again[0].id != id {
+                problems.push(format!(
+                    "the next step was not claimable at once (heartbeat: {heartbeat})"
+                ));
+            }
+            store
+                .complete_many(&[(id, fence + 1, &Outcome::Finish)])
+                .await?;
+        }
+        Ok(problems)
+    }
+
     #[tokio::test]
-    async fn sqlite_a_lease_holds_until_it_expires() -> TestResult {
+    async fn sqlite_leases_and_next_steps() -> TestResult {
         let dir = std::env::temp_dir().join(format!("jetpack_unit_lease_{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite://{}", dir.join("unit.db").display());
         let pool = sqlite::connect(&url).await?;
         <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+        // Two tasks for the next-step check (which finishes them), one for the lease.
         sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
             .execute(&pool)
             .await?;
-        let problems = a_lease_holds_until_it_expires(&sqlite::SqliteStore::new(pool)).await;
+        sqlx::query(
+            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}'), ('{"M":{"A":null}}')"#,
+        )
+        .execute(&pool)
+        .await?;
+        let store = sqlite::SqliteStore::new(pool);
+        let problems = match a_next_step_due_now_is_claimable_at_once(&store).await {
+            Ok(mut problems) => a_lease_holds_until_it_expires(&store).await.map(|more| {
+                problems.extend(more);
+                problems
+            }),
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_dir_all(&dir);
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
@@ -276,12 +333,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn postgres_a_lease_holds_until_it_expires() -> TestResult {
+    async fn postgres_leases_and_next_steps() -> TestResult {
         let (admin, name, pool) = pg_database().await?;
+        // Two tasks for the next-step check (which finishes them), one for the lease.
         sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
             .execute(&pool)
             .await?;
-        let problems = a_lease_holds_until_it_expires(&postgres::PgStore::new(pool.clone())).await;
+        sqlx::query(
+            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}'), ('{"M":{"A":null}}')"#,
+        )
+        .execute(&pool)
+        .await?;
+        let store = postgres::PgStore::new(pool.clone());
+        let problems = match a_next_step_due_now_is_claimable_at_once(&store).await {
+            Ok(mut problems) => a_lease_holds_until_it_expires(&store).await.map(|more| {
+                problems.extend(more);
+                problems
+            }),
+            Err(e) => Err(e),
+        };
         drop_pg(admin, &name, pool).await?;
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");

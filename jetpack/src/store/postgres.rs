@@ -35,26 +35,37 @@ const NEXT: &str = "
 UPDATE jetpack_tasks
 SET step = $3::text::jsonb, kind = $6, tried = 0, locked_by = NULL, lease_until = NULL,
     updated_at = now(),
-    wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond')
+    wakeup_at = CASE WHEN $5 IS NULL AND $4 = 0 AND wakeup_at <= now() THEN wakeup_at
+                     ELSE coalesce($5, now() + $4 * interval '1 microsecond') END
 WHERE id = $1 AND fence = $2";
 
 const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = $1 AND fence = $2";
 
-const FINISH_MANY: &str = "
-DELETE FROM jetpack_tasks t
-USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
-WHERE t.id = d.id AND t.fence = d.fence
-RETURNING t.id";
-
-const NEXT_MANY: &str = "
-UPDATE jetpack_tasks t
-SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-    updated_at = now(),
-    wakeup_at = coalesce(u.at, now() + u.delay * interval '1 microsecond')
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::timestamptz[], $6::text[])
-    AS u(id, fence, step, delay, at, kind)
-WHERE t.id = u.id AND t.fence = u.fence
-RETURNING t.id";
+/// Records finished tasks (`$1` ids, `$2` fences: deleted) and moves to next
+/// steps (`$3`…`$8`) in one statement, so that a flush of the completer is one
+/// round trip and one commit. Either list may be empty.
+///
+/// A next step due now keeps the row's `wakeup_at` when that has passed: it is
+/// due either way, a workflow under way keeps its place ahead of newer tasks,
+/// and with no indexed column changed the update can be HOT.
+const FINISH_AND_NEXT: &str = "
+WITH finished AS (
+    DELETE FROM jetpack_tasks t
+    USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
+    WHERE t.id = d.id AND t.fence = d.fence
+    RETURNING t.id
+), moved AS (
+    UPDATE jetpack_tasks t
+    SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
+        updated_at = now(),
+        wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND t.wakeup_at <= now() THEN t.wakeup_at
+                         ELSE coalesce(u.at, now() + u.delay * interval '1 microsecond') END
+    FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[])
+        AS u(id, fence, step, delay, at, kind)
+    WHERE t.id = u.id AND t.fence = u.fence
+    RETURNING t.id
+)
+SELECT id FROM finished UNION ALL SELECT id FROM moved";
 
 const RETRY: &str = "
 UPDATE jetpack_tasks
@@ -188,9 +199,9 @@ impl Store for PgStore {
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
-        // Finishes and moves to a next step, the common outcomes, each go in one
-        // statement; retries and parking are rare and go one by one. All of it
-        // commits once.
+        // Finishes and moves to a next step, the common outcomes, go in one
+        // statement; retries and parking are rare and go one by one in the
+        // same transaction. All of it commits once.
         let mut finish = (Vec::new(), Vec::new());
         let mut next = (
             Vec::new(),
@@ -219,35 +230,30 @@ impl Store for PgStore {
                 _ => others.push((id, fence, outcome)),
             }
         }
-        let mut tx = self.pool.begin().await?;
-        let mut held: Vec<i64> = Vec::with_capacity(done.len());
-        if !finish.0.is_empty() {
-            let ids: Vec<i64> = sqlx::query_scalar(FINISH_MANY)
-                .bind(&finish.0)
-                .bind(&finish.1)
-                .fetch_all(&mut *tx)
-                .await?;
-            held.extend(ids);
-        }
-        if !next.0.is_empty() {
-            let ids: Vec<i64> = sqlx::query_scalar(NEXT_MANY)
-                .bind(&next.0)
-                .bind(&next.1)
-                .bind(&next.2)
-                .bind(&next.3)
-                .bind(&next.4)
-                .bind(&next.5)
-                .fetch_all(&mut *tx)
-                .await?;
-            held.extend(ids);
-        }
-        for (id, fence, outcome) in others {
-            if record(&mut *tx, id, fence, outcome).await? {
-                held.push(id);
+        let both = sqlx::query_scalar(FINISH_AND_NEXT)
+            .bind(&finish.0)
+            .bind(&finish.1)
+            .bind(&next.0)
+            .bind(&next.1)
+            .bind(&next.2)
+            .bind(&next.3)
+            .bind(&next.4)
+            .bind(&next.5);
+        let held: Vec<i64> = if others.is_empty() {
+            // One statement commits on its own.
+            both.fetch_all(&self.pool).await?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let mut held: Vec<i64> = both.fetch_all(&mut *tx).await?;
+            for (id, fence, outcome) in others {
+                if record(&mut *tx, id, fence, outcome).await? {
+                    held.push(id);
+                }
             }
-        }
-        tx.commit().await?;
-        Ok(done.iter().map(|(id, _, _)| held.contains(id)).collect())
+            tx.commit().await?;
+            held
+        };
+        Ok(super::which_held(done, held))
     }
 
     async fn complete_in_tx(

@@ -57,9 +57,11 @@ const NEXT: &str = concat!(
     "UPDATE jetpack_tasks
      SET step = ?3, kind = ?6, tried = 0, locked_by = NULL, lease_until = NULL, updated_at = ",
     now!(),
-    ", wakeup_at = coalesce(?5, ",
+    ", wakeup_at = CASE WHEN ?5 IS NULL AND ?4 = 0 AND wakeup_at <= ",
+    now!(),
+    " THEN wakeup_at ELSE coalesce(?5, ",
     now!("?4"),
-    ") WHERE id = ?1 AND fence = ?2"
+    ") END WHERE id = ?1 AND fence = ?2"
 );
 
 const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = ?1 AND fence = ?2";
@@ -69,14 +71,18 @@ DELETE FROM jetpack_tasks WHERE (id, fence) IN (
     SELECT value ->> 0, value ->> 1 FROM json_each(?1))
 RETURNING id";
 
+/// Moves to next steps; a next step due now keeps a passed `wakeup_at`, as on
+/// PostgreSQL.
 const NEXT_MANY: &str = concat!(
     "UPDATE jetpack_tasks
      SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
          updated_at = ",
     now!(),
-    ", wakeup_at = coalesce(u.at, ",
+    ", wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
+    now!(),
+    " THEN jetpack_tasks.wakeup_at ELSE coalesce(u.at, ",
     now!("u.delay"),
-    ") FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
+    ") END FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
                     value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at
              FROM json_each(?1)) AS u
      WHERE jetpack_tasks.id = u.id AND jetpack_tasks.fence = u.fence
@@ -161,11 +167,20 @@ pub async fn connect(url: &str) -> Result<SqlitePool, Error> {
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
+    /// Taken around this worker's writes. SQLite has one writer at a time, and
+    /// a connection that finds the file locked waits in SQLite's busy handler,
+    /// which sleeps in steps of milliseconds: a claim and a flush of the same
+    /// worker colliding there left the worker idle half the time. Queued here
+    /// instead, the next write starts the moment the last one commits.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
     pub(crate) fn new(pool: SqlitePool) -> Self {
-        SqliteStore { pool }
+        SqliteStore {
+            pool,
+            writes: tokio::sync::Mutex::new(()),
+        }
     }
 }
 
@@ -230,6 +245,7 @@ impl Store for SqliteStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
+        let _write = self.writes.lock().await;
         let rows: Vec<(i64, String, i32, i64)> = sqlx::query_as(CLAIM)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(json_list(&kinds)?)
@@ -270,6 +286,21 @@ impl Store for SqliteStore {
                 _ => others.push((id, fence, outcome)),
             }
         }
+        let _write = self.writes.lock().await;
+        if others.is_empty() && (finish.is_empty() || next.is_empty()) {
+            // One statement commits on its own: one trip to the connection's
+            // thread instead of three.
+            let (sql, rows) = if next.is_empty() {
+                (FINISH_MANY, &finish)
+            } else {
+                (NEXT_MANY, &next)
+            };
+            let held: Vec<i64> = sqlx::query_scalar(sql)
+                .bind(format!("[{}]", rows.join(",")))
+                .fetch_all(&self.pool)
+                .await?;
+            return Ok(super::which_held(done, held));
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut held: Vec<i64> = Vec::with_capacity(done.len());
         for (sql, rows) in [(FINISH_MANY, &finish), (NEXT_MANY, &next)] {
@@ -287,7 +318,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(done.iter().map(|(id, _, _)| held.contains(id)).collect())
+        Ok(super::which_held(done, held))
     }
 
     async fn complete_in_tx(
@@ -303,6 +334,7 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
+        let _write = self.writes.lock().await;
         Ok(sqlx::query_scalar(HEARTBEAT)
             .bind(json_list(&held)?)
             .bind(micros(lease)?)
@@ -311,6 +343,7 @@ impl Store for SqliteStore {
     }
 
     async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error> {
+        let _write = self.writes.lock().await;
         sqlx::query(RELEASE)
             .bind(json_list(&held)?)
             .execute(&self.pool)

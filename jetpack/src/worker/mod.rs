@@ -241,8 +241,8 @@ impl<T: Scheduler> Worker<T> {
 }
 
 /// The two limits on what a worker takes on: steps running (`concurrency`), and
-/// tasks held, which also counts finished steps whose outcome is still being
-/// written. Freeing the running slot as soon as a step returns lets the next
+/// tasks held (twice that), which also counts finished steps whose outcome is
+/// still being written. Freeing the running slot as soon as a step returns lets the next
 /// claim overlap with the writing of the last batch's outcomes.
 struct Slots {
     running: Arc<Semaphore>,
@@ -262,7 +262,8 @@ impl Slots {
     fn new(config: &Config) -> Self {
         Slots {
             running: Arc::new(Semaphore::new(config.concurrency)),
-            held: Arc::new(Semaphore::new(config.concurrency + config.batch_size)),
+            // One batch being recorded while the next one runs.
+            held: Arc::new(Semaphore::new(config.concurrency.saturating_mul(2))),
             freed: Arc::new(Notify::new()),
         }
     }
@@ -349,6 +350,8 @@ impl<T: Scheduler> WorkerBuilder<T> {
 
     /// How many steps run at once (default 100). Steps are async tasks, so a high
     /// limit costs little; lower it for steps that each hold scarce resources.
+    /// A worker holds at most twice this many tasks: steps that returned wait
+    /// for their outcomes to be written together while the next ones run.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
         self
