@@ -14,16 +14,23 @@ use crate::Error;
 pub(crate) const CHANNEL: &str = "jetpack";
 
 /// Claims up to `$1` ready tasks of the kinds `$2` for worker `$3` with a lease
-/// of `$4` µs. The ids are collected first (`ANY(ARRAY(…))`) so the update is
-/// always a primary-key lookup: joined to a CTE instead, PostgreSQL planned a
-/// hash join over a sequential scan of the whole table for tables of a few
-/// thousand rows. It changes no indexed column, so it can be a HOT update.
+/// of `$4` µs.
+///
+/// The inner query locks the rows and returns their physical addresses
+/// (`ctid`); the update then reads exactly those row versions (a TID scan), with
+/// no second index lookup. That is safe within one statement: the rows are
+/// locked by it, so nothing can move them. (Should a row have been changed by a
+/// transaction that committed after this statement's snapshot, its new version
+/// is locked but not visible here: it is skipped, and the next claim takes it.)
+/// Joined to a CTE instead, PostgreSQL planned a hash join over a sequential
+/// scan of the whole table for queues of a few thousand rows. The update
+/// changes no indexed column, so it can be HOT.
 pub(super) const CLAIM: &str = "
 UPDATE jetpack_tasks t
 SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
     lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
-WHERE t.id = ANY(ARRAY(
-    SELECT id FROM jetpack_tasks
+WHERE t.ctid = ANY(ARRAY(
+    SELECT ctid FROM jetpack_tasks
     WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
       AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY wakeup_at
