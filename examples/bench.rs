@@ -17,7 +17,7 @@
 //! 6. pickup latency into an idle worker vs a raw INSERT + NOTIFY round trip (PostgreSQL)
 //! 7. cost per step (PostgreSQL): transactions, WAL bytes, dead tuples vs the raw loop
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -259,16 +259,68 @@ async fn batch_insert(db: &Db, n: u32) -> Result<(f64, f64), Error> {
     Ok((jet, n as f64 / t.elapsed().as_secs_f64()))
 }
 
-async fn wait_empty(db: &Db, table: &'static str) -> Result<(), Error> {
-    let sql: &'static str = if table == "jetpack_tasks" {
-        "SELECT count(*) FROM jetpack_tasks"
-    } else {
-        "SELECT count(*) FROM raw_tasks"
-    };
-    while db.try_scalar(sql, None).await? > 0 {
+/// 1 while any task is left, else 0. Cheap however many are left: the drains
+/// poll it every few milliseconds, and a `count(*)` over the queue cost the
+/// server enough to weigh on the measurement (twice as much with two processes).
+const ANY_LEFT: &str = "SELECT count(*) FROM (SELECT 1 FROM jetpack_tasks LIMIT 1) AS one";
+
+async fn wait_empty(db: &Db) -> Result<(), Error> {
+    while {
+        OWN.fetch_add(1, Ordering::Relaxed);
+        db.try_scalar(ANY_LEFT, None).await? > 0
+    } {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// Counts the statements sqlx sends (its `sqlx::query` events) while `COUNTING`
+/// is set; at other times sqlx sees the event disabled and does no work for it.
+struct Statements;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static STATEMENTS: AtomicUsize = AtomicUsize::new(0);
+/// Statements the bench itself sent while counting (its polls), to subtract.
+static OWN: AtomicUsize = AtomicUsize::new(0);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Statements {
+    fn register_callsite(
+        &self,
+        meta: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if meta.target() == "sqlx::query" {
+            tracing::subscriber::Interest::sometimes()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(
+        &self,
+        meta: &tracing::Metadata<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        meta.target() == "sqlx::query" && COUNTING.load(Ordering::Relaxed)
+    }
+
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        STATEMENTS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Statements per step of `run` (draining `steps`), the bench's own left out.
+async fn statements_per_step<F: std::future::Future<Output = Result<f64, Error>>>(
+    steps: usize,
+    run: F,
+) -> Result<f64, Error> {
+    STATEMENTS.store(0, Ordering::Relaxed);
+    OWN.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let done = run.await;
+    COUNTING.store(false, Ordering::Relaxed);
+    done?;
+    let sent = STATEMENTS.load(Ordering::Relaxed) - OWN.load(Ordering::Relaxed);
+    Ok(sent as f64 / steps as f64)
 }
 
 /// With `BENCH_PERF_CTL=<fifo>`, switches a `perf record --control fifo:<fifo>
@@ -295,7 +347,7 @@ async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     while DONE.load(Ordering::Relaxed) < steps {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    wait_empty(db, "jetpack_tasks").await?;
+    wait_empty(db).await?;
     let rate = steps as f64 / t.elapsed().as_secs_f64();
     perf_control("disable");
     stop.cancel();
@@ -531,11 +583,10 @@ async fn child_drain(url: &str) -> Result<(), Error> {
     let worker = db.worker::<Tasks>().build()?;
     let stop = worker.shutdown_token();
     let running = tokio::spawn(worker.run());
-    while db
-        .try_scalar("SELECT count(*) FROM jetpack_tasks", None)
-        .await?
-        > 0
-    {
+    while {
+        OWN.fetch_add(1, Ordering::Relaxed);
+        db.try_scalar(ANY_LEFT, None).await? > 0
+    } {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     stop.cancel();
@@ -654,6 +705,19 @@ async fn bench(
             f.close().await?;
         }
     }
+    // Statements are counted in a run of their own: sqlx's query events cost
+    // time when enabled.
+    let mut statements = None;
+    if want.has(7) {
+        let f = Fresh::new(backend).await?;
+        f.db.enqueue_many((0..10_000).map(|i| One { n: i })).await;
+        analyze(&f.db).await?;
+        let jet = statements_per_step(10_000, drain(&f.db, 10_000)).await?;
+        fill_raw(&f.db, 10_000).await?;
+        let raw = statements_per_step(10_000, raw_drain(&f.db, 10_000)).await?;
+        f.close().await?;
+        statements = Some((jet, raw));
+    }
     if want.has(1) {
         rows.push(row(
             backend,
@@ -729,6 +793,17 @@ async fn bench(
             rows.push(row(backend, name, "ms", j, r, rname, false));
         }
     }
+    if let Some((jet, raw)) = statements {
+        rows.push(row(
+            backend,
+            "7 statements per step",
+            "stmts",
+            jet,
+            raw,
+            "raw loop",
+            false,
+        ));
+    }
     if want.has(7) && !costs.is_empty() {
         // Medians of each figure over the runs.
         let m = |f: &Figure, side: usize| {
@@ -770,10 +845,16 @@ async fn main() -> Result<(), Error> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+    {
+        use tracing_subscriber::prelude::*;
+        let log = std::env::var_os("RUST_LOG").is_some().then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env())
+        });
+        tracing_subscriber::registry()
+            .with(log)
+            .with(Statements)
             .init();
     }
     if let Some(url) = arg("--child-drain") {

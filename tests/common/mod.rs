@@ -90,16 +90,22 @@ pub fn spawn<T: Scheduler>(worker: Worker<T>) -> Running {
 
 /// Builds the `worker` example (a no-op when it is up to date) and returns its path.
 pub fn worker_binary() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-q", "--example", "worker"])
-        .status()
-        .expect("run cargo build --example worker");
-    assert!(status.success(), "building the worker example failed");
     let deps = std::env::current_exe().expect("test binary path");
     let target = deps
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
+    // Build the example in the profile these tests were built in (`--release`
+    // for the soak), where the path below looks for it.
+    let mut args = vec!["build", "-q", "--example", "worker"];
+    if target.ends_with("release") {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(&args)
+        .status()
+        .expect("run cargo build --example worker");
+    assert!(status.success(), "building the worker example failed");
     target.join("examples").join("worker")
 }
 
