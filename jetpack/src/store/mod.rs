@@ -191,6 +191,7 @@ mod tests {
 
     use std::time::Duration;
 
+    use futures_util::future::LocalBoxFuture;
     use sqlx::Connection;
 
     use super::*;
@@ -201,161 +202,205 @@ mod tests {
     /// touch the row: a heartbeat or release racing the completion would
     /// otherwise move the next step's `wakeup_at` (a delayed step made due at
     /// once, or a due step pushed back by a lease).
-    async fn completed_attempt_is_inert(store: &dyn Store) -> TestResult<Vec<String>> {
-        let kinds = vec!["M.A".to_string(), "M.B".to_string()];
-        let mut problems = Vec::new();
-        let claimed = store.claim(1, &kinds, "w", Duration::from_secs(30)).await?;
-        let (id, fence) = (claimed[0].id, claimed[0].fence);
-        let next = Outcome::Next {
-            step: r#"{"M":{"B":null}}"#.into(),
-            kind: "M.B".into(),
-            wakeup: Wakeup::Delay(Duration::from_secs(3600)),
-        };
-        assert_eq!(store.complete_many(&[(id, fence, &next)]).await?, [true]);
-        let due = store.next_due(&kinds).await?.ok_or("the task is gone")?;
-        if !store
-            .heartbeat(&[(id, fence)], Duration::from_secs(1))
-            .await?
-            .is_empty()
-        {
-            problems.push("heartbeat touched a completed attempt".to_string());
-        }
-        store.release(&[(id, fence)]).await?;
-        let after = store.next_due(&kinds).await?.ok_or("the task is gone")?;
-        if after + Duration::from_secs(5) < due {
-            problems.push(format!(
-                "the delayed step became due in {after:?} instead of {due:?}"
-            ));
-        }
-        Ok(problems)
+    fn completed_attempt_is_inert(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+            let mut problems = Vec::new();
+            let claimed = store.claim(1, &kinds, "w", Duration::from_secs(30)).await?;
+            let (id, fence) = (claimed[0].id, claimed[0].fence);
+            let next = Outcome::Next {
+                step: r#"{"M":{"B":null}}"#.into(),
+                kind: "M.B".into(),
+                wakeup: Wakeup::Delay(Duration::from_secs(3600)),
+            };
+            assert_eq!(store.complete_many(&[(id, fence, &next)]).await?, [true]);
+            let due = store.next_due(&kinds).await?.ok_or("the task is gone")?;
+            if !store
+                .heartbeat(&[(id, fence)], Duration::from_secs(1))
+                .await?
+                .is_empty()
+            {
+                problems.push("heartbeat touched a completed attempt".to_string());
+            }
+            store.release(&[(id, fence)]).await?;
+            let after = store.next_due(&kinds).await?.ok_or("the task is gone")?;
+            if after + Duration::from_secs(5) < due {
+                problems.push(format!(
+                    "the delayed step became due in {after:?} instead of {due:?}"
+                ));
+            }
+            Ok(problems)
+        })
     }
 
     /// A leased task is not ready, not even "due", until its lease expires;
     /// then another claim takes it as a new attempt.
-    async fn a_lease_holds_until_it_expires(store: &dyn Store) -> TestResult<Vec<String>> {
-        let kinds = vec!["M.A".to_string()];
-        let mut problems = Vec::new();
-        let lease = Duration::from_millis(400);
-        let first = store.claim(10, &kinds, "a", lease).await?;
-        if first.len() != 1 {
-            return Err(format!("claimed {} tasks instead of 1", first.len()).into());
-        }
-        if !store.claim(10, &kinds, "b", lease).await?.is_empty() {
-            problems.push("a leased task was claimed again".into());
-        }
-        if let Some(due) = store.next_due(&kinds).await? {
-            problems.push(format!("a leased task is reported due in {due:?}"));
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let second = loop {
-            let got = store.claim(10, &kinds, "b", lease).await?;
-            if !got.is_empty() || std::time::Instant::now() > deadline {
-                break got;
+    fn a_lease_holds_until_it_expires(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string()];
+            let mut problems = Vec::new();
+            let lease = Duration::from_millis(400);
+            let first = store.claim(10, &kinds, "a", lease).await?;
+            if first.len() != 1 {
+                return Err(format!("claimed {} tasks instead of 1", first.len()).into());
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        match second.as_slice() {
-            [again] if again.id == first[0].id && again.fence == first[0].fence + 1 => {
-                if again.tried != 2 {
-                    problems.push(format!("tried is {} after two claims", again.tried));
+            if !store.claim(10, &kinds, "b", lease).await?.is_empty() {
+                problems.push("a leased task was claimed again".into());
+            }
+            if let Some(due) = store.next_due(&kinds).await? {
+                problems.push(format!("a leased task is reported due in {due:?}"));
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let second = loop {
+                let got = store.claim(10, &kinds, "b", lease).await?;
+                if !got.is_empty() || std::time::Instant::now() > deadline {
+                    break got;
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            match second.as_slice() {
+                [again] if again.id == first[0].id && again.fence == first[0].fence + 1 => {
+                    if again.tried != 2 {
+                        problems.push(format!("tried is {} after two claims", again.tried));
+                    }
+                }
+                other => problems.push(format!("after the lease expired, claimed {other:?}")),
             }
-            other => problems.push(format!("after the lease expired, claimed {other:?}")),
-        }
-        Ok(problems)
+            Ok(problems)
+        })
     }
 
     /// A next step due now is due at once, also after the heartbeat moved the
     /// row's `wakeup_at` to a lease expiry in the future (a next step keeps a
     /// passed `wakeup_at`, so that its update can be HOT).
-    async fn a_next_step_due_now_is_claimable_at_once(
+    fn a_next_step_due_now_is_claimable_at_once(
         store: &dyn Store,
-    ) -> TestResult<Vec<String>> {
-        let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+            let mut problems = Vec::new();
+            let hour = Duration::from_secs(3600);
+            for heartbeat in [false, true] {
+                let claimed = store.claim(1, &kinds, "w", hour).await?;
+                let (id, fence) = match claimed.as_slice() {
+                    [c] => (c.id, c.fence),
+                    other => return Err(format!("claimed {other:?}").into()),
+                };
+                if heartbeat {
+                    store.heartbeat(&[(id, fence)], hour).await?;
+                }
+                let next = Outcome::Next {
+                    step: r#"{"M":{"B":null}}"#.into(),
+                    kind: "M.B".into(),
+                    wakeup: Wakeup::Now,
+                };
+                store.complete_many(&[(id, fence, &next)]).await?;
+                let again = store.claim(1, &["M.B".to_string()], "w", hour).await?;
+                if again.len() != 1 || again[0].id != id {
+                    problems.push(format!(
+                        "the next step was not claimable at once (heartbeat: {heartbeat})"
+                    ));
+                }
+                store
+                    .complete_many(&[(id, fence + 1, &Outcome::Finish)])
+                    .await?;
+            }
+            Ok(problems)
+        })
+    }
+
+    /// One check of a store: the problems it found.
+    type Check = for<'a> fn(&'a dyn Store) -> LocalBoxFuture<'a, TestResult<Vec<String>>>;
+
+    /// Runs `checks` in turn on `store`; the problems of all of them.
+    async fn run_checks(store: &dyn Store, checks: &[Check]) -> TestResult<Vec<String>> {
         let mut problems = Vec::new();
-        let hour = Duration::from_secs(3600);
-        for heartbeat in [false, true] {
-            let claimed = store.claim(1, &kinds, "w", hour).await?;
-            let (id, fence) = match claimed.as_slice() {
-                [c] => (c.id, c.fence),
-                other => return Err(format!("claimed {other:?}").into()),
-            };
-            if heartbeat {
-                store.heartbeat(&[(id, fence)], hour).await?;
-            }
-            let next = Outcome::Next {
-                step: r#"{"M":{"B":null}}"#.into(),
-                kind: "M.B".into(),
-                wakeup: Wakeup::Now,
-            };
-            store.complete_many(&[(id, fence, &next)]).await?;
-            let again = store.claim(1, &["M.B".to_string()], "w", hour).await?;
-            if again.len() != 1 || again[0].id != id {
-                problems.push(format!(
-                    "the next step was not claimable at once (heartbeat: {heartbeat})"
-                ));
-            }
-            store
-                .complete_many(&[(id, fence + 1, &Outcome::Finish)])
-                .await?;
+        for check in checks {
+            problems.extend(check(store).await?);
         }
         Ok(problems)
     }
 
-    #[tokio::test]
-    async fn sqlite_leases_and_next_steps() -> TestResult {
-        let dir = std::env::temp_dir().join(format!("jetpack_unit_lease_{}", std::process::id()));
+    fn insert_tasks(tasks: usize) -> String {
+        let rows = vec![r#"('{"M":{"A":null}}')"#; tasks].join(", ");
+        format!("INSERT INTO jetpack_tasks (step) VALUES {rows}")
+    }
+
+    /// Runs `checks` on a fresh SQLite file holding `tasks` ready tasks
+    /// `{"M":{"A":null}}`; fails with every problem they found.
+    async fn on_sqlite(tasks: usize, checks: &[Check]) -> TestResult {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "jetpack_unit_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite://{}", dir.join("unit.db").display());
         let pool = sqlite::connect(&url).await?;
         <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
-        // Two tasks for the next-step check (which finishes them), one for the lease.
-        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+        sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
             .execute(&pool)
             .await?;
-        sqlx::query(
-            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}'), ('{"M":{"A":null}}')"#,
-        )
-        .execute(&pool)
-        .await?;
-        let store = sqlite::SqliteStore::new(pool);
-        let problems = match a_next_step_due_now_is_claimable_at_once(&store).await {
-            Ok(mut problems) => a_lease_holds_until_it_expires(&store).await.map(|more| {
-                problems.extend(more);
-                problems
-            }),
-            Err(e) => Err(e),
-        };
+        let problems = run_checks(&sqlite::SqliteStore::new(pool.clone()), checks).await;
+        pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
         Ok(())
     }
 
-    #[tokio::test]
-    async fn postgres_leases_and_next_steps() -> TestResult {
+    /// [`on_sqlite`] on a fresh PostgreSQL database.
+    async fn on_postgres(tasks: usize, checks: &[Check]) -> TestResult {
         let (admin, name, pool) = pg_database().await?;
-        // Two tasks for the next-step check (which finishes them), one for the lease.
-        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
+        sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
             .execute(&pool)
             .await?;
-        sqlx::query(
-            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}'), ('{"M":{"A":null}}')"#,
-        )
-        .execute(&pool)
-        .await?;
-        let store = postgres::PgStore::new(pool.clone());
-        let problems = match a_next_step_due_now_is_claimable_at_once(&store).await {
-            Ok(mut problems) => a_lease_holds_until_it_expires(&store).await.map(|more| {
-                problems.extend(more);
-                problems
-            }),
-            Err(e) => Err(e),
-        };
+        let problems = run_checks(&postgres::PgStore::new(pool.clone()), checks).await;
         drop_pg(admin, &name, pool).await?;
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_completed_attempt_is_inert() -> TestResult {
+        on_sqlite(1, &[completed_attempt_is_inert]).await
+    }
+
+    #[tokio::test]
+    async fn postgres_completed_attempt_is_inert() -> TestResult {
+        on_postgres(1, &[completed_attempt_is_inert]).await
+    }
+
+    // Two tasks for the next-step check (which finishes them), one for the lease.
+    #[tokio::test]
+    async fn sqlite_leases_and_next_steps() -> TestResult {
+        on_sqlite(
+            3,
+            &[
+                a_next_step_due_now_is_claimable_at_once,
+                a_lease_holds_until_it_expires,
+            ],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn postgres_leases_and_next_steps() -> TestResult {
+        on_postgres(
+            3,
+            &[
+                a_next_step_due_now_is_claimable_at_once,
+                a_lease_holds_until_it_expires,
+            ],
+        )
+        .await
     }
 
     /// A claim changes no indexed column, so on a page with room PostgreSQL
@@ -396,23 +441,6 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn sqlite_completed_attempt_is_inert() -> TestResult {
-        let dir = std::env::temp_dir().join(format!("jetpack_unit_{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("sqlite://{}", dir.join("unit.db").display());
-        let pool = sqlite::connect(&url).await?;
-        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
-        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
-            .execute(&pool)
-            .await?;
-        let problems = completed_attempt_is_inert(&sqlite::SqliteStore::new(pool)).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        let problems = problems?;
-        assert!(problems.is_empty(), "{problems:?}");
-        Ok(())
-    }
-
     /// A fresh PostgreSQL database with Jetpack's tables, dropped by `drop_pg`.
     async fn pg_database() -> TestResult<(sqlx::PgConnection, String, sqlx::PgPool)> {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -450,19 +478,6 @@ mod tests {
         sqlx::query(sqlx::AssertSqlSafe(drop))
             .execute(&mut admin)
             .await?;
-        Ok(())
-    }
-
-    #[tokio::test]
-    async fn postgres_completed_attempt_is_inert() -> TestResult {
-        let (admin, name, pool) = pg_database().await?;
-        sqlx::query(r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":null}}')"#)
-            .execute(&pool)
-            .await?;
-        let problems = completed_attempt_is_inert(&postgres::PgStore::new(pool.clone())).await;
-        drop_pg(admin, &name, pool).await?;
-        let problems = problems?;
-        assert!(problems.is_empty(), "{problems:?}");
         Ok(())
     }
 
