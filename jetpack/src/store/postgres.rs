@@ -89,7 +89,8 @@ WHERE id = $1 AND fence = $2";
 /// of the claim's index scan: a step that runs long stops being stepped over.
 const HEARTBEAT: &str = "
 UPDATE jetpack_tasks t
-SET lease_until = now() + $3 * interval '1 microsecond', wakeup_at = now() + $3 * interval '1 microsecond'
+SET lease_until = now() + $3 * interval '1 microsecond',
+    wakeup_at = now() + $3 * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
 WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL
 RETURNING t.id";

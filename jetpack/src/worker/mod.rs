@@ -245,8 +245,8 @@ impl<T: Scheduler> Worker<T> {
 
 /// The two limits on what a worker takes on: steps running (`concurrency`), and
 /// tasks held (twice that), which also counts finished steps whose outcome is
-/// still being written. Freeing the running slot as soon as a step returns lets the next
-/// claim overlap with the writing of the last batch's outcomes.
+/// still being written. Freeing the running slot as soon as a step returns lets
+/// the next claim overlap with the writing of the last batch's outcomes.
 struct Slots {
     running: Arc<Semaphore>,
     held: Arc<Semaphore>,
