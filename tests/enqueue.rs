@@ -54,6 +54,7 @@ conformance!(
     delay_and_schedule_set_wakeup_at,
     invalid_times_are_refused_and_store_nothing,
     enqueue_many_inserts_in_one_statement_in_order,
+    enqueue_many_mixes_steps_of_different_kinds,
     enqueue_joins_the_callers_transaction,
     a_plain_sql_insert_runs,
     claim_query_uses_the_partial_index,
@@ -113,6 +114,39 @@ async fn enqueue_many_inserts_in_one_statement_in_order(db: TestDb) {
         assert_eq!(step["Greeter"]["ReadName"]["filename"], name.as_str());
     }
     assert!(db.enqueue_many(Vec::<ReadName>::new()).await.is_empty());
+}
+
+/// A batch of one kind and a batch of several take different statements on
+/// SQLite; both keep every step, its kind and the order of the ids.
+async fn enqueue_many_mixes_steps_of_different_kinds(db: TestDb) {
+    let tasks: Vec<Greeter> = (0..100)
+        .map(|i| {
+            if i % 3 == 0 {
+                Greeter::SayHello(SayHello {
+                    name: format!("n-{i}"),
+                })
+            } else {
+                Greeter::ReadName(read(&format!("f-{i}")))
+            }
+        })
+        .collect();
+    let ids = db.enqueue_many(tasks).await;
+    assert_eq!(ids.len(), 100);
+    for (i, id) in ids.iter().enumerate() {
+        let step = json(&db.find(*id).await.unwrap().step);
+        let kind_is = |sql: &'static str| db.scalar(sql, Some(*id));
+        if i % 3 == 0 {
+            assert_eq!(step["Greeter"]["SayHello"]["name"], format!("n-{i}"));
+            let sql =
+                "SELECT count(*) FROM jetpack_tasks WHERE id = $1 AND kind = 'Greeter.SayHello'";
+            assert_eq!(kind_is(sql).await, 1, "kind of task {id}");
+        } else {
+            assert_eq!(step["Greeter"]["ReadName"]["filename"], format!("f-{i}"));
+            let sql =
+                "SELECT count(*) FROM jetpack_tasks WHERE id = $1 AND kind = 'Greeter.ReadName'";
+            assert_eq!(kind_is(sql).await, 1, "kind of task {id}");
+        }
+    }
 }
 
 async fn enqueue_joins_the_callers_transaction(db: TestDb) {

@@ -163,14 +163,20 @@ impl Backend for sqlx::Postgres {
     where
         E: Executor<'e, Database = Self> + 'e,
     {
+        use crate::store::postgres::{INSERT_MANY, INSERT_MANY_OF_KIND};
         Box::pin(async move {
+            // Usually all steps are of one kind: bound once, not once per row.
+            let one_kind = steps.windows(2).all(|w| w[0].kind == w[1].kind);
             let (json, kinds): (Vec<String>, Vec<String>) =
                 steps.into_iter().map(|s| (s.json, s.kind)).unzip();
-            Ok(sqlx::query_scalar(crate::store::postgres::INSERT_MANY)
-                .bind(json)
-                .bind(kinds)
-                .fetch_all(db)
-                .await?)
+            let query = if one_kind {
+                sqlx::query_scalar(INSERT_MANY_OF_KIND)
+                    .bind(json)
+                    .bind(kinds.into_iter().next().unwrap_or_default())
+            } else {
+                sqlx::query_scalar(INSERT_MANY).bind(json).bind(kinds)
+            };
+            Ok(query.fetch_all(db).await?)
         })
     }
 }
@@ -272,16 +278,34 @@ impl Backend for sqlx::Sqlite {
     where
         E: Executor<'e, Database = Self> + 'e,
     {
-        use crate::store::sqlite::{INSERT_MANY, LOCAL_WAKE};
+        use crate::store::sqlite::{INSERT_MANY, INSERT_MANY_OF_KIND, LOCAL_WAKE};
         Box::pin(async move {
-            // Each step is a JSON document already, and a kind a plain name:
-            // joined, they are a JSON array of [kind, step] pairs.
-            let pairs: Vec<String> = steps
-                .iter()
-                .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind.as_str()), s.json))
-                .collect();
-            let array = format!("[{}]", pairs.join(","));
-            let done = sqlx::query(INSERT_MANY).bind(array).execute(db).await?;
+            // Each step is a JSON document already: joined, they are a JSON
+            // array. Usually all are of one kind, bound once; otherwise each
+            // goes as a [kind, step] pair.
+            let length = steps.iter().map(|s| s.json.len() + 1).sum::<usize>();
+            let mut array = String::with_capacity(length + 2);
+            let one_kind = steps.windows(2).all(|w| w[0].kind == w[1].kind);
+            let query = if one_kind {
+                array.push('[');
+                for (i, s) in steps.iter().enumerate() {
+                    if i > 0 {
+                        array.push(',');
+                    }
+                    array.push_str(&s.json);
+                }
+                array.push(']');
+                let kind = steps.first().map(|s| s.kind.clone()).unwrap_or_default();
+                sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
+            } else {
+                let pairs: Vec<String> = steps
+                    .iter()
+                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind.as_str()), s.json))
+                    .collect();
+                array = format!("[{}]", pairs.join(","));
+                sqlx::query(INSERT_MANY).bind(array)
+            };
+            let done = query.execute(db).await?;
             // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
             // gives its rows consecutive ids in insertion order, ending at the
             // last one: no need to stream every id back (each row returned is a

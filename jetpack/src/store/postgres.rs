@@ -120,6 +120,12 @@ INSERT INTO jetpack_tasks (step, kind)
 SELECT s::jsonb, k FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
 RETURNING id";
 
+/// `INSERT_MANY` when every step is of kind `$2`.
+pub(crate) const INSERT_MANY_OF_KIND: &str = "
+INSERT INTO jetpack_tasks (step, kind)
+SELECT s::jsonb, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
+RETURNING id";
+
 pub(crate) struct PgStore {
     pool: PgPool,
 }

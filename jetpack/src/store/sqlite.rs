@@ -146,6 +146,10 @@ pub(crate) const INSERT: &str = concat!(
 pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
      SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY key";
 
+/// `INSERT_MANY` when every step is of kind `?2`: `?1` is an array of steps.
+pub(crate) const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
+     SELECT ?2, value FROM json_each(?1) ORDER BY key";
+
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
