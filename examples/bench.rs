@@ -13,7 +13,7 @@
 //! 2. enqueue_many of 10,000           vs raw INSERT … SELECT FROM UNNEST / json_each
 //! 3. drain 10,000 no-op tasks, 1 worker vs raw loop: claim 100 (SKIP LOCKED) + delete by id
 //! 4. 2,000 three-step chains, 1 worker (steps/s) vs scenario 3
-//! 5. two worker processes draining 10,000 vs one process
+//! 5. two worker processes draining 10,000 (and 50,000) vs one process
 //! 6. pickup latency into an idle worker vs a raw INSERT + NOTIFY round trip (PostgreSQL)
 //! 7. cost per step (PostgreSQL): transactions, WAL bytes, dead tuples vs the raw loop
 
@@ -624,6 +624,7 @@ async fn bench(
     let (mut s1, mut s2, mut s3, mut s4) = (vec![], vec![], vec![], vec![]);
     let (mut r1, mut r2, mut r3) = (vec![], vec![], vec![]);
     let (mut two, mut one) = (vec![], vec![]);
+    let (mut two50, mut one50) = (vec![], vec![]);
     let mut costs = Vec::new();
     // Scenarios 4 and 7 are read against scenario 3.
     let drain3 = want.has(3) || want.has(4) || want.has(7);
@@ -679,12 +680,19 @@ async fn bench(
             f.close().await?;
         }
         if want.has(5) {
-            let f = Fresh::new(backend).await?;
-            one.push(processes(&f, 10_000, 1).await?);
-            f.close().await?;
-            let f = Fresh::new(backend).await?;
-            two.push(processes(&f, 10_000, 2).await?);
-            f.close().await?;
+            // Also with 50,000 tasks: at 10,000 each process's start-up
+            // (exec, connections, first statements) weighs on the ratio.
+            for (n, one, two) in [
+                (10_000, &mut one, &mut two),
+                (50_000, &mut one50, &mut two50),
+            ] {
+                let f = Fresh::new(backend).await?;
+                one.push(processes(&f, n, 1).await?);
+                f.close().await?;
+                let f = Fresh::new(backend).await?;
+                two.push(processes(&f, n, 2).await?);
+                f.close().await?;
+            }
         }
     }
     // Statements are counted in a run of their own: sqlx's query events cost
@@ -752,6 +760,15 @@ async fn bench(
             "tasks/s",
             median(two),
             median(one),
+            "one process",
+            true,
+        ));
+        rows.push(row(
+            backend,
+            "5 two processes drain 50,000",
+            "tasks/s",
+            median(two50),
+            median(one50),
             "one process",
             true,
         ));
