@@ -149,9 +149,10 @@ impl Backend for sqlx::Postgres {
     {
         Box::pin(async move {
             let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
+            let kind = step.kind();
             Ok(sqlx::query_scalar(crate::store::postgres::INSERT)
                 .bind(step.json)
-                .bind(step.kind)
+                .bind(kind)
                 .bind(delay)
                 .bind(at)
                 .fetch_one(db)
@@ -167,13 +168,15 @@ impl Backend for sqlx::Postgres {
         Box::pin(async move {
             // Usually all steps are of one kind: bound once, not once per row.
             let one_kind = steps.windows(2).all(|w| w[0].kind == w[1].kind);
-            let (json, kinds): (Vec<String>, Vec<String>) =
-                steps.into_iter().map(|s| (s.json, s.kind)).unzip();
             let query = if one_kind {
+                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
+                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
                 sqlx::query_scalar(INSERT_MANY_OF_KIND)
                     .bind(json)
-                    .bind(kinds.into_iter().next().unwrap_or_default())
+                    .bind(kind)
             } else {
+                let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
+                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
                 sqlx::query_scalar(INSERT_MANY).bind(json).bind(kinds)
             };
             Ok(query.fetch_all(db).await?)
@@ -186,12 +189,18 @@ impl Backend for sqlx::Postgres {
 #[derive(Debug)]
 pub struct Encoded {
     json: String,
-    kind: String,
+    /// `(machine, step)`; stored as "machine.step".
+    kind: (&'static str, &'static str),
+}
+
+impl Encoded {
+    fn kind(&self) -> String {
+        format!("{}.{}", self.kind.0, self.kind.1)
+    }
 }
 
 fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
-    let (machine, step) = task.kind();
-    let kind = format!("{machine}.{step}");
+    let kind = task.kind();
     let json = task.into_step_json().map_err(Error::Serialize)?;
     Ok(Encoded { json, kind })
 }
@@ -262,9 +271,10 @@ impl Backend for sqlx::Sqlite {
         use crate::store::sqlite::{INSERT, LOCAL_WAKE, TIME_FORMAT};
         Box::pin(async move {
             let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
+            let kind = step.kind();
             let id = sqlx::query_scalar(INSERT)
                 .bind(step.json)
-                .bind(step.kind)
+                .bind(kind)
                 .bind(delay)
                 .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
                 .fetch_one(db)
@@ -295,12 +305,12 @@ impl Backend for sqlx::Sqlite {
                     array.push_str(&s.json);
                 }
                 array.push(']');
-                let kind = steps.first().map(|s| s.kind.clone()).unwrap_or_default();
+                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
                 sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
             } else {
                 let pairs: Vec<String> = steps
                     .iter()
-                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind.as_str()), s.json))
+                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
                     .collect();
                 array = format!("[{}]", pairs.join(","));
                 sqlx::query(INSERT_MANY).bind(array)
