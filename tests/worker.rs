@@ -59,6 +59,10 @@ struct Transfer {
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct UsesState;
+#[derive(Debug, Serialize, Deserialize)]
+struct Crowd {
+    key: u64,
+}
 
 #[derive(Debug, Serialize, Deserialize, jetpack::Machine)]
 enum Flow {
@@ -83,6 +87,7 @@ enum Flow {
     #[next(Finish)]
     Transfer(Transfer),
     UsesState(UsesState),
+    Crowd(Crowd),
 }
 
 jetpack::scheduler!(Tasks { Flow });
@@ -207,6 +212,37 @@ fn gate(key: u64) -> Arc<Notify> {
     gates.lock().unwrap().entry(key).or_default().clone()
 }
 
+/// What the `Crowd` steps of one test share: how many run now, the most that
+/// ran at once, how many started and finished, and the gate they wait at.
+#[derive(Default)]
+struct CrowdState {
+    running: AtomicU64,
+    most: AtomicU64,
+    started: AtomicU64,
+    done: AtomicU64,
+    gate: Notify,
+}
+
+fn crowd(key: u64) -> Arc<CrowdState> {
+    static CROWDS: OnceLock<Mutex<HashMap<u64, Arc<CrowdState>>>> = OnceLock::new();
+    let crowds = CROWDS.get_or_init(Default::default);
+    crowds.lock().unwrap().entry(key).or_default().clone()
+}
+
+#[jetpack::async_trait]
+impl Step<Flow> for Crowd {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        let c = crowd(self.key);
+        let now = c.running.fetch_add(1, Ordering::SeqCst) + 1;
+        c.most.fetch_max(now, Ordering::SeqCst);
+        c.started.fetch_add(1, Ordering::SeqCst);
+        c.gate.notified().await;
+        c.running.fetch_sub(1, Ordering::SeqCst);
+        c.done.fetch_add(1, Ordering::SeqCst);
+        NextStep::none()
+    }
+}
+
 fn new_gate() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -281,6 +317,7 @@ conformance!(
     graceful_shutdown_lets_running_steps_finish_and_starts_nothing_new,
     shutdown_timeout_releases_the_leases_of_unfinished_steps,
     workers_share_the_table_without_running_a_step_twice,
+    concurrency_limits_the_steps_running_at_once,
 );
 
 async fn a_chain_runs_every_step_in_order_and_finishes(db: TestDb) {
@@ -779,4 +816,39 @@ async fn a_stop_notification_stops_every_postgres_worker() {
             .unwrap()
             .unwrap();
     }
+}
+
+/// `concurrency` steps run at once, no more: steps wait at a gate the test
+/// opens one at a time. (Steps whose outcome is still being written no longer
+/// count, so this is checked on the steps themselves.)
+async fn concurrency_limits_the_steps_running_at_once(db: TestDb) {
+    setup(&db).await;
+    let key = new_gate();
+    let c = crowd(key);
+    let w = common::spawn(db.worker::<Tasks>().concurrency(3).build().unwrap());
+    db.enqueue_many((0..8).map(|_| Crowd { key })).await;
+    common::wait_for(DEADLINE, || async {
+        Ok((c.started.load(Ordering::SeqCst) >= 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    for released in 1..=8 {
+        c.gate.notify_one();
+        common::wait_for(DEADLINE, || async {
+            Ok((c.done.load(Ordering::SeqCst) >= released).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    common::wait_for(DEADLINE, || async {
+        Ok((db.scalar("SELECT count(*) FROM jetpack_tasks", None).await == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    w.shutdown().await;
+    assert_eq!(
+        c.most.load(Ordering::SeqCst),
+        3,
+        "at most `concurrency` steps ran at once, and that many did"
+    );
 }
