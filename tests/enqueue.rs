@@ -201,11 +201,7 @@ async fn a_plain_sql_insert_runs(db: TestDb) {
     )
     .await;
     let worker = common::spawn(db.worker::<Tasks>().build().unwrap());
-    common::wait_for(common::DEADLINE, || async {
-        Ok((db.scalar("SELECT count(*) FROM jetpack_tasks", None).await == 0).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::drained(&db, common::DEADLINE).await;
     worker.shutdown().await;
 }
 

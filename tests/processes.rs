@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{conformance, TestDb};
@@ -24,36 +23,19 @@ async fn two_worker_processes_never_run_the_same_step(db: TestDb) {
             .unwrap();
     }
     let binary = common::worker_binary();
-    let children: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::process::Command::new(&binary)
-                .args(["--until-empty", "--concurrency", "8"])
-                .env("DATABASE_URL", &db.url)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start a worker process")
-        })
-        .collect();
-    for child in children {
-        let status = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .expect("worker process finished within 2 minutes")
-            .expect("wait for the worker process");
-        assert!(status.status.success(), "worker process failed: {status:?}");
+    let args = ["--until-empty", "--concurrency", "8"];
+    let mut children = [
+        common::start_worker(&binary, &db.url, &args),
+        common::start_worker(&binary, &db.url, &args),
+    ];
+    for child in &mut children {
+        common::exits_cleanly(child, Duration::from_secs(120), "drain the queue").await;
     }
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
         0
     );
-    let total = db.scalar("SELECT count(*) FROM runs", None).await;
-    let distinct = db
-        .scalar(
-            "SELECT count(*) FROM (SELECT DISTINCT task_id, step FROM runs) d",
-            None,
-        )
-        .await;
+    let (total, distinct) = common::run_counts(&db).await;
     assert_eq!(distinct, ORDERS * 3, "every step of every task ran");
     assert_eq!(total, distinct, "no step ran twice");
 }

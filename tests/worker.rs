@@ -774,21 +774,11 @@ async fn workers_share_the_table_without_running_a_step_twice(db: TestDb) {
             )
         })
         .collect();
-    common::wait_for(Duration::from_secs(60), || async {
-        Ok((db.scalar("SELECT count(*) FROM jetpack_tasks", None).await == 0).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::drained(&db, Duration::from_secs(60)).await;
     for w in workers {
         w.shutdown().await;
     }
-    let total = db.scalar("SELECT count(*) FROM runs", None).await;
-    let distinct = db
-        .scalar(
-            "SELECT count(*) FROM (SELECT DISTINCT task_id, step FROM runs) d",
-            None,
-        )
-        .await;
+    let (total, distinct) = common::run_counts(&db).await;
     // n = 0: Start, Finish; n = 1: Start, Count 1, Finish; n = 2: Start, Count 2, Count 1, Finish.
     assert_eq!(distinct, 100 * 2 + 100 * 3 + 100 * 4);
     assert_eq!(total, distinct, "no step ran twice");
@@ -840,11 +830,7 @@ async fn concurrency_limits_the_steps_running_at_once(db: TestDb) {
         .await
         .unwrap();
     }
-    common::wait_for(DEADLINE, || async {
-        Ok((db.scalar("SELECT count(*) FROM jetpack_tasks", None).await == 0).then_some(()))
-    })
-    .await
-    .unwrap();
+    common::drained(&db, DEADLINE).await;
     w.shutdown().await;
     assert_eq!(
         c.most.load(Ordering::SeqCst),

@@ -167,8 +167,7 @@ impl Backend for sqlx::Postgres {
         use crate::store::postgres::{INSERT_MANY, INSERT_MANY_OF_KIND};
         Box::pin(async move {
             // Usually all steps are of one kind: bound once, not once per row.
-            let one_kind = steps.windows(2).all(|w| w[0].kind == w[1].kind);
-            let query = if one_kind {
+            let query = if one_kind(&steps) {
                 let kind = steps.first().map(Encoded::kind).unwrap_or_default();
                 let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
                 sqlx::query_scalar(INSERT_MANY_OF_KIND)
@@ -195,8 +194,13 @@ pub struct Encoded {
 
 impl Encoded {
     fn kind(&self) -> String {
-        format!("{}.{}", self.kind.0, self.kind.1)
+        crate::machine::kind(self.kind.0, self.kind.1)
     }
+}
+
+/// Whether all `steps` are of one kind.
+fn one_kind(steps: &[Encoded]) -> bool {
+    steps.windows(2).all(|w| w[0].kind == w[1].kind)
 }
 
 fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
@@ -293,18 +297,9 @@ impl Backend for sqlx::Sqlite {
             // Each step is a JSON document already: joined, they are a JSON
             // array. Usually all are of one kind, bound once; otherwise each
             // goes as a [kind, step] pair.
-            let length = steps.iter().map(|s| s.json.len() + 1).sum::<usize>();
-            let mut array = String::with_capacity(length + 2);
-            let one_kind = steps.windows(2).all(|w| w[0].kind == w[1].kind);
-            let query = if one_kind {
-                array.push('[');
-                for (i, s) in steps.iter().enumerate() {
-                    if i > 0 {
-                        array.push(',');
-                    }
-                    array.push_str(&s.json);
-                }
-                array.push(']');
+            let query = if one_kind(&steps) {
+                let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
+                let array = format!("[{}]", json.join(","));
                 let kind = steps.first().map(Encoded::kind).unwrap_or_default();
                 sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
             } else {
@@ -312,8 +307,7 @@ impl Backend for sqlx::Sqlite {
                     .iter()
                     .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
                     .collect();
-                array = format!("[{}]", pairs.join(","));
-                sqlx::query(INSERT_MANY).bind(array)
+                sqlx::query(INSERT_MANY).bind(format!("[{}]", pairs.join(",")))
             };
             let done = query.execute(db).await?;
             // One statement holds SQLite's write lock throughout, and AUTOINCREMENT

@@ -114,15 +114,15 @@ pub trait Scheduler: Serialize + DeserializeOwned + Send + 'static {
         let mut kinds = vec![String::new()];
         for graph in Self::graphs() {
             kinds.push(format!("{}.", graph.machine));
-            kinds.extend(
-                graph
-                    .steps
-                    .iter()
-                    .map(|s| format!("{}.{}", graph.machine, s.name)),
-            );
+            kinds.extend(graph.steps.iter().map(|s| kind(graph.machine, s.name)));
         }
         kinds
     }
+}
+
+/// The `kind` column's value for step `step` of machine `machine`.
+pub(crate) fn kind(machine: &str, step: &str) -> String {
+    format!("{machine}.{step}")
 }
 
 #[doc(hidden)]

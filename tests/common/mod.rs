@@ -58,6 +58,15 @@ pub async fn finished(db: &Db, id: i64) {
     .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
 }
 
+/// Waits until the queue is empty: every task finished.
+pub async fn drained(db: &Db, within: Duration) {
+    wait_for(within, || async {
+        Ok((db.scalar("SELECT count(*) FROM jetpack_tasks", None).await == 0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the queue did not drain: {e}"));
+}
+
 /// Waits until task `id` has recorded at least one run.
 pub async fn started(db: &Db, id: i64) {
     wait_for(DEADLINE, || async {

@@ -15,8 +15,8 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-/// A task a worker has claimed.
-#[derive(Debug)]
+/// A task a worker has claimed, as the claim statement returns it.
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct Claimed {
     pub id: i64,
     pub step: String,
@@ -27,7 +27,7 @@ pub(crate) struct Claimed {
 }
 
 /// What happens to a claimed task when its attempt ends.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Outcome {
     /// Move to the next step, stored as JSON (of kind "Machine.Step"), due at `wakeup`.
     Next {

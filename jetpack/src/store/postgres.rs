@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool, Postgres};
-use sqlx::Executor;
+use sqlx::PgConnection;
+
+use chrono::{DateTime, Utc};
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
 use crate::Error;
@@ -36,21 +38,12 @@ WHERE t.ctid = ANY(ARRAY(
     ORDER BY wakeup_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
-RETURNING t.id, t.step::text, t.tried, t.fence";
-
-const NEXT: &str = "
-UPDATE jetpack_tasks
-SET step = $3::text::jsonb, kind = $6, tried = 0, locked_by = NULL, lease_until = NULL,
-    updated_at = now(),
-    wakeup_at = CASE WHEN $5 IS NULL AND $4 = 0 AND wakeup_at <= now() THEN wakeup_at
-                     ELSE coalesce($5, now() + $4 * interval '1 microsecond') END
-WHERE id = $1 AND fence = $2";
-
-const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = $1 AND fence = $2";
+RETURNING t.id, t.step::text AS step, t.tried, t.fence";
 
 /// Records finished tasks (`$1` ids, `$2` fences: deleted) and moves to next
 /// steps (`$3`…`$8`) in one statement, so that a flush of the completer is one
-/// round trip and one commit. Either list may be empty.
+/// round trip and one commit. Either list may be empty; a single outcome goes
+/// the same way.
 ///
 /// A next step due now keeps the row's `wakeup_at` when that has passed: it is
 /// due either way, a workflow under way keeps its place ahead of newer tasks,
@@ -136,27 +129,78 @@ impl PgStore {
     }
 }
 
-/// Runs the statement that records `outcome` on any executor.
-async fn record<'e, E: Executor<'e, Database = Postgres>>(
-    db: E,
+/// Outcomes sorted for writing: finishes and next steps as the bind arrays of
+/// `FINISH_AND_NEXT`, the rare retries and parkings apart.
+#[derive(Default)]
+struct Batch<'a> {
+    finish: (Vec<i64>, Vec<i64>),
+    #[allow(clippy::type_complexity)]
+    next: (
+        Vec<i64>,
+        Vec<i64>,
+        Vec<&'a str>,
+        Vec<i64>,
+        Vec<Option<DateTime<Utc>>>,
+        Vec<&'a str>,
+    ),
+    others: Vec<(i64, i64, &'a Outcome)>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
+        let mut batch = Batch::default();
+        for &(id, fence, outcome) in done {
+            match outcome {
+                Outcome::Finish => {
+                    batch.finish.0.push(id);
+                    batch.finish.1.push(fence);
+                }
+                Outcome::Next { step, kind, wakeup } => {
+                    let (delay, at) = wakeup_binds(wakeup)?;
+                    let next = &mut batch.next;
+                    next.0.push(id);
+                    next.1.push(fence);
+                    next.2.push(step);
+                    next.3.push(delay);
+                    next.4.push(at);
+                    next.5.push(kind);
+                }
+                _ => batch.others.push((id, fence, outcome)),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Writes the finishes and next steps; the ids of the tasks their attempts
+    /// still held.
+    async fn write(&self, db: &mut PgConnection) -> Result<Vec<i64>, Error> {
+        let (finish, next) = (&self.finish, &self.next);
+        Ok(sqlx::query_scalar(FINISH_AND_NEXT)
+            .bind(&finish.0)
+            .bind(&finish.1)
+            .bind(&next.0)
+            .bind(&next.1)
+            .bind(&next.2)
+            .bind(&next.3)
+            .bind(&next.4)
+            .bind(&next.5)
+            .fetch_all(db)
+            .await?)
+    }
+}
+
+/// Records one outcome; whether its attempt still held the task.
+async fn record(
+    db: &mut PgConnection,
     id: i64,
     fence: i64,
     outcome: &Outcome,
 ) -> Result<bool, Error> {
     let done = match outcome {
-        Outcome::Next { step, kind, wakeup } => {
-            let (delay, at) = wakeup_binds(wakeup)?;
-            sqlx::query(NEXT)
-                .bind(id)
-                .bind(fence)
-                .bind(step)
-                .bind(delay)
-                .bind(at)
-                .bind(kind)
-                .execute(db)
-                .await?
+        Outcome::Finish | Outcome::Next { .. } => {
+            let held = Batch::of(&[(id, fence, outcome)])?.write(db).await?;
+            return Ok(!held.is_empty());
         }
-        Outcome::Finish => sqlx::query(FINISH).bind(id).bind(fence).execute(db).await?,
         Outcome::Retry { delay } => {
             sqlx::query(RETRY)
                 .bind(id)
@@ -194,73 +238,27 @@ impl Store for PgStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
-        let rows: Vec<(i64, String, i32, i64)> = sqlx::query_as(CLAIM)
+        Ok(sqlx::query_as(CLAIM)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(kinds)
             .bind(owner)
             .bind(micros(lease)?)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, step, tried, fence)| Claimed {
-                id,
-                step,
-                tried,
-                fence,
-            })
-            .collect())
+            .await?)
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
         // Finishes and moves to a next step, the common outcomes, go in one
-        // statement; retries and parking are rare and go one by one in the
-        // same transaction. All of it commits once.
-        let mut finish = (Vec::new(), Vec::new());
-        let mut next = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        let mut others = Vec::new();
-        for &(id, fence, outcome) in done {
-            match outcome {
-                Outcome::Finish => {
-                    finish.0.push(id);
-                    finish.1.push(fence);
-                }
-                Outcome::Next { step, kind, wakeup } => {
-                    let (delay, at) = wakeup_binds(wakeup)?;
-                    next.5.push(kind.as_str());
-                    next.0.push(id);
-                    next.1.push(fence);
-                    next.2.push(step.as_str());
-                    next.3.push(delay);
-                    next.4.push(at);
-                }
-                _ => others.push((id, fence, outcome)),
-            }
-        }
-        let both = sqlx::query_scalar(FINISH_AND_NEXT)
-            .bind(&finish.0)
-            .bind(&finish.1)
-            .bind(&next.0)
-            .bind(&next.1)
-            .bind(&next.2)
-            .bind(&next.3)
-            .bind(&next.4)
-            .bind(&next.5);
-        let held: Vec<i64> = if others.is_empty() {
-            // One statement commits on its own.
-            both.fetch_all(&self.pool).await?
+        // statement, which commits on its own; retries and parkings are rare
+        // and join it in a transaction, one by one.
+        let batch = Batch::of(done)?;
+        let held = if batch.others.is_empty() {
+            batch.write(&mut *self.pool.acquire().await?).await?
         } else {
             let mut tx = self.pool.begin().await?;
-            let mut held: Vec<i64> = both.fetch_all(&mut *tx).await?;
-            for (id, fence, outcome) in others {
-                if record(&mut *tx, id, fence, outcome).await? {
+            let mut held = batch.write(&mut tx).await?;
+            for &(id, fence, outcome) in &batch.others {
+                if record(&mut tx, id, fence, outcome).await? {
                     held.push(id);
                 }
             }
@@ -278,7 +276,7 @@ impl Store for PgStore {
         outcome: &Outcome,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Postgres>(tx)?;
-        let held = record(&mut **tx, id, fence, outcome).await?;
+        let held = record(&mut tx, id, fence, outcome).await?;
         super::end_tx(tx, held).await
     }
 

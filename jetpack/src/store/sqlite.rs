@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Executor, Sqlite};
+use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
@@ -53,26 +53,13 @@ const CLAIM: &str = concat!(
      RETURNING id, step, tried, fence"
 );
 
-const NEXT: &str = concat!(
-    "UPDATE jetpack_tasks
-     SET step = ?3, kind = ?6, tried = 0, locked_by = NULL, lease_until = NULL, updated_at = ",
-    now!(),
-    ", wakeup_at = CASE WHEN ?5 IS NULL AND ?4 = 0 AND wakeup_at <= ",
-    now!(),
-    " THEN wakeup_at ELSE coalesce(?5, ",
-    now!("?4"),
-    ") END WHERE id = ?1 AND fence = ?2"
-);
-
-const FINISH: &str = "DELETE FROM jetpack_tasks WHERE id = ?1 AND fence = ?2";
-
 const FINISH_MANY: &str = "
 DELETE FROM jetpack_tasks WHERE (id, fence) IN (
     SELECT value ->> 0, value ->> 1 FROM json_each(?1))
 RETURNING id";
 
-/// Moves to next steps; a next step due now keeps a passed `wakeup_at`, as on
-/// PostgreSQL.
+/// Moves to next steps (one or many); a next step due now keeps a passed
+/// `wakeup_at`, as on PostgreSQL.
 const NEXT_MANY: &str = concat!(
     "UPDATE jetpack_tasks
      SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
@@ -192,26 +179,71 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
     serde_json::to_string(items).map_err(Error::Serialize)
 }
 
-async fn record<'e, E: Executor<'e, Database = Sqlite>>(
-    db: E,
+/// Outcomes sorted for writing: finishes and next steps as the JSON items of
+/// `FINISH_MANY` and `NEXT_MANY` (lists are bound as JSON: every statement is a
+/// round trip to SQLite's connection thread), the rare retries and parkings apart.
+#[derive(Default)]
+struct Batch<'a> {
+    finish: Vec<String>,
+    next: Vec<String>,
+    others: Vec<(i64, i64, &'a Outcome)>,
+}
+
+impl<'a> Batch<'a> {
+    fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
+        let mut batch = Batch::default();
+        for &(id, fence, outcome) in done {
+            match outcome {
+                Outcome::Finish => batch.finish.push(format!("[{id},{fence}]")),
+                Outcome::Next { step, kind, wakeup } => {
+                    let (delay, at) = wakeup_binds(wakeup)?;
+                    let at = at.map(|at| at.format(TIME_FORMAT).to_string());
+                    batch.next.push(format!(
+                        "[{id},{fence},{step},{},{delay},{}]",
+                        serde_json::Value::from(kind.as_str()),
+                        serde_json::Value::from(at)
+                    ));
+                }
+                _ => batch.others.push((id, fence, outcome)),
+            }
+        }
+        Ok(batch)
+    }
+
+    /// How many statements [`write`](Self::write) runs.
+    fn statements(&self) -> usize {
+        usize::from(!self.finish.is_empty()) + usize::from(!self.next.is_empty())
+    }
+
+    /// Writes the finishes and next steps; the ids of the tasks their attempts
+    /// still held.
+    async fn write(&self, db: &mut SqliteConnection) -> Result<Vec<i64>, Error> {
+        let mut held = Vec::new();
+        for (sql, items) in [(FINISH_MANY, &self.finish), (NEXT_MANY, &self.next)] {
+            if !items.is_empty() {
+                let ids: Vec<i64> = sqlx::query_scalar(sql)
+                    .bind(format!("[{}]", items.join(",")))
+                    .fetch_all(&mut *db)
+                    .await?;
+                held.extend(ids);
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// Records one outcome; whether its attempt still held the task.
+async fn record(
+    db: &mut SqliteConnection,
     id: i64,
     fence: i64,
     outcome: &Outcome,
 ) -> Result<bool, Error> {
     let done = match outcome {
-        Outcome::Next { step, kind, wakeup } => {
-            let (delay, at) = wakeup_binds(wakeup)?;
-            sqlx::query(NEXT)
-                .bind(id)
-                .bind(fence)
-                .bind(step)
-                .bind(delay)
-                .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
-                .bind(kind)
-                .execute(db)
-                .await?
+        Outcome::Finish | Outcome::Next { .. } => {
+            let held = Batch::of(&[(id, fence, outcome)])?.write(db).await?;
+            return Ok(!held.is_empty());
         }
-        Outcome::Finish => sqlx::query(FINISH).bind(id).bind(fence).execute(db).await?,
         Outcome::Retry { delay } => {
             sqlx::query(RETRY)
                 .bind(id)
@@ -250,78 +282,33 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
         let _write = self.writes.lock().await;
-        let rows: Vec<(i64, String, i32, i64)> = sqlx::query_as(CLAIM)
+        Ok(sqlx::query_as(CLAIM)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(json_list(&kinds)?)
             .bind(owner)
             .bind(micros(lease)?)
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, step, tried, fence)| Claimed {
-                id,
-                step,
-                tried,
-                fence,
-            })
-            .collect())
+            .await?)
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
-        // Finishes and moves each go in one statement (lists bound as JSON:
-        // every statement is a round trip to SQLite's connection thread), the
-        // rare retries and parkings one by one, all in one write transaction.
-        let mut finish = Vec::new();
-        let mut next = Vec::new();
-        let mut others = Vec::new();
-        for &(id, fence, outcome) in done {
-            match outcome {
-                Outcome::Finish => finish.push(format!("[{id},{fence}]")),
-                Outcome::Next { step, kind, wakeup } => {
-                    let (delay, at) = wakeup_binds(wakeup)?;
-                    let at = at.map(|at| at.format(TIME_FORMAT).to_string());
-                    next.push(format!(
-                        "[{id},{fence},{step},{},{delay},{}]",
-                        serde_json::Value::from(kind.as_str()),
-                        serde_json::Value::from(at)
-                    ));
-                }
-                _ => others.push((id, fence, outcome)),
-            }
-        }
+        let batch = Batch::of(done)?;
         let _write = self.writes.lock().await;
-        if others.is_empty() && (finish.is_empty() || next.is_empty()) {
+        let held = if batch.others.is_empty() && batch.statements() <= 1 {
             // One statement commits on its own: one trip to the connection's
             // thread instead of three.
-            let (sql, rows) = if next.is_empty() {
-                (FINISH_MANY, &finish)
-            } else {
-                (NEXT_MANY, &next)
-            };
-            let held: Vec<i64> = sqlx::query_scalar(sql)
-                .bind(format!("[{}]", rows.join(",")))
-                .fetch_all(&self.pool)
-                .await?;
-            return Ok(super::which_held(done, held));
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut held: Vec<i64> = Vec::with_capacity(done.len());
-        for (sql, rows) in [(FINISH_MANY, &finish), (NEXT_MANY, &next)] {
-            if !rows.is_empty() {
-                let ids: Vec<i64> = sqlx::query_scalar(sql)
-                    .bind(format!("[{}]", rows.join(",")))
-                    .fetch_all(&mut *tx)
-                    .await?;
-                held.extend(ids);
+            batch.write(&mut *self.pool.acquire().await?).await?
+        } else {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut held = batch.write(&mut tx).await?;
+            for &(id, fence, outcome) in &batch.others {
+                if record(&mut tx, id, fence, outcome).await? {
+                    held.push(id);
+                }
             }
-        }
-        for (id, fence, outcome) in others {
-            if record(&mut *tx, id, fence, outcome).await? {
-                held.push(id);
-            }
-        }
-        tx.commit().await?;
+            tx.commit().await?;
+            held
+        };
         Ok(super::which_held(done, held))
     }
 
@@ -333,7 +320,7 @@ impl Store for SqliteStore {
         outcome: &Outcome,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Sqlite>(tx)?;
-        let held = record(&mut **tx, id, fence, outcome).await?;
+        let held = record(&mut tx, id, fence, outcome).await?;
         super::end_tx(tx, held).await
     }
 

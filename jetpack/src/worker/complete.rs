@@ -21,7 +21,8 @@ const MAX_BATCH: usize = 256;
 pub(super) struct Completion {
     pub id: i64,
     pub fence: i64,
-    pub outcome: Outcome,
+    /// Shared with the executor, which keeps it to try again if this fails.
+    pub outcome: Arc<Outcome>,
     pub reply: oneshot::Sender<Result<bool, Error>>,
 }
 
@@ -46,7 +47,7 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
         }
         tracing::trace!(outcomes = batch.len(), "recording outcomes");
         let done: Vec<(i64, i64, &Outcome)> =
-            batch.iter().map(|c| (c.id, c.fence, &c.outcome)).collect();
+            batch.iter().map(|c| (c.id, c.fence, &*c.outcome)).collect();
         match rt.store.complete_many(&done).await {
             Ok(held) => {
                 for (completion, held) in batch.drain(..).zip(held) {

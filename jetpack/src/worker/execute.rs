@@ -91,7 +91,7 @@ async fn attempt<T: Scheduler>(
         Ok(Ok(Some((next, wakeup)))) => match serde_json::to_string(&next) {
             Ok(step) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
-                let kind = format!("{}.{}", next.machine_name(), next.step_name());
+                let kind = crate::machine::kind(next.machine_name(), next.step_name());
                 return (Outcome::Next { step, kind, wakeup }, tx);
             }
             Err(e) => StepError::permanent(format!("cannot serialize the next step: {e}")),
@@ -117,9 +117,10 @@ async fn attempt<T: Scheduler>(
 async fn record(
     rt: &Runtime,
     task: &Claimed,
-    mut outcome: Outcome,
+    outcome: Outcome,
     mut tx: Option<Box<dyn Any + Send>>,
 ) {
+    let mut outcome = Arc::new(outcome);
     let mut backoff = Backoff::default();
     let mut waited = Duration::ZERO;
     loop {
@@ -130,13 +131,13 @@ async fn record(
                     .complete_in_tx(tx, task.id, task.fence, &outcome)
                     .await
             }
-            None => complete(rt, task, outcome.clone()).await,
+            None => complete(rt, task, Arc::clone(&outcome)).await,
         };
         let error = match result {
             Ok(true) => {
                 // A step due soon may be this worker's next job: look for it.
                 if matches!(
-                    outcome,
+                    *outcome,
                     Outcome::Retry { .. }
                         | Outcome::Next {
                             wakeup: Wakeup::Now | Wakeup::Delay(_),
@@ -156,9 +157,9 @@ async fn record(
         if in_tx {
             // The step's transaction did not commit, so its writes are gone: the
             // attempt failed and the step must run again, not move on.
-            outcome = Outcome::Retry {
+            outcome = Arc::new(Outcome::Retry {
                 delay: Duration::ZERO,
-            };
+            });
         }
         let pause = backoff.next();
         waited += pause;
@@ -172,8 +173,12 @@ async fn record(
 }
 
 /// Hands the outcome to the completer, which writes it with others in one
-/// transaction, and waits for the answer.
-async fn complete(rt: &Runtime, task: &Claimed, outcome: Outcome) -> Result<bool, crate::Error> {
+/// statement, and waits for the answer.
+async fn complete(
+    rt: &Runtime,
+    task: &Claimed,
+    outcome: Arc<Outcome>,
+) -> Result<bool, crate::Error> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let completion = super::complete::Completion {
         id: task.id,
@@ -181,16 +186,11 @@ async fn complete(rt: &Runtime, task: &Claimed, outcome: Outcome) -> Result<bool
         outcome,
         reply,
     };
+    let stopped = || crate::Error::Completion("the worker's completer has stopped".into());
     if rt.completions.send(completion).is_err() {
-        return Err(crate::Error::Completion(
-            "the worker's completer has stopped".into(),
-        ));
+        return Err(stopped());
     }
-    answer.await.unwrap_or_else(|_| {
-        Err(crate::Error::Completion(
-            "the worker's completer has stopped".into(),
-        ))
-    })
+    answer.await.unwrap_or_else(|_| Err(stopped()))
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

@@ -183,7 +183,8 @@ impl<T: Scheduler> Worker<T> {
                 }
             };
             backoff.reset();
-            let (got, full_batch) = (claimed.len(), claimed.len() == limit);
+            let got = claimed.len();
+            let full_batch = got == limit;
             tracing::trace!(claimed = got, limit, "claimed");
             for task in claimed {
                 let Some(slot) = slots.take() else {
