@@ -313,6 +313,77 @@ mod tests {
         })
     }
 
+    /// A flush of many outcomes answers, for each, whether its attempt still
+    /// held the task, and writes only those: an attempt that lost its lease
+    /// changes nothing, and the others are written all the same (SQLite first
+    /// writes a batch assuming every attempt held its task, and rolls back when
+    /// one did not).
+    fn a_batch_writes_only_what_attempts_held(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+            let mut problems = Vec::new();
+            let hour = Duration::from_secs(3600);
+            let claimed = store.claim(3, &kinds, "w", hour).await?;
+            let [a, b, c] = claimed.as_slice() else {
+                return Err(format!("claimed {claimed:?}").into());
+            };
+            let next = Outcome::Next {
+                step: r#"{"M":{"B":null}}"#.into(),
+                kind: "M.B".into(),
+                wakeup: Wakeup::Now,
+            };
+            let held = store
+                .complete_many(&[
+                    (a.id, a.fence, &Outcome::Finish),
+                    (b.id, b.fence - 1, &Outcome::Finish),
+                    (c.id, c.fence, &next),
+                ])
+                .await?;
+            if held != [true, false, true] {
+                problems.push(format!("held {held:?}, not [true, false, true]"));
+            }
+            let again = store.claim(3, &kinds, "w", hour).await?;
+            match again.as_slice() {
+                [t] if t.id == c.id && t.step.replace(' ', "") == r#"{"M":{"B":null}}"# => {}
+                other => problems.push(format!(
+                    "after the flush, claimed {other:?} instead of only task {}'s next step",
+                    c.id
+                )),
+            }
+            // The attempt that lost nothing still finishes its task.
+            let held = store
+                .complete_many(&[(b.id, b.fence, &Outcome::Finish)])
+                .await?;
+            if held != [true] {
+                problems.push(format!("the live attempt's finish reported {held:?}"));
+            }
+            Ok(problems)
+        })
+    }
+
+    /// A claim hands the step over exactly as stored, whatever characters it
+    /// holds (SQLite returns a batch as one JSON value with the steps inside).
+    fn a_claim_returns_the_step_as_stored(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            let claimed = store
+                .claim(1, &["M.A".to_string()], "w", Duration::from_secs(60))
+                .await?;
+            let [task] = claimed.as_slice() else {
+                return Err(format!("claimed {claimed:?}").into());
+            };
+            let stored: serde_json::Value = serde_json::from_str(&task.step)?;
+            if stored != serde_json::from_str::<serde_json::Value>(STEP_A)? {
+                problems.push(format!("claimed step {:?}, stored {STEP_A:?}", task.step));
+            }
+            Ok(problems)
+        })
+    }
+
     /// One check of a store: the problems it found.
     type Check = for<'a> fn(&'a dyn Store) -> LocalBoxFuture<'a, TestResult<Vec<String>>>;
 
@@ -325,8 +396,11 @@ mod tests {
         Ok(problems)
     }
 
+    /// The step of every task the checks start with.
+    const STEP_A: &str = r#"{"M": {"A": {"text": "a \"quote\", a \\, a ✓ and a\nline"}}}"#;
+
     fn insert_tasks(tasks: usize) -> String {
-        let rows = vec![r#"('{"M":{"A":null}}')"#; tasks].join(", ");
+        let rows = vec![format!("('{STEP_A}')"); tasks].join(", ");
         format!("INSERT INTO jetpack_tasks (step) VALUES {rows}")
     }
 
@@ -366,6 +440,30 @@ mod tests {
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
         Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_claims_and_batches() -> TestResult {
+        on_sqlite(
+            4,
+            &[
+                a_claim_returns_the_step_as_stored,
+                a_batch_writes_only_what_attempts_held,
+            ],
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn postgres_claims_and_batches() -> TestResult {
+        on_postgres(
+            4,
+            &[
+                a_claim_returns_the_step_as_stored,
+                a_batch_writes_only_what_attempts_held,
+            ],
+        )
+        .await
     }
 
     #[tokio::test]

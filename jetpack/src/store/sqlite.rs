@@ -1,10 +1,10 @@
 //! The SQLite backend: one file, no server.
 //!
-//! Claims are single `UPDATE … RETURNING` statements, which SQLite runs under its
-//! write lock, so two processes on one file never claim the same attempt. There
-//! is no LISTEN/NOTIFY: enqueues from this process wake its workers at once
-//! through an in-process signal, changes from other processes are seen at the
-//! next poll (250 ms by default).
+//! A claim reads and leases its tasks in one `BEGIN IMMEDIATE` transaction,
+//! which holds SQLite's write lock throughout, so two processes on one file
+//! never claim the same attempt. There is no LISTEN/NOTIFY: enqueues from this
+//! process wake its workers at once through an in-process signal, changes from
+//! other processes are seen at the next poll (250 ms by default).
 
 use std::any::Any;
 use std::time::Duration;
@@ -35,46 +35,67 @@ macro_rules! now {
     };
 }
 
-const CLAIM: &str = concat!(
-    "UPDATE jetpack_tasks
-     SET tried = tried + 1, fence = fence + 1, locked_by = ?3, lease_until = ",
-    now!("?4"),
-    ", updated_at = ",
-    now!(),
-    " WHERE id IN (
-         SELECT id FROM jetpack_tasks
+/// The tasks a claim takes, read in the claim's write transaction as one JSON
+/// array of `[id, step, tried, fence]` with the attempt and fence the claim
+/// gives them. Every row a statement returns is a hand-off from the
+/// connection's thread: one value for the whole batch took 3.9 µs per task where
+/// `UPDATE … RETURNING`, a row per task, took 6.3 µs (claims of 200 one after
+/// the other from a file of 10,000 tasks, medians of 7 runs).
+const CLAIM_READ: &str = concat!(
+    "SELECT json_group_array(json_array(id, step, tried + 1, fence + 1)) FROM (
+         SELECT id, step, tried, fence FROM jetpack_tasks
          WHERE error IS NULL AND wakeup_at <= ",
     now!(),
     " AND (lease_until IS NULL OR lease_until <= ",
     now!(),
     ") AND kind IN (SELECT value FROM json_each(?2))
          ORDER BY wakeup_at
-         LIMIT ?1)
-     RETURNING id, step, tried, fence"
+         LIMIT ?1)"
 );
 
-const FINISH_MANY: &str = "
-DELETE FROM jetpack_tasks WHERE (id, fence) IN (
-    SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-RETURNING id";
+/// Leases the tasks `CLAIM_READ` read (`?1`, a JSON array of ids), in the same
+/// transaction.
+const CLAIM_LEASE: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET tried = tried + 1, fence = fence + 1, locked_by = ?2, lease_until = ",
+    now!("?3"),
+    ", updated_at = ",
+    now!(),
+    " WHERE id IN (SELECT value FROM json_each(?1))"
+);
+
+/// Finishes the attempts `?1` (a JSON array of `[id, fence]`).
+macro_rules! finish_many {
+    () => {
+        "DELETE FROM jetpack_tasks WHERE (id, fence) IN (
+             SELECT value ->> 0, value ->> 1 FROM json_each(?1))"
+    };
+}
+
+const FINISH_MANY: &str = concat!(finish_many!(), " RETURNING id");
 
 /// Moves to next steps (one or many); a next step due now keeps a passed
 /// `wakeup_at`, as on PostgreSQL.
-const NEXT_MANY: &str = concat!(
-    "UPDATE jetpack_tasks
-     SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-         updated_at = ",
-    now!(),
-    ", wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
-    now!(),
-    " THEN jetpack_tasks.wakeup_at ELSE coalesce(u.at, ",
-    now!("u.delay"),
-    ") END FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
-                    value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at
-             FROM json_each(?1)) AS u
-     WHERE jetpack_tasks.id = u.id AND jetpack_tasks.fence = u.fence
-     RETURNING jetpack_tasks.id"
-);
+macro_rules! next_many {
+    () => {
+        concat!(
+            "UPDATE jetpack_tasks
+             SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
+                 updated_at = ",
+            now!(),
+            ", wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
+            now!(),
+            " THEN jetpack_tasks.wakeup_at ELSE coalesce(u.at, ",
+            now!("u.delay"),
+            ") END FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
+                            value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at
+                     FROM json_each(?1)) AS u
+             WHERE jetpack_tasks.id = u.id AND jetpack_tasks.fence = u.fence"
+        )
+    };
+}
+
+const NEXT_MANY: &str = concat!(next_many!(), " RETURNING jetpack_tasks.id");
 
 const RETRY: &str = concat!(
     "UPDATE jetpack_tasks SET locked_by = NULL, lease_until = NULL, updated_at = ",
@@ -210,9 +231,21 @@ impl<'a> Batch<'a> {
         Ok(batch)
     }
 
-    /// How many statements [`write`](Self::write) runs.
-    fn statements(&self) -> usize {
-        usize::from(!self.finish.is_empty()) + usize::from(!self.next.is_empty())
+    /// Writes the finishes and next steps if every attempt still holds its
+    /// task; `false` if one did not, and the caller must roll back.
+    async fn write_if_all_held(&self, db: &mut SqliteConnection) -> Result<bool, Error> {
+        for (sql, items) in [(finish_many!(), &self.finish), (next_many!(), &self.next)] {
+            if !items.is_empty() {
+                let done = sqlx::query(sql)
+                    .bind(format!("[{}]", items.join(",")))
+                    .execute(&mut *db)
+                    .await?;
+                if usize::try_from(done.rows_affected()).ok() != Some(items.len()) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Writes the finishes and next steps; the ids of the tasks their attempts
@@ -282,33 +315,61 @@ impl Store for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
         let _write = self.writes.lock().await;
-        Ok(sqlx::query_as(CLAIM)
+        // BEGIN IMMEDIATE takes the write lock first: no other process can claim
+        // or change these tasks between reading and leasing them.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let read: String = sqlx::query_scalar(CLAIM_READ)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(json_list(&kinds)?)
+            .fetch_one(&mut *tx)
+            .await?;
+        let claimed: Vec<(i64, String, i32, i64)> =
+            serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+        sqlx::query(CLAIM_LEASE)
+            .bind(json_list(&ids)?)
             .bind(owner)
             .bind(micros(lease)?)
-            .fetch_all(&self.pool)
-            .await?)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claimed
+            .into_iter()
+            .map(|(id, step, tried, fence)| Claimed {
+                id,
+                step,
+                tried,
+                fence,
+            })
+            .collect())
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
         let batch = Batch::of(done)?;
         let _write = self.writes.lock().await;
-        let held = if batch.others.is_empty() && batch.statements() <= 1 {
-            // One statement commits on its own: one trip to the connection's
-            // thread instead of three.
-            batch.write(&mut *self.pool.acquire().await?).await?
-        } else {
+        if batch.others.is_empty() {
+            // Usually every attempt still holds its task: write them all without
+            // returning a row for each (a finish took 3.4 µs per task instead of
+            // 5.0), and only if one lost its lease, undo and find out which.
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut held = batch.write(&mut tx).await?;
-            for &(id, fence, outcome) in &batch.others {
-                if record(&mut tx, id, fence, outcome).await? {
-                    held.push(id);
-                }
+            if batch.write_if_all_held(&mut tx).await? {
+                tx.commit().await?;
+                return Ok(vec![true; done.len()]);
             }
-            tx.commit().await?;
-            held
-        };
+            tx.rollback().await?;
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut held = batch.write(&mut tx).await?;
+        for &(id, fence, outcome) in &batch.others {
+            if record(&mut tx, id, fence, outcome).await? {
+                held.push(id);
+            }
+        }
+        tx.commit().await?;
         Ok(super::which_held(done, held))
     }
 
