@@ -442,63 +442,38 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn sqlite_claims_and_batches() -> TestResult {
-        on_sqlite(
-            4,
-            &[
-                a_claim_returns_the_step_as_stored,
-                a_batch_writes_only_what_attempts_held,
-            ],
-        )
-        .await
+    /// Runs each set of checks on both backends, as the tests `<set>::sqlite`
+    /// and `<set>::postgres`, on a fresh database holding `tasks` ready tasks.
+    macro_rules! on_both {
+        ($($(#[$meta:meta])* $set:ident($tasks:expr) = [$($check:ident),+ $(,)?];)+) => {$(
+            $(#[$meta])*
+            mod $set {
+                use super::*;
+
+                #[tokio::test]
+                async fn sqlite() -> TestResult {
+                    on_sqlite($tasks, &[$($check),+]).await
+                }
+
+                #[tokio::test]
+                async fn postgres() -> TestResult {
+                    on_postgres($tasks, &[$($check),+]).await
+                }
+            }
+        )+};
     }
 
-    #[tokio::test]
-    async fn postgres_claims_and_batches() -> TestResult {
-        on_postgres(
-            4,
-            &[
-                a_claim_returns_the_step_as_stored,
-                a_batch_writes_only_what_attempts_held,
-            ],
-        )
-        .await
-    }
-
-    #[tokio::test]
-    async fn sqlite_completed_attempt_is_inert() -> TestResult {
-        on_sqlite(1, &[completed_attempt_is_inert]).await
-    }
-
-    #[tokio::test]
-    async fn postgres_completed_attempt_is_inert() -> TestResult {
-        on_postgres(1, &[completed_attempt_is_inert]).await
-    }
-
-    // Two tasks for the next-step check (which finishes them), one for the lease.
-    #[tokio::test]
-    async fn sqlite_leases_and_next_steps() -> TestResult {
-        on_sqlite(
-            3,
-            &[
-                a_next_step_due_now_is_claimable_at_once,
-                a_lease_holds_until_it_expires,
-            ],
-        )
-        .await
-    }
-
-    #[tokio::test]
-    async fn postgres_leases_and_next_steps() -> TestResult {
-        on_postgres(
-            3,
-            &[
-                a_next_step_due_now_is_claimable_at_once,
-                a_lease_holds_until_it_expires,
-            ],
-        )
-        .await
+    on_both! {
+        claims_and_batches(4) = [
+            a_claim_returns_the_step_as_stored,
+            a_batch_writes_only_what_attempts_held,
+        ];
+        completed_attempt(1) = [completed_attempt_is_inert];
+        /// Two tasks for the next-step check (which finishes them), one for the lease.
+        leases_and_next_steps(3) = [
+            a_next_step_due_now_is_claimable_at_once,
+            a_lease_holds_until_it_expires,
+        ];
     }
 
     /// A claim changes no indexed column, so on a page with room PostgreSQL
