@@ -421,7 +421,23 @@ mod tests {
         sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
             .execute(&pool)
             .await?;
-        let problems = run_checks(&sqlite::SqliteStore::new(pool.clone()), checks).await;
+        // Once on the statements for a few tasks, once on those for batches.
+        let mut problems = Ok(Vec::new());
+        for few in [usize::MAX, 0] {
+            if few == 0 {
+                sqlx::query("DELETE FROM jetpack_tasks")
+                    .execute(&pool)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
+                    .execute(&pool)
+                    .await?;
+            }
+            let store = sqlite::SqliteStore::with_few(pool.clone(), few);
+            problems = run_checks(&store, checks).await;
+            if !matches!(&problems, Ok(p) if p.is_empty()) {
+                break;
+            }
+        }
         pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
         let problems = problems?;
