@@ -1,8 +1,8 @@
 //! The SQLite backend: one file, no server.
 //!
-//! A claim reads and leases its tasks in one `BEGIN IMMEDIATE` transaction,
-//! which holds SQLite's write lock throughout, so two processes on one file
-//! never claim the same attempt. There is no LISTEN/NOTIFY: enqueues from this
+//! A claim reads and leases its tasks under SQLite's write lock (one statement
+//! for a few tasks, a `BEGIN IMMEDIATE` transaction for a batch), so two
+//! processes on one file never claim the same attempt. There is no LISTEN/NOTIFY: enqueues from this
 //! process wake its workers at once through an in-process signal, changes from
 //! other processes are seen at the next poll (250 ms by default).
 
@@ -35,6 +35,41 @@ macro_rules! now {
     };
 }
 
+/// `columns` of the ready tasks a claim takes: up to `?1` of the kinds `?2`
+/// (a JSON array), oldest first.
+macro_rules! ready_tasks {
+    ($columns:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM jetpack_tasks
+             WHERE error IS NULL AND wakeup_at <= ",
+            now!(),
+            " AND (lease_until IS NULL OR lease_until <= ",
+            now!(),
+            ") AND kind IN (SELECT value FROM json_each(?2))
+             ORDER BY wakeup_at
+             LIMIT ?1"
+        )
+    };
+}
+
+/// The update that leases a task to worker `$owner` for `$lease` µs, as a new
+/// attempt.
+macro_rules! lease {
+    ($owner:literal, $lease:literal) => {
+        concat!(
+            "UPDATE jetpack_tasks
+             SET tried = tried + 1, fence = fence + 1, locked_by = ",
+            $owner,
+            ", lease_until = ",
+            now!($lease),
+            ", updated_at = ",
+            now!()
+        )
+    };
+}
+
 /// The tasks a claim takes, read in the claim's write transaction as one JSON
 /// array of `[id, step, tried, fence]` with the attempt and fence the claim
 /// gives them. Every row a statement returns is a hand-off from the
@@ -42,46 +77,25 @@ macro_rules! now {
 /// `UPDATE … RETURNING`, a row per task, took 6.3 µs (claims of 200 one after
 /// the other from a file of 10,000 tasks, medians of 7 runs).
 const CLAIM_READ: &str = concat!(
-    "SELECT json_group_array(json_array(id, step, tried + 1, fence + 1)) FROM (
-         SELECT id, step, tried, fence FROM jetpack_tasks
-         WHERE error IS NULL AND wakeup_at <= ",
-    now!(),
-    " AND (lease_until IS NULL OR lease_until <= ",
-    now!(),
-    ") AND kind IN (SELECT value FROM json_each(?2))
-         ORDER BY wakeup_at
-         LIMIT ?1)"
+    "SELECT json_group_array(json_array(id, step, tried + 1, fence + 1)) FROM (",
+    ready_tasks!("id, step, tried, fence"),
+    ")"
 );
 
-/// Leases the tasks `CLAIM_READ` read (`?1`, a JSON array of ids), in the same
-/// transaction.
+/// Leases the tasks `CLAIM_READ` read (`?1`, a JSON array of ids) to worker
+/// `?2` for `?3` µs, in the same transaction.
 const CLAIM_LEASE: &str = concat!(
-    "UPDATE jetpack_tasks
-     SET tried = tried + 1, fence = fence + 1, locked_by = ?2, lease_until = ",
-    now!("?3"),
-    ", updated_at = ",
-    now!(),
+    lease!("?2", "?3"),
     " WHERE id IN (SELECT value FROM json_each(?1))"
 );
 
 /// Claims and leases in one statement, returning a row per task: for claims of
-/// fewer than [`FEW`] tasks.
+/// fewer than [`FEW`] tasks. `?3` is the worker, `?4` the lease in µs.
 const CLAIM_FEW: &str = concat!(
-    "UPDATE jetpack_tasks
-     SET tried = tried + 1, fence = fence + 1, locked_by = ?3, lease_until = ",
-    now!("?4"),
-    ", updated_at = ",
-    now!(),
-    " WHERE id IN (
-         SELECT id FROM jetpack_tasks
-         WHERE error IS NULL AND wakeup_at <= ",
-    now!(),
-    " AND (lease_until IS NULL OR lease_until <= ",
-    now!(),
-    ") AND kind IN (SELECT value FROM json_each(?2))
-         ORDER BY wakeup_at
-         LIMIT ?1)
-     RETURNING id, step, tried, fence"
+    lease!("?3", "?4"),
+    " WHERE id IN (",
+    ready_tasks!("id"),
+    ") RETURNING id, step, tried, fence"
 );
 
 /// Finishes the attempts `?1` (a JSON array of `[id, fence]`).
@@ -241,54 +255,71 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
     serde_json::to_string(items).map_err(Error::Serialize)
 }
 
-/// Outcomes sorted for writing: finishes and next steps as the JSON items of
-/// `FINISH_MANY` and `NEXT_MANY` (lists are bound as JSON: every statement is a
-/// round trip to SQLite's connection thread), the rare retries and parkings apart.
-#[derive(Default)]
+/// Outcomes sorted for writing: finishes and next steps as the statements
+/// `FINISH_MANY` and `NEXT_MANY` with their JSON lists (lists are bound as JSON:
+/// every statement is a round trip to SQLite's connection thread), the rare
+/// retries and parkings apart.
 struct Batch<'a> {
-    finish: Vec<String>,
-    next: Vec<String>,
+    statements: Vec<Statement>,
     others: Vec<(i64, i64, &'a Outcome)>,
+}
+
+/// One statement of a [`Batch`].
+struct Statement {
+    /// Without `RETURNING`.
+    sql: &'static str,
+    /// The same, `RETURNING` the id of each task written.
+    returning: &'static str,
+    /// The JSON list bound to it.
+    list: String,
+    /// How many items the list holds.
+    items: usize,
 }
 
 impl<'a> Batch<'a> {
     fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
-        let mut batch = Batch::default();
+        let (mut finish, mut next, mut others) = (Vec::new(), Vec::new(), Vec::new());
         for &(id, fence, outcome) in done {
             match outcome {
-                Outcome::Finish => batch.finish.push(format!("[{id},{fence}]")),
+                Outcome::Finish => finish.push(format!("[{id},{fence}]")),
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let at = at.map(|at| at.format(TIME_FORMAT).to_string());
-                    batch.next.push(format!(
+                    next.push(format!(
                         "[{id},{fence},{step},{},{delay},{}]",
                         serde_json::Value::from(kind.as_str()),
                         serde_json::Value::from(at)
                     ));
                 }
-                _ => batch.others.push((id, fence, outcome)),
+                _ => others.push((id, fence, outcome)),
             }
         }
-        Ok(batch)
-    }
-
-    /// How many statements [`write`](Self::write) runs.
-    fn statements(&self) -> usize {
-        usize::from(!self.finish.is_empty()) + usize::from(!self.next.is_empty())
+        let statements = [
+            (finish_many!(), FINISH_MANY, finish),
+            (next_many!(), NEXT_MANY, next),
+        ]
+        .into_iter()
+        .filter(|(_, _, items)| !items.is_empty())
+        .map(|(sql, returning, items)| Statement {
+            sql,
+            returning,
+            list: format!("[{}]", items.join(",")),
+            items: items.len(),
+        })
+        .collect();
+        Ok(Batch { statements, others })
     }
 
     /// Writes the finishes and next steps if every attempt still holds its
     /// task; `false` if one did not, and the caller must roll back.
     async fn write_if_all_held(&self, db: &mut SqliteConnection) -> Result<bool, Error> {
-        for (sql, items) in [(finish_many!(), &self.finish), (next_many!(), &self.next)] {
-            if !items.is_empty() {
-                let done = sqlx::query(sql)
-                    .bind(format!("[{}]", items.join(",")))
-                    .execute(&mut *db)
-                    .await?;
-                if usize::try_from(done.rows_affected()).ok() != Some(items.len()) {
-                    return Ok(false);
-                }
+        for statement in &self.statements {
+            let done = sqlx::query(statement.sql)
+                .bind(&statement.list)
+                .execute(&mut *db)
+                .await?;
+            if usize::try_from(done.rows_affected()).ok() != Some(statement.items) {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -298,14 +329,12 @@ impl<'a> Batch<'a> {
     /// still held.
     async fn write(&self, db: &mut SqliteConnection) -> Result<Vec<i64>, Error> {
         let mut held = Vec::new();
-        for (sql, items) in [(FINISH_MANY, &self.finish), (NEXT_MANY, &self.next)] {
-            if !items.is_empty() {
-                let ids: Vec<i64> = sqlx::query_scalar(sql)
-                    .bind(format!("[{}]", items.join(",")))
-                    .fetch_all(&mut *db)
-                    .await?;
-                held.extend(ids);
-            }
+        for statement in &self.statements {
+            let ids: Vec<i64> = sqlx::query_scalar(statement.returning)
+                .bind(&statement.list)
+                .fetch_all(&mut *db)
+                .await?;
+            held.extend(ids);
         }
         Ok(held)
     }
@@ -360,13 +389,19 @@ impl Store for SqliteStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
+        let few = limit < self.few;
+        let (limit, kinds, lease) = (
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            json_list(&kinds)?,
+            micros(lease)?,
+        );
         let _write = self.writes.lock().await;
-        if limit < self.few {
+        if few {
             return Ok(sqlx::query_as(CLAIM_FEW)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .bind(json_list(&kinds)?)
+                .bind(limit)
+                .bind(kinds)
                 .bind(owner)
-                .bind(micros(lease)?)
+                .bind(lease)
                 .fetch_all(&self.pool)
                 .await?);
         }
@@ -374,8 +409,8 @@ impl Store for SqliteStore {
         // or change these tasks between reading and leasing them.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let read: String = sqlx::query_scalar(CLAIM_READ)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(json_list(&kinds)?)
+            .bind(limit)
+            .bind(kinds)
             .fetch_one(&mut *tx)
             .await?;
         let claimed: Vec<(i64, String, i32, i64)> =
@@ -388,7 +423,7 @@ impl Store for SqliteStore {
         sqlx::query(CLAIM_LEASE)
             .bind(json_list(&ids)?)
             .bind(owner)
-            .bind(micros(lease)?)
+            .bind(lease)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -406,7 +441,7 @@ impl Store for SqliteStore {
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
         let batch = Batch::of(done)?;
         let _write = self.writes.lock().await;
-        if batch.others.is_empty() && batch.statements() <= 1 && done.len() < self.few {
+        if batch.others.is_empty() && batch.statements.len() <= 1 && done.len() < self.few {
             // One statement commits on its own: one trip to the connection's
             // thread instead of three.
             let held = batch.write(&mut *self.pool.acquire().await?).await?;
