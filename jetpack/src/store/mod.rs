@@ -487,6 +487,79 @@ mod tests {
         ];
     }
 
+    /// The SQLite worker writes on a connection of its own, opened from the
+    /// pool's options: on an in-memory database it must reach the same
+    /// database as the pool (sqlx names it, shared-cache), not a new empty one.
+    #[tokio::test]
+    async fn sqlite_worker_writes_reach_an_in_memory_database() -> TestResult {
+        let pool = sqlite::connect("sqlite::memory:").await?;
+        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+        sqlx::query(sqlx::AssertSqlSafe(insert_tasks(3)))
+            .execute(&pool)
+            .await?;
+        for few in [usize::MAX, 0] {
+            let store = sqlite::SqliteStore::with_few(pool.clone(), few);
+            let claimed = store
+                .claim(1, &["M.A".to_string()], "w", Duration::from_secs(60))
+                .await?;
+            let [task] = claimed.as_slice() else {
+                return Err(format!("claimed {claimed:?} (few: {few})").into());
+            };
+            let held = store
+                .complete_many(&[(task.id, task.fence, &Outcome::Finish)])
+                .await?;
+            assert_eq!(held, [true], "few: {few}");
+        }
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jetpack_tasks")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(
+            left, 1,
+            "two of three tasks finished, seen through the pool"
+        );
+        pool.close().await;
+        Ok(())
+    }
+
+    /// A write of the SQLite worker that fails inside its transaction leaves
+    /// no lock behind (its connection is closed, rolling back), and the next
+    /// write opens a new connection and succeeds.
+    #[tokio::test]
+    async fn sqlite_failed_write_leaves_no_lock_and_the_next_succeeds() -> TestResult {
+        let dir = std::env::temp_dir().join(format!("jetpack_unit_fail_{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}", dir.join("unit.db").display());
+        let pool = sqlite::connect(&url).await?;
+        let result = async {
+            <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+            sqlx::query(sqlx::AssertSqlSafe(insert_tasks(2)))
+                .execute(&pool)
+                .await?;
+            // Batch statements: the claim begins a transaction, then reads.
+            let store = sqlite::SqliteStore::with_few(pool.clone(), 0);
+            let kinds = vec!["M.A".to_string()];
+            let hour = Duration::from_secs(3600);
+            store.claim(1, &kinds, "w", hour).await?;
+            sqlx::query("ALTER TABLE jetpack_tasks RENAME TO jetpack_gone")
+                .execute(&pool)
+                .await?;
+            let failed = store.claim(1, &kinds, "w", hour).await;
+            assert!(failed.is_err(), "a claim without its table: {failed:?}");
+            // A write elsewhere gets the lock (it would time out if the failed
+            // claim still held it).
+            sqlx::query("ALTER TABLE jetpack_gone RENAME TO jetpack_tasks")
+                .execute(&pool)
+                .await?;
+            let again = store.claim(1, &kinds, "w", hour).await?;
+            assert_eq!(again.len(), 1, "the claim after the failure: {again:?}");
+            Ok::<_, Box<dyn std::error::Error>>(())
+        }
+        .await;
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
     /// A claim changes no indexed column, so on a page with room PostgreSQL
     /// updates the row in place (HOT) without new index entries. It wrote the
     /// lease into the indexed `wakeup_at` before, and no claim was HOT.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
@@ -213,12 +213,22 @@ pub async fn connect(url: &str) -> Result<SqlitePool, Error> {
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
-    /// Taken around this worker's writes. SQLite has one writer at a time, and
+    /// This worker's own connection for its writes (claims, flushes,
+    /// heartbeats, releases), opened with the pool's options but outside it,
+    /// so the worker never waits for, or starves, the pool its steps and the
+    /// application use. `None` until first used, and again after an error.
+    ///
+    /// One connection, because SQLite empties a connection's page cache
+    /// whenever another connection changed the file since it last read: writes
+    /// spread over the pool's connections re-read their pages from the file on
+    /// every claim and flush.
+    ///
+    /// The lock queues the worker's writes. SQLite has one writer at a time, and
     /// a connection that finds the file locked waits in SQLite's busy handler,
     /// which sleeps in steps of milliseconds: a claim and a flush of the same
     /// worker colliding there left the worker idle half the time. Queued here
     /// instead, the next write starts the moment the last one commits.
-    writes: tokio::sync::Mutex<()>,
+    writer: tokio::sync::Mutex<Option<SqliteConnection>>,
     /// Claims of fewer tasks than this, and flushes of fewer outcomes, are one
     /// statement returning a row per task (see [`FEW`]).
     few: usize,
@@ -236,7 +246,7 @@ impl SqliteStore {
     pub(crate) fn new(pool: SqlitePool) -> Self {
         SqliteStore {
             pool,
-            writes: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(None),
             few: FEW,
         }
     }
@@ -372,6 +382,112 @@ async fn record(
     Ok(done.rows_affected() == 1)
 }
 
+/// This worker's connection, taken for one write.
+struct Writer<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
+    db: SqliteConnection,
+}
+
+impl Writer<'_> {
+    /// Ends the write: the connection goes back for the next one, unless the
+    /// write failed. Then it is closed (rolling back what it had begun) and the
+    /// next write opens a new one.
+    fn done<T>(mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_ok() {
+            *self.slot = Some(self.db);
+        }
+        result
+    }
+}
+
+impl SqliteStore {
+    /// Waits for this worker's earlier writes, then takes its connection.
+    async fn writer(&self) -> Result<Writer<'_>, Error> {
+        let mut slot = self.writer.lock().await;
+        let db = match slot.take() {
+            Some(db) => db,
+            None => self.pool.connect_options().connect().await?,
+        };
+        Ok(Writer { slot, db })
+    }
+}
+
+/// Claims up to `limit` tasks in one transaction (see [`CLAIM_READ`]).
+async fn claim_batch(
+    db: &mut SqliteConnection,
+    limit: i64,
+    kinds: String,
+    owner: &str,
+    lease: i64,
+) -> Result<Vec<Claimed>, Error> {
+    // BEGIN IMMEDIATE takes the write lock first: no other process can claim or
+    // change these tasks between reading and leasing them.
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    let read: String = sqlx::query_scalar(CLAIM_READ)
+        .bind(limit)
+        .bind(kinds)
+        .fetch_one(&mut *tx)
+        .await?;
+    let claimed: Vec<(i64, String, i32, i64)> =
+        serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    if claimed.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
+    sqlx::query(CLAIM_LEASE)
+        .bind(json_list(&ids)?)
+        .bind(owner)
+        .bind(lease)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(claimed
+        .into_iter()
+        .map(|(id, step, tried, fence)| Claimed {
+            id,
+            step,
+            tried,
+            fence,
+        })
+        .collect())
+}
+
+/// Writes the outcomes `done`, sorted into `batch`; which attempts still held
+/// their tasks.
+async fn flush(
+    db: &mut SqliteConnection,
+    done: &[(i64, i64, &Outcome)],
+    batch: &Batch<'_>,
+    few: bool,
+) -> Result<Vec<bool>, Error> {
+    if batch.others.is_empty() && batch.statements.len() <= 1 && few {
+        // One statement commits on its own: one trip to the connection's thread
+        // instead of three.
+        return Ok(super::which_held(done, batch.write(db).await?));
+    }
+    if batch.others.is_empty() {
+        // Usually every attempt still holds its task: write them all without
+        // returning a row for each (a finish took 3.4 µs per task instead of
+        // 5.0), and only if one lost its lease, undo and find out which.
+        let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+        if batch.write_if_all_held(&mut tx).await? {
+            tx.commit().await?;
+            return Ok(vec![true; done.len()]);
+        }
+        tx.rollback().await?;
+    }
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    let mut held = batch.write(&mut tx).await?;
+    for &(id, fence, outcome) in &batch.others {
+        if record(&mut tx, id, fence, outcome).await? {
+            held.push(id);
+        }
+    }
+    tx.commit().await?;
+    Ok(super::which_held(done, held))
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     fn database(&self) -> &'static str {
@@ -395,78 +511,27 @@ impl Store for SqliteStore {
             json_list(&kinds)?,
             micros(lease)?,
         );
-        let _write = self.writes.lock().await;
-        if few {
-            return Ok(sqlx::query_as(CLAIM_FEW)
+        let mut writer = self.writer().await?;
+        let claimed = if few {
+            sqlx::query_as(CLAIM_FEW)
                 .bind(limit)
                 .bind(kinds)
                 .bind(owner)
                 .bind(lease)
-                .fetch_all(&self.pool)
-                .await?);
-        }
-        // BEGIN IMMEDIATE takes the write lock first: no other process can claim
-        // or change these tasks between reading and leasing them.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let read: String = sqlx::query_scalar(CLAIM_READ)
-            .bind(limit)
-            .bind(kinds)
-            .fetch_one(&mut *tx)
-            .await?;
-        let claimed: Vec<(i64, String, i32, i64)> =
-            serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        if claimed.is_empty() {
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        let ids: Vec<i64> = claimed.iter().map(|c| c.0).collect();
-        sqlx::query(CLAIM_LEASE)
-            .bind(json_list(&ids)?)
-            .bind(owner)
-            .bind(lease)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(claimed
-            .into_iter()
-            .map(|(id, step, tried, fence)| Claimed {
-                id,
-                step,
-                tried,
-                fence,
-            })
-            .collect())
+                .fetch_all(&mut writer.db)
+                .await
+                .map_err(Error::from)
+        } else {
+            claim_batch(&mut writer.db, limit, kinds, owner, lease).await
+        };
+        writer.done(claimed)
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
         let batch = Batch::of(done)?;
-        let _write = self.writes.lock().await;
-        if batch.others.is_empty() && batch.statements.len() <= 1 && done.len() < self.few {
-            // One statement commits on its own: one trip to the connection's
-            // thread instead of three.
-            let held = batch.write(&mut *self.pool.acquire().await?).await?;
-            return Ok(super::which_held(done, held));
-        }
-        if batch.others.is_empty() {
-            // Usually every attempt still holds its task: write them all without
-            // returning a row for each (a finish took 3.4 µs per task instead of
-            // 5.0), and only if one lost its lease, undo and find out which.
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            if batch.write_if_all_held(&mut tx).await? {
-                tx.commit().await?;
-                return Ok(vec![true; done.len()]);
-            }
-            tx.rollback().await?;
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut held = batch.write(&mut tx).await?;
-        for &(id, fence, outcome) in &batch.others {
-            if record(&mut tx, id, fence, outcome).await? {
-                held.push(id);
-            }
-        }
-        tx.commit().await?;
-        Ok(super::which_held(done, held))
+        let mut writer = self.writer().await?;
+        let held = flush(&mut writer.db, done, &batch, done.len() < self.few).await;
+        writer.done(held)
     }
 
     async fn complete_in_tx(
@@ -482,21 +547,24 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
-        let _write = self.writes.lock().await;
-        Ok(sqlx::query_scalar(HEARTBEAT)
-            .bind(json_list(&held)?)
-            .bind(micros(lease)?)
-            .fetch_all(&self.pool)
-            .await?)
+        let (held, lease) = (json_list(&held)?, micros(lease)?);
+        let mut writer = self.writer().await?;
+        let renewed = sqlx::query_scalar(HEARTBEAT)
+            .bind(held)
+            .bind(lease)
+            .fetch_all(&mut writer.db)
+            .await;
+        writer.done(renewed.map_err(Error::from))
     }
 
     async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error> {
-        let _write = self.writes.lock().await;
-        sqlx::query(RELEASE)
-            .bind(json_list(&held)?)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let held = json_list(&held)?;
+        let mut writer = self.writer().await?;
+        let released = sqlx::query(RELEASE)
+            .bind(held)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(released.map(drop).map_err(Error::from))
     }
 
     async fn next_due(&self, kinds: &[String]) -> Result<Option<Duration>, Error> {
