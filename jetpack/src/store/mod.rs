@@ -79,9 +79,13 @@ pub(crate) trait Store: Send + Sync + 'static {
         outcome: &Outcome,
     ) -> Result<bool, Error>;
 
-    /// Extends the leases of the given `(id, fence)` attempts; returns the ids
+    /// Extends the leases of the given `(id, fence)` attempts; returns those
     /// still held.
-    async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error>;
+    async fn heartbeat(
+        &self,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<(i64, i64)>, Error>;
 
     /// Gives back abandoned attempts: ready at once, and not counted as tried.
     async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error>;
@@ -111,10 +115,13 @@ pub(crate) trait Listener: Send {
 }
 
 /// For each outcome of `done`, whether its attempt still held the task: whether
-/// its id is among those the statements touched.
-pub(crate) fn which_held(done: &[(i64, i64, &Outcome)], held: Vec<i64>) -> Vec<bool> {
-    let held: std::collections::HashSet<i64> = held.into_iter().collect();
-    done.iter().map(|(id, _, _)| held.contains(id)).collect()
+/// its (id, fence) is among those the statements wrote. By id alone, a stale
+/// attempt flushed with the live attempt of the same task would count as held.
+pub(crate) fn which_held(done: &[(i64, i64, &Outcome)], held: Vec<(i64, i64)>) -> Vec<bool> {
+    let held: std::collections::HashSet<(i64, i64)> = held.into_iter().collect();
+    done.iter()
+        .map(|&(id, fence, _)| held.contains(&(id, fence)))
+        .collect()
 }
 
 /// Converts a wakeup into (delay in microseconds, absolute time) for binding.
@@ -360,6 +367,43 @@ mod tests {
         })
     }
 
+    /// A stale attempt and the live attempt of one task in the same flush: only
+    /// the live one writes (SQLite's check that all attempts hold their tasks
+    /// counts each task once).
+    fn a_stale_and_a_live_attempt_in_one_flush(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+            let mut problems = Vec::new();
+            // A lease of zero has expired at once: the second claim takes the
+            // task as a new attempt.
+            let stale = store.claim(1, &kinds, "w", Duration::ZERO).await?;
+            let live = store.claim(1, &kinds, "w", Duration::from_secs(60)).await?;
+            let ([stale], [live]) = (stale.as_slice(), live.as_slice()) else {
+                return Err(format!("claimed {stale:?}, then {live:?}").into());
+            };
+            let next = to_b(Wakeup::Now);
+            let held = store
+                .complete_many(&[
+                    (stale.id, stale.fence, &Outcome::Finish),
+                    (live.id, live.fence, &next),
+                ])
+                .await?;
+            if held != [false, true] {
+                problems.push(format!("held {held:?}, not [false, true]"));
+            }
+            let again = store.claim(1, &kinds, "w", Duration::from_secs(60)).await?;
+            match again.as_slice() {
+                [t] if t.id == live.id && t.step.replace(' ', "") == r#"{"M":{"B":null}}"# => {}
+                other => problems.push(format!(
+                    "after the flush, claimed {other:?} instead of the live attempt's next step"
+                )),
+            }
+            Ok(problems)
+        })
+    }
+
     /// A claim hands the step over exactly as stored, whatever characters it
     /// holds (SQLite returns a batch as one JSON value with the steps inside).
     fn a_claim_returns_the_step_as_stored(
@@ -480,6 +524,7 @@ mod tests {
             a_batch_writes_only_what_attempts_held,
         ];
         completed_attempt(1) = [completed_attempt_is_inert];
+        stale_and_live_attempts(1) = [a_stale_and_a_live_attempt_in_one_flush];
         /// Two tasks for the next-step check (which finishes them), one for the lease.
         leases_and_next_steps(3) = [
             a_next_step_due_now_is_claimable_at_once,

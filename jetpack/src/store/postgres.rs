@@ -53,7 +53,7 @@ WITH finished AS (
     DELETE FROM jetpack_tasks t
     USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
     WHERE t.id = d.id AND t.fence = d.fence
-    RETURNING t.id
+    RETURNING t.id, t.fence
 ), moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
@@ -63,9 +63,9 @@ WITH finished AS (
     FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[])
         AS u(id, fence, step, delay, at, kind)
     WHERE t.id = u.id AND t.fence = u.fence
-    RETURNING t.id
+    RETURNING t.id, t.fence
 )
-SELECT id FROM finished UNION ALL SELECT id FROM moved";
+SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved";
 
 const RETRY: &str = "
 UPDATE jetpack_tasks
@@ -86,7 +86,7 @@ SET lease_until = now() + $3 * interval '1 microsecond',
     wakeup_at = now() + $3 * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
 WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL
-RETURNING t.id";
+RETURNING t.id, t.fence";
 
 const RELEASE: &str = "
 UPDATE jetpack_tasks t
@@ -171,11 +171,11 @@ impl<'a> Batch<'a> {
         Ok(batch)
     }
 
-    /// Writes the finishes and next steps; the ids of the tasks their attempts
-    /// still held.
-    async fn write(&self, db: &mut PgConnection) -> Result<Vec<i64>, Error> {
+    /// Writes the finishes and next steps; the attempts (id, fence) that still
+    /// held their tasks.
+    async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
         let (finish, next) = (&self.finish, &self.next);
-        Ok(sqlx::query_scalar(FINISH_AND_NEXT)
+        Ok(sqlx::query_as(FINISH_AND_NEXT)
             .bind(&finish.0)
             .bind(&finish.1)
             .bind(&next.0)
@@ -259,7 +259,7 @@ impl Store for PgStore {
             let mut held = batch.write(&mut tx).await?;
             for &(id, fence, outcome) in &batch.others {
                 if record(&mut tx, id, fence, outcome).await? {
-                    held.push(id);
+                    held.push((id, fence));
                 }
             }
             tx.commit().await?;
@@ -280,9 +280,13 @@ impl Store for PgStore {
         super::end_tx(tx, held).await
     }
 
-    async fn heartbeat(&self, held: &[(i64, i64)], lease: Duration) -> Result<Vec<i64>, Error> {
+    async fn heartbeat(
+        &self,
+        held: &[(i64, i64)],
+        lease: Duration,
+    ) -> Result<Vec<(i64, i64)>, Error> {
         let (ids, fences) = split(held);
-        Ok(sqlx::query_scalar(HEARTBEAT)
+        Ok(sqlx::query_as(HEARTBEAT)
             .bind(ids)
             .bind(fences)
             .bind(micros(lease)?)

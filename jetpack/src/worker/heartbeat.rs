@@ -17,7 +17,8 @@ pub(super) async fn run(rt: Arc<Runtime>) {
         }
         match rt.store.heartbeat(&held, rt.config.lease).await {
             Ok(kept) if kept.len() < held.len() => {
-                for (id, _) in held.iter().filter(|(id, _)| !kept.contains(id)) {
+                let kept: std::collections::HashSet<_> = kept.into_iter().collect();
+                for (id, _) in held.iter().filter(|attempt| !kept.contains(attempt)) {
                     tracing::warn!(
                         task_id = id,
                         "lease lost: the task was taken over by another attempt"
