@@ -16,7 +16,8 @@
 //! 5. two worker processes draining 10,000 (and 50,000) vs one process
 //! 6. pickup latency into an idle worker vs a raw INSERT + NOTIFY round trip (PostgreSQL)
 //! 7. cost per step vs the raw loop: statements; on PostgreSQL also write transactions,
-//!    WAL bytes, server and client CPU, dead tuples after the drain
+//!    WAL bytes, server and client CPU, dead tuples after the drain; on SQLite the
+//!    process's CPU (the database included)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -251,7 +252,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Statements {
 }
 
 /// Statements per step of `run` (draining `steps`), the bench's own left out.
-async fn statements_per_step<F: std::future::Future<Output = Result<f64, Error>>>(
+async fn statements_per_step<T, F: std::future::Future<Output = Result<T, Error>>>(
     steps: usize,
     run: F,
 ) -> Result<f64, Error> {
@@ -292,8 +293,29 @@ async fn warm_pool(db: &Db) -> Result<(), Error> {
     }
 }
 
-/// Runs one worker until `steps` steps ran and the table is empty; steps/s.
-async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
+/// A timed drain: steps/s, and CPU µs per step of the whole bench process (on
+/// SQLite that includes the database).
+#[derive(Clone, Copy)]
+struct Drained {
+    rate: f64,
+    cpu_us: f64,
+}
+
+/// CPU time (ns) of this process's live threads. Read while the threads of a
+/// drain are alive: the worker's SQLite connection thread ends with it.
+fn process_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| t.ok())
+                .map(|t| cpu_ns(&t.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs one worker until `steps` steps ran and the table is empty.
+async fn drain(db: &Db, steps: usize) -> Result<Drained, Error> {
     DONE.store(0, Ordering::Relaxed);
     let mut builder = db.worker::<Tasks>();
     if let Ok(n) = std::env::var("BENCH_CONCURRENCY") {
@@ -304,6 +326,7 @@ async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     let stop = worker.shutdown_token();
     warm_pool(db).await?;
     perf_control("enable");
+    let cpu = process_cpu_ns();
     let t = Instant::now();
     let running = tokio::spawn(worker.run());
     while DONE.load(Ordering::Relaxed) < steps {
@@ -311,14 +334,16 @@ async fn drain(db: &Db, steps: usize) -> Result<f64, Error> {
     }
     wait_empty(db).await?;
     let rate = steps as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = process_cpu_ns().saturating_sub(cpu) as f64 / 1000.0 / steps as f64;
     perf_control("disable");
     stop.cancel();
     running.await??;
-    Ok(rate)
+    Ok(Drained { rate, cpu_us })
 }
 
 /// The raw reference drain: claim 100 with SKIP LOCKED, delete them by id; rows/s.
-async fn raw_drain(db: &Db, n: usize) -> Result<f64, Error> {
+async fn raw_drain(db: &Db, n: usize) -> Result<Drained, Error> {
+    let cpu = process_cpu_ns();
     let t = Instant::now();
     let mut left = n;
     while left > 0 {
@@ -343,7 +368,10 @@ async fn raw_drain(db: &Db, n: usize) -> Result<f64, Error> {
         }
         left -= got.min(left);
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok(Drained {
+        rate: n as f64 / t.elapsed().as_secs_f64(),
+        cpu_us: process_cpu_ns().saturating_sub(cpu) as f64 / 1000.0 / n as f64,
+    })
 }
 
 /// Fills the raw reference's table with `n` tasks for its drain.
@@ -586,6 +614,7 @@ async fn bench(
     let (mut two, mut one) = (vec![], vec![]);
     let (mut two50, mut one50) = (vec![], vec![]);
     let mut costs = Vec::new();
+    let (mut cpu3, mut raw_cpu3) = (vec![], vec![]);
     // Scenarios 4 and 7 are read against scenario 3.
     let run3 = want.has(3) || want.has(4) || want.has(7);
     for run in 0..runs {
@@ -610,7 +639,9 @@ async fn bench(
                 Db::Postgres(p) => Some(pg_counters(p).await?),
                 Db::Sqlite(_) => None,
             };
-            s3.push(drain(&f.db, 10_000).await?);
+            let drained = drain(&f.db, 10_000).await?;
+            s3.push(drained.rate);
+            cpu3.push(drained.cpu_us);
             let jet_cost = match (&f.db, &before) {
                 (Db::Postgres(p), Some(before)) => Some((
                     cost_since(p, before, 10_000.0).await?,
@@ -623,7 +654,9 @@ async fn bench(
                 Db::Postgres(p) => Some(pg_counters(p).await?),
                 Db::Sqlite(_) => None,
             };
-            r3.push(raw_drain(&f.db, 10_000).await?);
+            let drained = raw_drain(&f.db, 10_000).await?;
+            r3.push(drained.rate);
+            raw_cpu3.push(drained.cpu_us);
             if let (Db::Postgres(p), Some(before), Some(j)) = (&f.db, &before, jet_cost) {
                 let raw = cost_since(p, before, 10_000.0).await?;
                 costs.push((j, (raw, dead_tuples(p, "raw_tasks").await?)));
@@ -633,7 +666,7 @@ async fn bench(
             let f = fresh(backend).await?;
             f.db.enqueue_many((0..2000).map(|i| A { n: i })).await;
             analyze(&f.db).await?;
-            s4.push(drain(&f.db, 6000).await?);
+            s4.push(drain(&f.db, 6000).await?.rate);
         }
         if want.has(5) {
             // Also with 50,000 tasks: at 10,000 each process's start-up
@@ -748,6 +781,18 @@ async fn bench(
             "stmts",
             jet,
             raw,
+            "raw loop",
+            false,
+        ));
+    }
+    if want.has(7) && backend == "sqlite" {
+        // The database runs inside the process: its CPU is the whole cost.
+        rows.push(row(
+            backend,
+            "7 CPU per step (process)",
+            "µs",
+            median(cpu3),
+            median(raw_cpu3),
             "raw loop",
             false,
         ));
