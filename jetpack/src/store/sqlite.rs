@@ -2,9 +2,11 @@
 //!
 //! A claim reads and leases its tasks under SQLite's write lock (one statement
 //! for a few tasks, a `BEGIN IMMEDIATE` transaction for a batch), so two
-//! processes on one file never claim the same attempt. There is no LISTEN/NOTIFY: enqueues from this
-//! process wake its workers at once through an in-process signal, changes from
-//! other processes are seen at the next poll (250 ms by default).
+//! processes on one file never claim the same attempt. Outcomes are written
+//! by statements that each write all their items or none, checked against the
+//! attempts' fences (see [`flush`]). There is no LISTEN/NOTIFY: enqueues from
+//! this process wake its workers at once through an in-process signal, changes
+//! from other processes are seen at the next poll (250 ms by default).
 
 use std::any::Any;
 use std::time::Duration;
@@ -104,18 +106,31 @@ const FINISH_MANY: &str = "DELETE FROM jetpack_tasks WHERE (id, fence) IN (
          SELECT value ->> 0, value ->> 1 FROM json_each(?1))
      RETURNING id, fence";
 
-/// Finishes the tasks `?1` (a JSON array of ids), once [`HELD`] found that
-/// their attempts still hold them. Taking each `[id, fence]` pair apart
-/// (`value ->> 0`) cost more than the delete itself: a finish took 3.6–3.8 µs
-/// of CPU per task with pairs, 2.1 with a check and plain ids.
-const FINISH_IDS: &str = "DELETE FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?1))";
+/// `true` when every attempt still holds its task, for the attempts on the
+/// tasks `?2` (a JSON array of ids) whose count is `?3` and whose fences sum to
+/// `?4`. A claim raises a task's fence and nothing lowers it, so each task's
+/// fence is at least that of any attempt of it: when as many of the tasks
+/// exist as there are attempts and their fences sum to the attempts', every
+/// fence is the attempt's. (Two attempts of one task are one row: the count
+/// differs.) The subquery does not depend on the row, so SQLite evaluates it
+/// once, before the statement writes anything.
+macro_rules! all_held {
+    () => {
+        "(SELECT count(*) = ?3 AND coalesce(sum(fence), 0) = ?4 FROM jetpack_tasks
+          WHERE id IN (SELECT value FROM json_each(?2)))"
+    };
+}
 
-/// How many of the tasks `?1` (a JSON array of ids) exist, and the sum of
-/// their fences. A claim raises a task's fence and nothing lowers it, so each
-/// task's fence is at least that of any attempt of it: when the count is that
-/// of the attempts and the sum is theirs, every attempt still holds its task.
-const HELD: &str = "SELECT count(*), coalesce(sum(fence), 0) FROM jetpack_tasks
-     WHERE id IN (SELECT value FROM json_each(?1))";
+/// Finishes the tasks `?2` (a JSON array of ids) if every attempt still holds
+/// its task ([`all_held!`]), else nothing. One statement that writes all or
+/// nothing needs no transaction around it: one trip to SQLite's connection
+/// thread. Plain ids, too: taking `[id, fence]` pairs apart in SQL
+/// (`value ->> 0`) cost more than the delete itself (3.6–3.8 µs of CPU per task
+/// with pairs, 2.1 with ids and the check).
+const FINISH_IF_HELD: &str = concat!(
+    "DELETE FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?2)) AND ",
+    all_held!()
+);
 
 /// Moves to next steps (one or many); a next step due now keeps a passed
 /// `wakeup_at`, as on PostgreSQL.
@@ -137,6 +152,10 @@ macro_rules! next_many {
         )
     };
 }
+
+/// `NEXT_MANY` if every attempt still holds its task ([`all_held!`]), else
+/// nothing (see [`FINISH_IF_HELD`]).
+const NEXT_IF_HELD: &str = concat!(next_many!(), " AND ", all_held!());
 
 const NEXT_MANY: &str = concat!(
     next_many!(),
@@ -241,8 +260,8 @@ pub(crate) struct SqliteStore {
     /// worker colliding there left the worker idle half the time. Queued here
     /// instead, the next write starts the moment the last one commits.
     writer: tokio::sync::Mutex<Option<SqliteConnection>>,
-    /// Claims of fewer tasks than this, and flushes of fewer outcomes, are one
-    /// statement returning a row per task (see [`FEW`]).
+    /// Claims of fewer tasks than this are one statement returning a row per
+    /// task (see [`FEW`]).
     few: usize,
 }
 
@@ -284,37 +303,65 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
 struct Batch<'a> {
     statements: Vec<Statement>,
     others: Vec<(i64, i64, &'a Outcome)>,
-    /// The ids of the tasks of `statements`, a JSON array, bound to [`HELD`].
-    ids: String,
-    /// What [`HELD`] reads when every attempt of `statements` holds its task.
-    held: (i64, i64),
 }
 
 /// One statement of a [`Batch`].
 struct Statement {
-    /// Writes every item, each attempt known to hold its task.
-    sql: &'static str,
-    /// The list bound to `sql`, when not `list`.
-    ids: Option<String>,
-    /// Writes the items whose attempts hold their tasks, returning the id of
-    /// each.
+    /// Writes every item if each attempt holds its task, else nothing.
+    if_held: &'static str,
+    /// Writes the items whose attempts hold their tasks, returning each
+    /// attempt that did.
     returning: &'static str,
-    /// The JSON list bound to `returning` (and to `sql` if `ids` is `None`).
+    /// The JSON list of items bound to both.
     list: String,
-    /// How many items the list holds.
-    items: usize,
+    /// The attempts (id, fence) of the items.
+    attempts: Vec<(i64, i64)>,
+}
+
+impl Statement {
+    fn new(
+        if_held: &'static str,
+        returning: &'static str,
+        items: Vec<String>,
+        attempts: Vec<(i64, i64)>,
+    ) -> Self {
+        Statement {
+            if_held,
+            returning,
+            list: format!("[{}]", items.join(",")),
+            attempts,
+        }
+    }
+
+    /// Writes every item if each attempt still holds its task; whether it did.
+    async fn write_if_all_held(&self, db: &mut SqliteConnection) -> Result<bool, Error> {
+        let ids: Vec<i64> = self.attempts.iter().map(|a| a.0).collect();
+        let fences = self
+            .attempts
+            .iter()
+            .map(|a| a.1)
+            .fold(0i64, i64::saturating_add);
+        let count = i64::try_from(self.attempts.len()).unwrap_or(i64::MAX);
+        let done = sqlx::query(self.if_held)
+            .bind(&self.list)
+            .bind(json_list(&ids)?)
+            .bind(count)
+            .bind(fences)
+            .execute(db)
+            .await?;
+        Ok(done.rows_affected() == count.unsigned_abs())
+    }
 }
 
 impl<'a> Batch<'a> {
     fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
-        let (mut finish, mut finish_ids, mut next, mut others) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut ids, mut fences) = (Vec::new(), 0i64);
+        let (mut finish, mut next, mut others) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut finished, mut moved) = (Vec::new(), Vec::new());
         for &(id, fence, outcome) in done {
             match outcome {
                 Outcome::Finish => {
                     finish.push(format!("[{id},{fence}]"));
-                    finish_ids.push(id);
+                    finished.push((id, fence));
                 }
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
@@ -324,59 +371,19 @@ impl<'a> Batch<'a> {
                         serde_json::Value::from(kind.as_str()),
                         serde_json::Value::from(at)
                     ));
+                    moved.push((id, fence));
                 }
-                _ => {
-                    others.push((id, fence, outcome));
-                    continue;
-                }
+                _ => others.push((id, fence, outcome)),
             }
-            ids.push(id);
-            fences = fences.saturating_add(fence);
         }
-        let finish_ids = json_list(&finish_ids)?;
         let statements = [
-            (FINISH_IDS, Some(finish_ids), FINISH_MANY, finish),
-            (next_many!(), None, NEXT_MANY, next),
+            Statement::new(FINISH_IF_HELD, FINISH_MANY, finish, finished),
+            Statement::new(NEXT_IF_HELD, NEXT_MANY, next, moved),
         ]
         .into_iter()
-        .filter(|(_, _, _, items)| !items.is_empty())
-        .map(|(sql, ids, returning, items)| Statement {
-            sql,
-            ids,
-            returning,
-            list: format!("[{}]", items.join(",")),
-            items: items.len(),
-        })
+        .filter(|statement| !statement.attempts.is_empty())
         .collect();
-        let held = (i64::try_from(ids.len()).unwrap_or(i64::MAX), fences);
-        Ok(Batch {
-            statements,
-            others,
-            ids: json_list(&ids)?,
-            held,
-        })
-    }
-
-    /// Writes the finishes and next steps if every attempt still holds its
-    /// task; `false` if one did not, and the caller must roll back.
-    async fn write_if_all_held(&self, db: &mut SqliteConnection) -> Result<bool, Error> {
-        let held: (i64, i64) = sqlx::query_as(HELD)
-            .bind(&self.ids)
-            .fetch_one(&mut *db)
-            .await?;
-        if held != self.held {
-            return Ok(false);
-        }
-        for statement in &self.statements {
-            let done = sqlx::query(statement.sql)
-                .bind(statement.ids.as_ref().unwrap_or(&statement.list))
-                .execute(&mut *db)
-                .await?;
-            if usize::try_from(done.rows_affected()).ok() != Some(statement.items) {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(Batch { statements, others })
     }
 
     /// Writes the finishes and next steps; the ids of the tasks their attempts
@@ -499,31 +506,38 @@ async fn claim_batch(
 
 /// Writes the outcomes `done`, sorted into `batch`; which attempts still held
 /// their tasks.
+///
+/// Usually every attempt still holds its task, and each statement of the batch
+/// writes all its items in one statement that commits on its own (outcomes of
+/// different tasks need not commit together). Only a statement in which an
+/// attempt lost its task, and the rare retries and parkings, go the exact way:
+/// in a transaction, returning which attempts held.
 async fn flush(
     db: &mut SqliteConnection,
     done: &[(i64, i64, &Outcome)],
     batch: &Batch<'_>,
-    few: bool,
 ) -> Result<Vec<bool>, Error> {
-    if batch.others.is_empty() && batch.statements.len() <= 1 && few {
-        // One statement commits on its own: one trip to the connection's thread
-        // instead of three.
-        return Ok(super::which_held(done, batch.write(db).await?));
-    }
-    if batch.others.is_empty() {
-        // Usually every attempt still holds its task: check that once, then
-        // write them all without returning a row for each (a row returned is a
-        // hand-off from the connection's thread). Only if one lost its lease,
-        // undo and find out which.
-        let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-        if batch.write_if_all_held(&mut tx).await? {
-            tx.commit().await?;
-            return Ok(vec![true; done.len()]);
+    let mut held = Vec::new();
+    let mut exact = Vec::new();
+    for statement in &batch.statements {
+        if statement.write_if_all_held(db).await? {
+            held.extend_from_slice(&statement.attempts);
+        } else {
+            exact.push(statement);
         }
-        tx.rollback().await?;
+    }
+    if exact.is_empty() && batch.others.is_empty() {
+        return Ok(super::which_held(done, held));
     }
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-    let mut held = batch.write(&mut tx).await?;
+    for statement in exact {
+        held.extend(
+            sqlx::query_as::<_, (i64, i64)>(statement.returning)
+                .bind(&statement.list)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+    }
     for &(id, fence, outcome) in &batch.others {
         if record(&mut tx, id, fence, outcome).await? {
             held.push((id, fence));
@@ -575,7 +589,7 @@ impl Store for SqliteStore {
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
         let batch = Batch::of(done)?;
         let mut writer = self.writer().await?;
-        let held = flush(&mut writer.db, done, &batch, done.len() < self.few).await;
+        let held = flush(&mut writer.db, done, &batch).await;
         writer.done(held)
     }
 
