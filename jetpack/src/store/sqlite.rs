@@ -132,16 +132,27 @@ const FINISH_IF_HELD: &str = concat!(
     all_held!()
 );
 
-/// Moves to next steps (one or many); a next step due now keeps a passed
-/// `wakeup_at`, as on PostgreSQL.
-macro_rules! next_many {
+/// The start of an update that moves tasks to the next steps of `u`, up to
+/// the new `wakeup_at`.
+macro_rules! to_next_step {
     () => {
         concat!(
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
                  updated_at = ",
             now!(),
-            ", wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
+            ", wakeup_at = "
+        )
+    };
+}
+
+/// Moves to next steps (one or many); a next step due now keeps a passed
+/// `wakeup_at`, as on PostgreSQL.
+macro_rules! next_many {
+    () => {
+        concat!(
+            to_next_step!(),
+            "CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
             now!(),
             " THEN jetpack_tasks.wakeup_at ELSE coalesce(u.at, ",
             now!("u.delay"),
@@ -172,11 +183,8 @@ const NEXT_MANY: &str = concat!(
 macro_rules! next_now {
     ($fence:literal, $check:literal) => {
         concat!(
-            "UPDATE jetpack_tasks
-             SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-                 updated_at = ",
-            now!(),
-            ", wakeup_at = CASE WHEN jetpack_tasks.wakeup_at <= ",
+            to_next_step!(),
+            "CASE WHEN jetpack_tasks.wakeup_at <= ",
             now!(),
             " THEN jetpack_tasks.wakeup_at ELSE ",
             now!(),
