@@ -715,3 +715,58 @@ impl Listener for LocalNotices {
         Ok(Notice::Wake)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::step::Wakeup;
+
+    /// The all-or-nothing statements write every item of a batch whose
+    /// attempts all hold their tasks, in one statement: SQLite evaluates their
+    /// check once, before the first row changes (were it evaluated per row,
+    /// the first write would fail it for the rest, and every flush would go
+    /// the exact way).
+    #[tokio::test]
+    async fn a_batch_of_held_attempts_is_written_by_one_statement_each(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let pool = connect("sqlite::memory:").await?;
+        <Sqlite as crate::Backend>::migrate(&pool).await?;
+        sqlx::query(
+            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 50)
+             INSERT INTO jetpack_tasks (step) SELECT '{\"M\":{\"A\":null}}' FROM s",
+        )
+        .execute(&pool)
+        .await?;
+        let store = SqliteStore::new(pool.clone());
+        let claimed = store
+            .claim(50, &["M.A".to_string()], "w", Duration::from_secs(60))
+            .await?;
+        assert_eq!(claimed.len(), 50);
+        let next = Outcome::Next {
+            step: r#"{"M":{"B":null}}"#.into(),
+            kind: "M.B".into(),
+            wakeup: Wakeup::Now,
+        };
+        let done: Vec<(i64, i64, &Outcome)> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id, t.fence, if i < 30 { &Outcome::Finish } else { &next }))
+            .collect();
+        let batch = Batch::of(&done)?;
+        assert_eq!(batch.statements.len(), 2);
+        let mut db = pool.acquire().await?;
+        for statement in &batch.statements {
+            assert!(
+                statement.write_if_all_held(&mut db).await?,
+                "{} wrote less than all its items",
+                statement.if_held
+            );
+        }
+        let left: Vec<(String, i64)> =
+            sqlx::query_as("SELECT kind, count(*) FROM jetpack_tasks GROUP BY kind")
+                .fetch_all(&mut *db)
+                .await?;
+        assert_eq!(left, [("M.B".to_string(), 20)]);
+        Ok(())
+    }
+}
