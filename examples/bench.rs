@@ -63,6 +63,11 @@ fn now_us() -> i64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_micros() as i64
 }
 
+/// The time from `from` to `to` (µs of [`now_us`]); zero if `to` came first.
+fn elapsed_us(from: i64, to: i64) -> Duration {
+    Duration::from_micros(u64::try_from(to - from).unwrap_or(0))
+}
+
 #[jetpack::async_trait]
 impl Step<Bench> for One {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
@@ -95,7 +100,7 @@ impl Step<Bench> for C {
 impl Step<Bench> for Probe {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
         let started = now_us();
-        let latency = Duration::from_micros((started - self.sent_us).max(0) as u64);
+        let latency = elapsed_us(self.sent_us, started);
         LATENCIES.lock().unwrap().push(latency);
         STARTED_US.store(started, Ordering::Relaxed);
         DONE.fetch_add(1, Ordering::Relaxed);
@@ -446,10 +451,7 @@ async fn pg_counters(p: &PgPool) -> Result<Counters, Error> {
             )
         })
         .collect();
-    let client = std::fs::read_dir("/proc/self/task")?
-        .filter_map(|t| t.ok())
-        .map(|t| cpu_ns(&t.path()))
-        .sum();
+    let client = process_cpu_ns();
     Ok(Counters {
         xacts,
         lsn,
@@ -514,7 +516,7 @@ async fn pickup(db: &Db, samples: usize) -> Result<[Vec<Duration>; 3], Error> {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
         let started = STARTED_US.load(Ordering::Relaxed);
-        from_commit.push(Duration::from_micros((started - committed).max(0) as u64));
+        from_commit.push(elapsed_us(committed, started));
         tokio::time::sleep(Duration::from_millis(5)).await; // idle again
     }
     from_commit.sort();

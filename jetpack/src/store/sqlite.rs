@@ -343,10 +343,9 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
     serde_json::to_string(items).map_err(Error::Serialize)
 }
 
-/// Outcomes sorted for writing: finishes and next steps as the statements
-/// `FINISH_MANY` and `NEXT_MANY` with their JSON lists (lists are bound as JSON:
-/// every statement is a round trip to SQLite's connection thread), the rare
-/// retries and parkings apart.
+/// Outcomes sorted for writing: finishes and next steps as one [`Statement`]
+/// each, with their items bound as one JSON list (every statement is a round
+/// trip to SQLite's connection thread), the rare retries and parkings apart.
 struct Batch<'a> {
     statements: Vec<Statement>,
     others: Vec<(i64, i64, &'a Outcome)>,
@@ -359,25 +358,20 @@ struct Statement {
     /// Writes the items whose attempts hold their tasks, returning each
     /// attempt that did.
     returning: &'static str,
-    /// The JSON list of items bound to both.
-    list: String,
+    /// The JSON list of items bound to both as `?1`; `None` when the items are
+    /// the attempts themselves (finishes), which only `returning` reads.
+    items: Option<String>,
     /// The attempts (id, fence) of the items.
     attempts: Vec<(i64, i64)>,
 }
 
 impl Statement {
-    fn new(
-        if_held: &'static str,
-        returning: &'static str,
-        items: Vec<String>,
-        attempts: Vec<(i64, i64)>,
-    ) -> Self {
-        Statement {
-            if_held,
-            returning,
-            list: format!("[{}]", items.join(",")),
-            attempts,
-        }
+    /// The list bound to `returning`.
+    fn list(&self) -> Result<std::borrow::Cow<'_, str>, Error> {
+        Ok(match &self.items {
+            Some(items) => items.as_str().into(),
+            None => json_list(&self.attempts)?.into(),
+        })
     }
 
     /// Writes every item if each attempt still holds its task; whether it did.
@@ -390,7 +384,7 @@ impl Statement {
             .fold(0i64, i64::saturating_add);
         let count = i64::try_from(self.attempts.len()).unwrap_or(i64::MAX);
         let done = sqlx::query(self.if_held)
-            .bind(&self.list)
+            .bind(self.items.as_deref())
             .bind(json_list(&ids)?)
             .bind(count)
             .bind(fences)
@@ -398,48 +392,69 @@ impl Statement {
             .await?;
         Ok(done.rows_affected() == count.unsigned_abs())
     }
+
+    /// Writes the items whose attempts still hold their tasks; those attempts.
+    async fn write_exact(&self, db: &mut SqliteConnection) -> Result<Vec<(i64, i64)>, Error> {
+        Ok(sqlx::query_as(self.returning)
+            .bind(self.list()?)
+            .fetch_all(db)
+            .await?)
+    }
 }
 
 impl<'a> Batch<'a> {
     fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
-        let (mut finish, mut next, mut others) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut finished, mut moved) = (Vec::new(), Vec::new());
+        let (mut finished, mut next, mut others) = (Vec::new(), Vec::new(), Vec::new());
         let mut all_now = true;
         for &(id, fence, outcome) in done {
             match outcome {
-                Outcome::Finish => {
-                    finish.push(format!("[{id},{fence}]"));
-                    finished.push((id, fence));
-                }
+                Outcome::Finish => finished.push((id, fence)),
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let at = at.map(|at| at.format(TIME_FORMAT).to_string());
                     all_now &= delay == 0 && at.is_none();
-                    next.push((id, fence, step, kind, delay, at));
-                    moved.push((id, fence));
+                    next.push((
+                        id,
+                        fence,
+                        step,
+                        serde_json::Value::from(kind.as_str()),
+                        delay,
+                        at,
+                    ));
                 }
                 _ => others.push((id, fence, outcome)),
             }
         }
+        let moved = next.iter().map(|n| (n.0, n.1)).collect();
+        let items: Vec<String> = if all_now {
+            next.iter()
+                .map(|(id, fence, step, kind, _, _)| format!("[{id},{fence},{step},{kind}]"))
+                .collect()
+        } else {
+            next.iter()
+                .map(|(id, fence, step, kind, delay, at)| {
+                    let at = serde_json::Value::from(at.as_deref());
+                    format!("[{id},{fence},{step},{kind},{delay},{at}]")
+                })
+                .collect()
+        };
+        let (next_if_held, next_returning) = if all_now {
+            (NEXT_NOW_IF_HELD, NEXT_NOW_MANY)
+        } else {
+            (NEXT_IF_HELD, NEXT_MANY)
+        };
         let statements = [
-            Statement::new(FINISH_IF_HELD, FINISH_MANY, finish, finished),
-            if all_now {
-                let items = next.iter().map(|(id, fence, step, kind, _, _)| {
-                    format!(
-                        "[{id},{fence},{step},{}]",
-                        serde_json::Value::from(kind.as_str())
-                    )
-                });
-                Statement::new(NEXT_NOW_IF_HELD, NEXT_NOW_MANY, items.collect(), moved)
-            } else {
-                let items = next.iter().map(|(id, fence, step, kind, delay, at)| {
-                    format!(
-                        "[{id},{fence},{step},{},{delay},{}]",
-                        serde_json::Value::from(kind.as_str()),
-                        serde_json::Value::from(at.as_deref())
-                    )
-                });
-                Statement::new(NEXT_IF_HELD, NEXT_MANY, items.collect(), moved)
+            Statement {
+                if_held: FINISH_IF_HELD,
+                returning: FINISH_MANY,
+                items: None,
+                attempts: finished,
+            },
+            Statement {
+                if_held: next_if_held,
+                returning: next_returning,
+                items: Some(format!("[{}]", items.join(","))),
+                attempts: moved,
             },
         ]
         .into_iter()
@@ -448,16 +463,12 @@ impl<'a> Batch<'a> {
         Ok(Batch { statements, others })
     }
 
-    /// Writes the finishes and next steps; the ids of the tasks their attempts
-    /// still held.
+    /// Writes the finishes and next steps; the attempts that still held their
+    /// tasks.
     async fn write(&self, db: &mut SqliteConnection) -> Result<Vec<(i64, i64)>, Error> {
         let mut held = Vec::new();
         for statement in &self.statements {
-            let attempts: Vec<(i64, i64)> = sqlx::query_as(statement.returning)
-                .bind(&statement.list)
-                .fetch_all(&mut *db)
-                .await?;
-            held.extend(attempts);
+            held.extend(statement.write_exact(db).await?);
         }
         Ok(held)
     }
@@ -582,7 +593,8 @@ async fn flush(
     done: &[(i64, i64, &Outcome)],
     batch: &Batch<'_>,
 ) -> Result<Vec<bool>, Error> {
-    if let ([statement], []) = (batch.statements.as_slice(), batch.others.as_slice()) {
+    let alone = batch.statements.len() == 1 && batch.others.is_empty();
+    if let (true, [statement]) = (alone, batch.statements.as_slice()) {
         if statement.write_if_all_held(db).await? {
             return Ok(super::which_held(done, statement.attempts.clone()));
         }
@@ -590,15 +602,11 @@ async fn flush(
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     let mut held = Vec::new();
     for statement in &batch.statements {
-        if statement.write_if_all_held(&mut tx).await? {
+        // A statement that wrote nothing alone would write nothing again.
+        if !alone && statement.write_if_all_held(&mut tx).await? {
             held.extend_from_slice(&statement.attempts);
         } else {
-            held.extend(
-                sqlx::query_as::<_, (i64, i64)>(statement.returning)
-                    .bind(&statement.list)
-                    .fetch_all(&mut *tx)
-                    .await?,
-            );
+            held.extend(statement.write_exact(&mut tx).await?);
         }
     }
     for &(id, fence, outcome) in &batch.others {
