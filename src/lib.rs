@@ -143,6 +143,19 @@ impl Db {
 
     /// Runs portable SQL with optional `$1` (an id) and `$2` (a text).
     pub async fn exec(&self, sql: &'static str, id: Option<i64>, text: Option<&str>) -> u64 {
+        self.try_exec(sql, id, text)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// [`exec`](Self::exec) that returns database errors instead of panicking;
+    /// the rows changed.
+    pub async fn try_exec(
+        &self,
+        sql: &'static str,
+        id: Option<i64>,
+        text: Option<&str>,
+    ) -> Result<u64, sqlx::Error> {
         both!(self, p => {
             let mut q = sqlx::query(sql);
             if let Some(id) = id {
@@ -151,7 +164,7 @@ impl Db {
             if let Some(text) = text {
                 q = q.bind(text.to_string());
             }
-            q.execute(p).await.unwrap_or_else(|e| panic!("{sql}: {e}")).rows_affected()
+            Ok(q.execute(p).await?.rows_affected())
         })
     }
 

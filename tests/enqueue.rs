@@ -57,6 +57,7 @@ conformance!(
     enqueue_many_mixes_steps_of_different_kinds,
     enqueue_joins_the_callers_transaction,
     a_plain_sql_insert_runs,
+    text_that_is_not_json_is_refused_from_sql,
     claim_query_uses_the_partial_index,
 );
 
@@ -203,6 +204,39 @@ async fn a_plain_sql_insert_runs(db: TestDb) {
     let worker = common::spawn(db.worker::<Tasks>().build().unwrap());
     common::drained(&db, common::DEADLINE).await;
     worker.shutdown().await;
+}
+
+/// Whatever a person writes by hand is checked by the database: an insert, and
+/// an edit of a task's step (on SQLite the table's check covers the first, the
+/// trigger that derives `kind` the second). The edited task keeps its step.
+async fn text_that_is_not_json_is_refused_from_sql(db: TestDb) {
+    assert!(db.insert_raw("{oops").await.is_err(), "an insert");
+    let id = db.enqueue(read("a")).await;
+    let edit = match &*db {
+        Db::Postgres(_) => "UPDATE jetpack_tasks SET step = $2::jsonb WHERE id = $1",
+        Db::Sqlite(_) => "UPDATE jetpack_tasks SET step = $2 WHERE id = $1",
+    };
+    let refused = db.try_exec(edit, Some(id), Some("{oops")).await;
+    assert!(refused.is_err(), "an edit of the step: {refused:?}");
+    let step = json(&db.find(id).await.unwrap().step);
+    assert_eq!(step["Greeter"]["ReadName"]["filename"], "a");
+    // A good edit goes through, and the task's kind follows its step.
+    let edited = db
+        .try_exec(
+            edit,
+            Some(id),
+            Some(r#"{"Greeter":{"SayHello":{"name":"b"}}}"#),
+        )
+        .await;
+    assert_eq!(edited.unwrap(), 1);
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM jetpack_tasks WHERE id = $1 AND kind = 'Greeter.SayHello'",
+            Some(id)
+        )
+        .await,
+        1
+    );
 }
 
 async fn claim_query_uses_the_partial_index(db: TestDb) {

@@ -263,12 +263,17 @@ pub(crate) const INSERT: &str = concat!(
     ")) RETURNING id"
 );
 
+/// Inserts `?1`, an array of `[kind, step]` pairs, in array order.
+///
+/// `ORDER BY rowid`, not `key`: json_each's rowid follows the document order
+/// and json_each reports that order as its own, so SQLite sorts nothing
+/// (ordered by `key`, it sorted every batch: 1.6 ms of 19 for 10,000 rows).
 pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
-     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY key";
+     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY rowid";
 
 /// `INSERT_MANY` when every step is of kind `?2`: `?1` is an array of steps.
 pub(crate) const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
-     SELECT ?2, value FROM json_each(?1) ORDER BY key";
+     SELECT ?2, value FROM json_each(?1) ORDER BY rowid";
 
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
@@ -775,6 +780,95 @@ mod tests {
                 .fetch_all(&mut *db)
                 .await?;
         assert_eq!(left, [("M.B".to_string(), 20)]);
+        Ok(())
+    }
+
+    /// Migration 0004 rebuilds the table to relax its check: every row, the id
+    /// sequence (a finished task's id is never given again) and the triggers
+    /// survive it, and text that is not JSON written by hand is still refused.
+    #[tokio::test]
+    async fn the_table_rebuild_keeps_rows_ids_and_triggers(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        const REBUILD: i64 = 20261126000004;
+        let pool = connect("sqlite::memory:").await?;
+        let mut migrator = sqlx::migrate!("../migrations/sqlite");
+        migrator.dangerous_set_table_name("_jetpack_migrations");
+        migrator.run_to(REBUILD - 1, &pool).await?;
+        for step in [r#"{"M":{"A":1}}"#, r#"{"M":{"B":2}}"#, r#"{"M":{"C":3}}"#] {
+            sqlx::query("INSERT INTO jetpack_tasks (step) VALUES (?1)")
+                .bind(step)
+                .execute(&pool)
+                .await?;
+        }
+        sqlx::query("UPDATE jetpack_tasks SET error = 'boom', tried = 3 WHERE id = 1")
+            .execute(&pool)
+            .await?;
+        sqlx::query(
+            "UPDATE jetpack_tasks SET locked_by = 'w', fence = 7, tried = 1,
+                 lease_until = '2999-01-01 00:00:00.000' WHERE id = 2",
+        )
+        .execute(&pool)
+        .await?;
+        // The newest task finished: its id must not come back.
+        sqlx::query("DELETE FROM jetpack_tasks WHERE id = 3")
+            .execute(&pool)
+            .await?;
+        const ROWS: &str = "SELECT json_group_array(json_array(id, step, wakeup_at, tried, error,
+             locked_by, fence, created_at, updated_at, kind, lease_until)) FROM jetpack_tasks";
+        let before: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await?;
+
+        migrator.run(&pool).await?;
+        let after: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await?;
+        assert_eq!(after, before);
+        assert!(
+            after.contains(r#""M.A""#) && after.contains(r#""boom""#),
+            "{after}"
+        );
+
+        let id: i64 = sqlx::query_scalar(
+            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"D":4}}') RETURNING id"#,
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(id, 4, "the id sequence went on from the highest id given");
+        let kind: String = sqlx::query_scalar("SELECT kind FROM jetpack_tasks WHERE id = 4")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(kind, "M.D", "the insert trigger derives kind");
+
+        let refused = sqlx::query("INSERT INTO jetpack_tasks (step) VALUES ('{oops')")
+            .execute(&pool)
+            .await;
+        assert!(refused.is_err(), "a hand insert of text that is not JSON");
+        let refused = sqlx::query("UPDATE jetpack_tasks SET step = '{oops' WHERE id = 2")
+            .execute(&pool)
+            .await;
+        assert!(
+            refused.is_err(),
+            "a hand update of step to text that is not JSON"
+        );
+        sqlx::query(r#"UPDATE jetpack_tasks SET step = '{"M":{"E":5}}' WHERE id = 2"#)
+            .execute(&pool)
+            .await?;
+        sqlx::query("UPDATE jetpack_tasks SET error = NULL WHERE id = 1")
+            .execute(&pool)
+            .await?;
+        let rows: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(
+            "SELECT id, kind, tried, error FROM jetpack_tasks WHERE id < 3 ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await?;
+        assert_eq!(
+            rows,
+            [(1, "M.A".into(), 0, None), (2, "M.E".into(), 1, None)],
+            "the resume trigger resets a resumed task; the update trigger derives kind"
+        );
+        let indexed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'jetpack_tasks_ready'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(indexed, 1);
         Ok(())
     }
 }
