@@ -538,11 +538,9 @@ async fn bad_rows_get_clear_errors_and_unknown_steps_are_left_alone(db: TestDb) 
     // JSON with a kind written by hand gets in, and is parked like the rest.
     let mut bad_rows = vec![mistyped, missing, malformed, not_a_step];
     if let Db::Sqlite(_) = &*db {
-        let with_kind = db.scalar(
-            "INSERT INTO jetpack_tasks (step, kind) VALUES ('{oops', 'Flow.Start') RETURNING id",
-            None,
-        );
-        bad_rows.push(with_kind.await);
+        let sql =
+            "INSERT INTO jetpack_tasks (step, kind) VALUES ('{oops', 'Flow.Start') RETURNING id";
+        bad_rows.push(db.scalar(sql, None).await);
     }
     let good = db.enqueue(Start { n: 0 }).await;
 

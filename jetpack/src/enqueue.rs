@@ -378,9 +378,7 @@ impl Backend for sqlx::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(pool)
                 .await?;
-            let mut migrator = sqlx::migrate!("../migrations/sqlite");
-            migrator.dangerous_set_table_name("_jetpack_migrations");
-            migrator.run(pool).await?;
+            crate::store::sqlite::migrator().run(pool).await?;
             Ok(())
         })
     }

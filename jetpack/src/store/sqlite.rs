@@ -275,6 +275,14 @@ pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
 pub(crate) const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
      SELECT ?2, value FROM json_each(?1) ORDER BY rowid";
 
+/// Jetpack's SQLite migrations, recorded in `_jetpack_migrations` (apart from
+/// the application's own `_sqlx_migrations`).
+pub(crate) fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("../migrations/sqlite");
+    migrator.dangerous_set_table_name("_jetpack_migrations");
+    migrator
+}
+
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
 
@@ -791,28 +799,20 @@ mod tests {
     ) -> Result<(), Box<dyn std::error::Error>> {
         const REBUILD: i64 = 20261126000004;
         let pool = connect("sqlite::memory:").await?;
-        let mut migrator = sqlx::migrate!("../migrations/sqlite");
-        migrator.dangerous_set_table_name("_jetpack_migrations");
+        let migrator = migrator();
         migrator.run_to(REBUILD - 1, &pool).await?;
-        for step in [r#"{"M":{"A":1}}"#, r#"{"M":{"B":2}}"#, r#"{"M":{"C":3}}"#] {
-            sqlx::query("INSERT INTO jetpack_tasks (step) VALUES (?1)")
-                .bind(step)
-                .execute(&pool)
-                .await?;
-        }
-        sqlx::query("UPDATE jetpack_tasks SET error = 'boom', tried = 3 WHERE id = 1")
-            .execute(&pool)
-            .await?;
-        sqlx::query(
-            "UPDATE jetpack_tasks SET locked_by = 'w', fence = 7, tried = 1,
-                 lease_until = '2999-01-01 00:00:00.000' WHERE id = 2",
+        // A parked task, a leased one, and the newest one finished: its id
+        // must not come back.
+        sqlx::raw_sql(
+            r#"INSERT INTO jetpack_tasks (step)
+                   VALUES ('{"M":{"A":1}}'), ('{"M":{"B":2}}'), ('{"M":{"C":3}}');
+               UPDATE jetpack_tasks SET error = 'boom', tried = 3 WHERE id = 1;
+               UPDATE jetpack_tasks SET locked_by = 'w', fence = 7, tried = 1,
+                   lease_until = '2999-01-01 00:00:00.000' WHERE id = 2;
+               DELETE FROM jetpack_tasks WHERE id = 3;"#,
         )
         .execute(&pool)
         .await?;
-        // The newest task finished: its id must not come back.
-        sqlx::query("DELETE FROM jetpack_tasks WHERE id = 3")
-            .execute(&pool)
-            .await?;
         const ROWS: &str = "SELECT json_group_array(json_array(id, step, wakeup_at, tried, error,
              locked_by, fence, created_at, updated_at, kind, lease_until)) FROM jetpack_tasks";
         let before: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await?;
