@@ -378,8 +378,7 @@ impl Backend for sqlx::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(pool)
                 .await?;
-            crate::store::sqlite::migrator().run(pool).await?;
-            Ok(())
+            crate::store::sqlite::migrate(pool).await
         })
     }
 }

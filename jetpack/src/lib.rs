@@ -26,7 +26,10 @@ pub use machine::{
     BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf, Scheduler, StepNode,
     StepOf,
 };
-pub use step::{Context, NextStep, RetryPolicy, Step, StepError, StepResult, Tx, Wakeup};
+pub use step::{
+    Context, NextStep, RetryPolicy, Step, StepError, StepResult, StopReason, TestContext, Tx,
+    Wakeup,
+};
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};
 

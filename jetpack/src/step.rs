@@ -143,6 +143,22 @@ impl<S: StepOf> NextStep<S> {
     pub fn into_parts(self) -> Option<(S::Machine, Wakeup)> {
         self.next
     }
+
+    /// The step the task moves to, `None` when it finishes: for tests of a
+    /// step (see [`TestContext`]).
+    pub fn next(&self) -> Option<&S::Machine> {
+        self.next.as_ref().map(|(next, _)| next)
+    }
+
+    /// When the next step is due, `None` when the task finishes.
+    pub fn wakeup(&self) -> Option<Wakeup> {
+        self.next.as_ref().map(|&(_, wakeup)| wakeup)
+    }
+
+    /// Whether the task finishes here.
+    pub fn is_finish(&self) -> bool {
+        self.next.is_none()
+    }
 }
 
 impl<S: StepOf> fmt::Debug for NextStep<S>
@@ -288,12 +304,30 @@ pub(crate) struct Shared {
 }
 
 /// What a running step knows about its task and its worker.
+///
+/// A worker makes one for each attempt; a unit test of a step makes one with
+/// [`TestContext`].
 pub struct Context<'a> {
     task_id: i64,
     attempt: i32,
     shared: &'a Shared,
+    /// Cancelled when the step should stop (see [`Context::stop_token`]).
+    stop: CancellationToken,
     /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
     tx: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+/// Why a running step is asked to stop, from [`Context::stop_reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The worker is shutting down: finish soon (the shutdown timeout), or
+    /// return `NextStep::now(self)` to carry on from here after the restart.
+    Shutdown,
+    /// The attempt lost its lease: another attempt may run the step now, and
+    /// this one's outcome will be discarded. The worker drops the step at once;
+    /// what it spawned can watch the token.
+    LeaseLost,
 }
 
 /// The step's transaction, from [`Context::tx`]: a `sqlx::Transaction`, so
@@ -324,11 +358,17 @@ impl<DB: sqlx::Database> std::ops::DerefMut for Tx<'_, DB> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared) -> Self {
+    pub(crate) fn new(
+        task_id: i64,
+        attempt: i32,
+        shared: &'a Shared,
+        stop: CancellationToken,
+    ) -> Self {
         Context {
             task_id,
             attempt,
             shared,
+            stop,
             tx: Mutex::new(None),
         }
     }
@@ -363,6 +403,26 @@ impl<'a> Context<'a> {
     /// return early (for example with `NextStep::now(self)` to resume later).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shared.shutdown
+    }
+
+    /// Cancelled when this step should stop, for any reason:
+    /// [`stop_reason`](Self::stop_reason) says which. Watch it in a long step
+    /// (`tokio::select!` on `cx.stop_token().cancelled()`), or hand it to what
+    /// the step spawns.
+    pub fn stop_token(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Why the step is asked to stop, once [`stop_token`](Self::stop_token)
+    /// is cancelled; `None` before.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        if !self.stop.is_cancelled() {
+            None
+        } else if self.shared.shutdown.is_cancelled() {
+            Some(StopReason::Shutdown)
+        } else {
+            Some(StopReason::LeaseLost)
+        }
     }
 
     /// The step's own transaction, opened on first use. It commits together with
@@ -403,6 +463,113 @@ impl<'a> Context<'a> {
     /// Takes the step's transaction, if it opened one.
     pub(crate) fn take_tx(&self) -> Option<Box<dyn Any + Send>> {
         self.tx.try_lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+/// A [`Context`] for unit tests of steps: no worker, no database unless you
+/// give it a pool.
+///
+/// ```
+/// # use jetpack::{Context, NextStep, Step, StepResult, TestContext, Wakeup};
+/// # use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// struct Greet { name: String }
+/// #[derive(Debug, Serialize, Deserialize, PartialEq)]
+/// struct Done { greeting: String }
+///
+/// #[derive(Debug, Serialize, Deserialize, PartialEq, jetpack::Machine)]
+/// enum Hello {
+///     #[next(Done)]
+///     Greet(Greet),
+///     Done(Done),
+/// }
+///
+/// #[jetpack::async_trait]
+/// impl Step<Hello> for Greet {
+///     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+///         let prefix = cx.state::<&'static str>()?;
+///         NextStep::now(Done { greeting: format!("{prefix}, {}", self.name) })
+///     }
+/// }
+/// # #[jetpack::async_trait]
+/// # impl Step<Hello> for Done {
+/// #     async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() }
+/// # }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let test = TestContext::new().task_id(7).state("Hello");
+/// let next = Greet { name: "Ada".into() }.step(&test.context()).await.unwrap();
+/// assert_eq!(next.next(), Some(&Hello::Done(Done { greeting: "Hello, Ada".into() })));
+/// assert_eq!(next.wakeup(), Some(Wakeup::Now));
+/// # }
+/// ```
+pub struct TestContext {
+    task_id: i64,
+    attempt: i32,
+    shared: Shared,
+}
+
+impl Default for TestContext {
+    fn default() -> Self {
+        TestContext::new()
+    }
+}
+
+impl TestContext {
+    /// Task 1, attempt 1, no state, no database.
+    pub fn new() -> Self {
+        TestContext {
+            task_id: 1,
+            attempt: 1,
+            shared: Shared {
+                state: StateMap::default(),
+                pool: Box::new(()),
+                database: "no database (a TestContext without a pool)",
+                shutdown: CancellationToken::new(),
+            },
+        }
+    }
+
+    /// The task id the step sees.
+    pub fn task_id(mut self, id: i64) -> Self {
+        self.task_id = id;
+        self
+    }
+
+    /// The attempt number the step sees (1 for the first).
+    pub fn attempt(mut self, attempt: i32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Shared state, as [`WorkerBuilder::state`](crate::WorkerBuilder::state) gives it.
+    pub fn state<S: Send + Sync + 'static>(mut self, value: S) -> Self {
+        self.shared.state.insert(value);
+        self
+    }
+
+    /// The pool [`Context::pool`] and [`Context::tx`] use.
+    pub fn pool<DB: sqlx::Database>(mut self, pool: sqlx::Pool<DB>) -> Self {
+        self.shared.pool = Box::new(pool);
+        self.shared.database = DB::NAME;
+        self
+    }
+
+    /// Cancelled to test how a step stops: cancel it and the step sees
+    /// [`StopReason::Shutdown`].
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// The context to pass to [`Step::step`]. A transaction the step opened
+    /// is rolled back when the context is dropped.
+    pub fn context(&self) -> Context<'_> {
+        Context::new(
+            self.task_id,
+            self.attempt,
+            &self.shared,
+            self.shared.shutdown.child_token(),
+        )
     }
 }
 

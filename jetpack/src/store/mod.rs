@@ -43,6 +43,26 @@ pub(crate) enum Outcome {
     Park { error: String },
 }
 
+impl Outcome {
+    /// Parks the task with `error`, made storable: without NUL characters
+    /// (PostgreSQL's text cannot hold them) and at most [`MAX_ERROR_LEN`] bytes.
+    pub(crate) fn park(mut error: String) -> Outcome {
+        error.retain(|c| c != '\0');
+        if error.len() > MAX_ERROR_LEN {
+            let mut end = MAX_ERROR_LEN;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+            error.push_str(" [truncated]");
+        }
+        Outcome::Park { error }
+    }
+}
+
+/// The longest error text kept on a row.
+const MAX_ERROR_LEN: usize = 16 * 1024;
+
 /// The database operations a worker needs. One implementation per backend.
 #[async_trait]
 pub(crate) trait Store: Send + Sync + 'static {
@@ -95,6 +115,40 @@ pub(crate) trait Store: Send + Sync + 'static {
 
     /// Opens the stream of wakeups (new work, resumed tasks, stop requests).
     async fn listen(&self) -> Result<Box<dyn Listener>, Error>;
+
+    /// How many tasks wait whose kind is none of `kinds`, by kind.
+    async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error>;
+
+    /// The connections a worker needs from its pool at the least, and how many
+    /// the pool may open.
+    fn connections(&self) -> (u32, u32);
+}
+
+/// The largest fence the table allows (2^53 - 1, so that SQLite's sum of a
+/// batch's fences cannot overflow). Claims saturate there; a worker parks a
+/// task whose fence reached it, since its attempts could no longer be told
+/// apart.
+pub(crate) const FENCE_MAX: i64 = (1 << 53) - 1;
+
+/// Whether the database refused the values of a statement (it answered, with
+/// an error about the data), as opposed to failing to run it (a lost
+/// connection, a lock timeout, a deadlock): retrying the same values cannot
+/// help, other values may pass.
+pub(crate) fn is_refusal(error: &Error) -> bool {
+    let Error::Database(sqlx::Error::Database(e)) = error else {
+        return false;
+    };
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // SQLSTATE classes: data exception, integrity constraint violation,
+        // program limit exceeded (a value too large).
+        return matches!(pg.code().get(..2), Some("22" | "23" | "54"));
+    }
+    // SQLite's extended result codes; the primary code is the low byte:
+    // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH.
+    e.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 18..=20))
 }
 
 /// A notification from the database.
@@ -425,6 +479,51 @@ mod tests {
         })
     }
 
+    /// Finishes, next steps, retries and parkings in one flush: each written,
+    /// the failed attempts' leases given back, a retry due after its delay, a
+    /// parked task not claimable (and its error storable: no NUL).
+    fn every_kind_of_outcome_in_one_flush(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string(), "M.B".to_string()];
+            let mut problems = Vec::new();
+            let claimed = store.claim(4, &kinds, "w", Duration::from_secs(60)).await?;
+            let [finish, next, retry, park] = claimed.as_slice() else {
+                return Err(format!("claimed {claimed:?}").into());
+            };
+            let outcomes = [
+                Outcome::Finish,
+                to_b(Wakeup::Now),
+                Outcome::Retry {
+                    delay: Duration::from_secs(3600),
+                },
+                Outcome::park("a NUL \0 here".into()),
+            ];
+            let done: Vec<(i64, i64, &Outcome)> = [finish, next, retry, park]
+                .iter()
+                .zip(&outcomes)
+                .map(|(t, o)| (t.id, t.fence, o))
+                .collect();
+            let held = store.complete_many(&done).await?;
+            if held != [true; 4] {
+                problems.push(format!("held {held:?}"));
+            }
+            let again = store.claim(4, &kinds, "w", Duration::from_secs(60)).await?;
+            match again.as_slice() {
+                [t] if t.id == next.id => {}
+                other => problems.push(format!(
+                    "after the flush, claimed {other:?} instead of the next step alone"
+                )),
+            }
+            let due = store.next_due(&kinds).await?;
+            if !due.is_some_and(|d| d > Duration::from_secs(3000)) {
+                problems.push(format!("the retry is due in {due:?}, not in an hour"));
+            }
+            Ok(problems)
+        })
+    }
+
     /// One check of a store: the problems it found.
     type Check = for<'a> fn(&'a dyn Store) -> LocalBoxFuture<'a, TestResult<Vec<String>>>;
 
@@ -524,6 +623,7 @@ mod tests {
             a_batch_writes_only_what_attempts_held,
         ];
         completed_attempt(1) = [completed_attempt_is_inert];
+        failures_in_one_flush(4) = [every_kind_of_outcome_in_one_flush];
         stale_and_live_attempts(1) = [a_stale_and_a_live_attempt_in_one_flush];
         /// Two tasks for the next-step check (which finishes them), one for the lease.
         leases_and_next_steps(3) = [

@@ -27,9 +27,14 @@ pub(crate) const CHANNEL: &str = "jetpack";
 /// Joined to a CTE instead, PostgreSQL planned a hash join over a sequential
 /// scan of the whole table for queues of a few thousand rows. The update
 /// changes no indexed column, so it can be HOT.
+///
+/// `tried` and `fence` saturate: a value written by hand at the integer's
+/// maximum would otherwise overflow and fail every claim. (The worker parks a
+/// task whose `tried` is beyond its attempts, or whose fence is at the maximum.)
 pub(super) const CLAIM: &str = "
 UPDATE jetpack_tasks t
-SET tried = t.tried + 1, fence = t.fence + 1, locked_by = $3,
+SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854775806) + 1,
+    locked_by = $3,
     lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
 WHERE t.ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
@@ -40,21 +45,26 @@ WHERE t.ctid = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED))
 RETURNING t.id, t.step::text AS step, t.tried, t.fence";
 
-/// Records finished tasks (`$1` ids, `$2` fences: deleted) and moves to next
-/// steps (`$3`…`$8`) in one statement, so that a flush of the completer is one
-/// round trip and one commit. Either list may be empty; a single outcome goes
-/// the same way.
-///
-/// A next step due now keeps the row's `wakeup_at` when that has passed: it is
-/// due either way, a workflow under way keeps its place ahead of newer tasks,
-/// and with no indexed column changed the update can be HOT.
-const FINISH_AND_NEXT: &str = "
-WITH finished AS (
+/// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
+macro_rules! finished {
+    () => {
+        "finished AS (
     DELETE FROM jetpack_tasks t
     USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
     WHERE t.id = d.id AND t.fence = d.fence
     RETURNING t.id, t.fence
-), moved AS (
+)"
+    };
+}
+
+/// The tasks moved to next steps (`$3`…`$8`), returning their attempts.
+///
+/// A next step due now keeps the row's `wakeup_at` when that has passed: it is
+/// due either way, a workflow under way keeps its place ahead of newer tasks,
+/// and with no indexed column changed the update can be HOT.
+macro_rules! moved {
+    () => {
+        "moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
         updated_at = now(),
@@ -64,19 +74,42 @@ WITH finished AS (
         AS u(id, fence, step, delay, at, kind)
     WHERE t.id = u.id AND t.fence = u.fence
     RETURNING t.id, t.fence
+)"
+    };
+}
+
+/// Records finished tasks (deleted) and moves to next steps in one statement,
+/// so that a flush of the completer is one round trip and one commit. Either
+/// list may be empty; a single outcome goes the same way.
+const FINISH_AND_NEXT: &str = concat!(
+    "WITH ",
+    finished!(),
+    ", ",
+    moved!(),
+    " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
+);
+
+/// [`FINISH_AND_NEXT`] with failed attempts too (`$9` ids, `$10` fences, `$11`
+/// delays in µs, `$12` errors): a retry (no error) is due after its delay, a
+/// parked task (an error) is due now, and either gives its lease back. In an
+/// outage every step fails: their outcomes are written like any others, many
+/// per statement. A retry keeps an `error` set by hand meanwhile.
+const FINISH_NEXT_AND_FAIL: &str = concat!(
+    "WITH ",
+    finished!(),
+    ", ",
+    moved!(),
+    ", failed AS (
+    UPDATE jetpack_tasks t
+    SET error = coalesce(f.error, t.error), locked_by = NULL, lease_until = NULL,
+        updated_at = now(), wakeup_at = now() + f.delay * interval '1 microsecond'
+    FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) AS f(id, fence, delay, error)
+    WHERE t.id = f.id AND t.fence = f.fence
+    RETURNING t.id, t.fence
 )
-SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved";
-
-const RETRY: &str = "
-UPDATE jetpack_tasks
-SET locked_by = NULL, lease_until = NULL, updated_at = now(),
-    wakeup_at = now() + $3 * interval '1 microsecond'
-WHERE id = $1 AND fence = $2";
-
-const PARK: &str = "
-UPDATE jetpack_tasks
-SET error = $3, locked_by = NULL, lease_until = NULL, updated_at = now(), wakeup_at = now()
-WHERE id = $1 AND fence = $2";
+SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
+UNION ALL SELECT id, fence FROM failed"
+);
 
 /// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
 /// of the claim's index scan: a step that runs long stops being stepped over.
@@ -129,8 +162,8 @@ impl PgStore {
     }
 }
 
-/// Outcomes sorted for writing: finishes and next steps as the bind arrays of
-/// `FINISH_AND_NEXT`, the rare retries and parkings apart.
+/// Outcomes sorted for writing, as the bind arrays of [`FINISH_AND_NEXT`] or,
+/// when any attempt failed, [`FINISH_NEXT_AND_FAIL`].
 #[derive(Default)]
 struct Batch<'a> {
     finish: (Vec<i64>, Vec<i64>),
@@ -143,7 +176,7 @@ struct Batch<'a> {
         Vec<Option<DateTime<Utc>>>,
         Vec<&'a str>,
     ),
-    others: Vec<(i64, i64, &'a Outcome)>,
+    failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
 }
 
 impl<'a> Batch<'a> {
@@ -165,17 +198,31 @@ impl<'a> Batch<'a> {
                     next.4.push(at);
                     next.5.push(kind);
                 }
-                _ => batch.others.push((id, fence, outcome)),
+                Outcome::Retry { delay } => batch.fail(id, fence, micros(*delay)?, None),
+                Outcome::Park { error } => batch.fail(id, fence, 0, Some(error)),
             }
         }
         Ok(batch)
     }
 
-    /// Writes the finishes and next steps; the attempts (id, fence) that still
+    fn fail(&mut self, id: i64, fence: i64, delay: i64, error: Option<&'a str>) {
+        let failed = &mut self.failed;
+        failed.0.push(id);
+        failed.1.push(fence);
+        failed.2.push(delay);
+        failed.3.push(error);
+    }
+
+    /// Writes the batch in one statement; the attempts (id, fence) that still
     /// held their tasks.
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
-        let (finish, next) = (&self.finish, &self.next);
-        Ok(sqlx::query_as(FINISH_AND_NEXT)
+        let (finish, next, failed) = (&self.finish, &self.next, &self.failed);
+        let sql = if failed.0.is_empty() {
+            FINISH_AND_NEXT
+        } else {
+            FINISH_NEXT_AND_FAIL
+        };
+        let mut query = sqlx::query_as(sql)
             .bind(&finish.0)
             .bind(&finish.1)
             .bind(&next.0)
@@ -183,42 +230,24 @@ impl<'a> Batch<'a> {
             .bind(&next.2)
             .bind(&next.3)
             .bind(&next.4)
-            .bind(&next.5)
-            .fetch_all(db)
-            .await?)
+            .bind(&next.5);
+        if !failed.0.is_empty() {
+            query = query
+                .bind(&failed.0)
+                .bind(&failed.1)
+                .bind(&failed.2)
+                .bind(&failed.3);
+        }
+        Ok(query.fetch_all(db).await?)
     }
 }
 
-/// Records one outcome; whether its attempt still held the task.
+/// Records outcomes; the attempts that still held their tasks.
 async fn record(
     db: &mut PgConnection,
-    id: i64,
-    fence: i64,
-    outcome: &Outcome,
-) -> Result<bool, Error> {
-    let done = match outcome {
-        Outcome::Finish | Outcome::Next { .. } => {
-            let held = Batch::of(&[(id, fence, outcome)])?.write(db).await?;
-            return Ok(!held.is_empty());
-        }
-        Outcome::Retry { delay } => {
-            sqlx::query(RETRY)
-                .bind(id)
-                .bind(fence)
-                .bind(micros(*delay)?)
-                .execute(db)
-                .await?
-        }
-        Outcome::Park { error } => {
-            sqlx::query(PARK)
-                .bind(id)
-                .bind(fence)
-                .bind(error)
-                .execute(db)
-                .await?
-        }
-    };
-    Ok(done.rows_affected() == 1)
+    done: &[(i64, i64, &Outcome)],
+) -> Result<Vec<(i64, i64)>, Error> {
+    Batch::of(done)?.write(db).await
 }
 
 fn split(held: &[(i64, i64)]) -> (Vec<i64>, Vec<i64>) {
@@ -248,23 +277,8 @@ impl Store for PgStore {
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
-        // Finishes and moves to a next step, the common outcomes, go in one
-        // statement, which commits on its own; retries and parkings are rare
-        // and join it in a transaction, one by one.
-        let batch = Batch::of(done)?;
-        let held = if batch.others.is_empty() {
-            batch.write(&mut *self.pool.acquire().await?).await?
-        } else {
-            let mut tx = self.pool.begin().await?;
-            let mut held = batch.write(&mut tx).await?;
-            for &(id, fence, outcome) in &batch.others {
-                if record(&mut tx, id, fence, outcome).await? {
-                    held.push((id, fence));
-                }
-            }
-            tx.commit().await?;
-            held
-        };
+        // One statement, which commits on its own.
+        let held = record(&mut *self.pool.acquire().await?, done).await?;
         Ok(super::which_held(done, held))
     }
 
@@ -276,7 +290,7 @@ impl Store for PgStore {
         outcome: &Outcome,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Postgres>(tx)?;
-        let held = record(&mut tx, id, fence, outcome).await?;
+        let held = !record(&mut tx, &[(id, fence, outcome)]).await?.is_empty();
         super::end_tx(tx, held).await
     }
 
@@ -316,6 +330,21 @@ impl Store for PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         Ok(Box::new(PgNotices { listener }))
+    }
+
+    async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT kind, count(*) FROM jetpack_tasks WHERE kind <> ALL($1)
+             GROUP BY kind ORDER BY kind",
+        )
+        .bind(kinds)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    fn connections(&self) -> (u32, u32) {
+        // The listener holds one for good; claims and flushes need another.
+        (2, self.pool.options().get_max_connections())
     }
 }
 

@@ -56,13 +56,31 @@ macro_rules! ready_tasks {
     };
 }
 
+/// A claim's new `tried` and `fence`, saturating at the largest values the
+/// table allows (its checks): a value written by hand at the maximum would
+/// otherwise overflow and fail every claim. The worker parks such a task.
+macro_rules! next_attempt {
+    () => {
+        "min(tried, 2147483646) + 1"
+    };
+}
+macro_rules! next_fence {
+    () => {
+        "min(fence, 9007199254740990) + 1"
+    };
+}
+
 /// The update that leases a task to worker `$owner` for `$lease` µs, as a new
 /// attempt.
 macro_rules! lease {
     ($owner:literal, $lease:literal) => {
         concat!(
             "UPDATE jetpack_tasks
-             SET tried = tried + 1, fence = fence + 1, locked_by = ",
+             SET tried = ",
+            next_attempt!(),
+            ", fence = ",
+            next_fence!(),
+            ", locked_by = ",
             $owner,
             ", lease_until = ",
             now!($lease),
@@ -79,7 +97,11 @@ macro_rules! lease {
 /// `UPDATE … RETURNING`, a row per task, took 6.3 µs (claims of 200 one after
 /// the other from a file of 10,000 tasks, medians of 7 runs).
 const CLAIM_READ: &str = concat!(
-    "SELECT json_group_array(json_array(id, step, tried + 1, fence + 1)) FROM (",
+    "SELECT json_group_array(json_array(id, step, ",
+    next_attempt!(),
+    ", ",
+    next_fence!(),
+    ")) FROM (",
     ready_tasks!("id, step, tried, fence"),
     ")"
 );
@@ -209,20 +231,35 @@ const NEXT_NOW_MANY: &str = concat!(
     " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
 );
 
-const RETRY: &str = concat!(
-    "UPDATE jetpack_tasks SET locked_by = NULL, lease_until = NULL, updated_at = ",
-    now!(),
-    ", wakeup_at = ",
-    now!("?3"),
-    " WHERE id = ?1 AND fence = ?2"
-);
+/// The start of an update that records failed attempts: `u` has each
+/// attempt's `id`, `delay` (µs) and `error` (NULL for a retry). A retry is due
+/// after its delay and keeps an `error` set by hand meanwhile; a parked task
+/// (an error) is due now.
+macro_rules! failed {
+    ($fence:literal) => {
+        concat!(
+            "UPDATE jetpack_tasks
+             SET error = coalesce(u.error, jetpack_tasks.error), locked_by = NULL,
+                 lease_until = NULL, updated_at = ",
+            now!(),
+            ", wakeup_at = ",
+            now!("u.delay"),
+            " FROM (SELECT value ->> 0 AS id, ",
+            $fence,
+            " value ->> 2 AS delay, value ->> 3 AS error FROM json_each(?1)) AS u
+             WHERE jetpack_tasks.id = u.id"
+        )
+    };
+}
 
-const PARK: &str = concat!(
-    "UPDATE jetpack_tasks SET error = ?3, locked_by = NULL, lease_until = NULL, updated_at = ",
-    now!(),
-    ", wakeup_at = ",
-    now!(),
-    " WHERE id = ?1 AND fence = ?2"
+/// Records failed attempts (`?1`, a JSON array of `[id, fence, delay, error]`)
+/// if every attempt still holds its task, else nothing.
+const FAIL_IF_HELD: &str = concat!(failed!(""), " AND ", all_held!());
+
+/// Records the failed attempts that hold their tasks, returning them.
+const FAIL_MANY: &str = concat!(
+    failed!("value ->> 1 AS fence,"),
+    " AND jetpack_tasks.fence = u.fence RETURNING jetpack_tasks.id, jetpack_tasks.fence"
 );
 
 /// Renews leases, and moves `wakeup_at` along (see the PostgreSQL backend).
@@ -282,6 +319,35 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
     migrator.dangerous_set_table_name("_jetpack_migrations");
     migrator
 }
+
+/// Applies Jetpack's migrations in one `BEGIN IMMEDIATE` transaction, so that
+/// processes migrating one file at once take turns: the first applies what is
+/// missing, the others then find nothing to do. (SQLite has no advisory lock,
+/// and sqlx's migrator takes none on SQLite: two processes could both see a
+/// migration missing, and the second one's `CREATE TABLE` failed.) A process
+/// that finds the file locked by another one's migration waits for it, up to
+/// a minute.
+pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+    let mut db = pool.acquire().await?;
+    let waited = std::time::Instant::now();
+    let mut tx = loop {
+        match db.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => break tx,
+            Err(sqlx::Error::Database(e))
+                if e.code().as_deref() == Some("5") && waited.elapsed() < MIGRATE_WAIT =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    migrator().run_direct(None, &mut *tx, false).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// How long [`migrate`] waits for another process's migration.
+const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
@@ -356,12 +422,11 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
     serde_json::to_string(items).map_err(Error::Serialize)
 }
 
-/// Outcomes sorted for writing: finishes and next steps as one [`Statement`]
-/// each, with their items bound as one JSON list (every statement is a round
-/// trip to SQLite's connection thread), the rare retries and parkings apart.
-struct Batch<'a> {
+/// Outcomes sorted for writing: finishes, next steps and failed attempts as
+/// one [`Statement`] each, with their items bound as one JSON list (every
+/// statement is a round trip to SQLite's connection thread).
+struct Batch {
     statements: Vec<Statement>,
-    others: Vec<(i64, i64, &'a Outcome)>,
 }
 
 /// One statement of a [`Batch`].
@@ -415,9 +480,9 @@ impl Statement {
     }
 }
 
-impl<'a> Batch<'a> {
-    fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
-        let (mut finished, mut next, mut others) = (Vec::new(), Vec::new(), Vec::new());
+impl Batch {
+    fn of(done: &[(i64, i64, &Outcome)]) -> Result<Self, Error> {
+        let (mut finished, mut next, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         let mut all_now = true;
         for &(id, fence, outcome) in done {
             match outcome {
@@ -435,7 +500,10 @@ impl<'a> Batch<'a> {
                         at,
                     ));
                 }
-                _ => others.push((id, fence, outcome)),
+                Outcome::Retry { delay } => {
+                    failed.push((id, fence, micros(*delay)?, None));
+                }
+                Outcome::Park { error } => failed.push((id, fence, 0, Some(error.as_str()))),
             }
         }
         let moved = next.iter().map(|n| (n.0, n.1)).collect();
@@ -469,15 +537,20 @@ impl<'a> Batch<'a> {
                 items: Some(format!("[{}]", items.join(","))),
                 attempts: moved,
             },
+            Statement {
+                if_held: FAIL_IF_HELD,
+                returning: FAIL_MANY,
+                items: Some(json_list(&failed)?),
+                attempts: failed.iter().map(|f| (f.0, f.1)).collect(),
+            },
         ]
         .into_iter()
         .filter(|statement| !statement.attempts.is_empty())
         .collect();
-        Ok(Batch { statements, others })
+        Ok(Batch { statements })
     }
 
-    /// Writes the finishes and next steps; the attempts that still held their
-    /// tasks.
+    /// Writes every outcome; the attempts that still held their tasks.
     async fn write(&self, db: &mut SqliteConnection) -> Result<Vec<(i64, i64)>, Error> {
         let mut held = Vec::new();
         for statement in &self.statements {
@@ -485,38 +558,6 @@ impl<'a> Batch<'a> {
         }
         Ok(held)
     }
-}
-
-/// Records one outcome; whether its attempt still held the task.
-async fn record(
-    db: &mut SqliteConnection,
-    id: i64,
-    fence: i64,
-    outcome: &Outcome,
-) -> Result<bool, Error> {
-    let done = match outcome {
-        Outcome::Finish | Outcome::Next { .. } => {
-            let held = Batch::of(&[(id, fence, outcome)])?.write(db).await?;
-            return Ok(!held.is_empty());
-        }
-        Outcome::Retry { delay } => {
-            sqlx::query(RETRY)
-                .bind(id)
-                .bind(fence)
-                .bind(micros(*delay)?)
-                .execute(db)
-                .await?
-        }
-        Outcome::Park { error } => {
-            sqlx::query(PARK)
-                .bind(id)
-                .bind(fence)
-                .bind(error)
-                .execute(db)
-                .await?
-        }
-    };
-    Ok(done.rows_affected() == 1)
 }
 
 /// This worker's connection, taken for one write.
@@ -604,9 +645,9 @@ async fn claim_batch(
 async fn flush(
     db: &mut SqliteConnection,
     done: &[(i64, i64, &Outcome)],
-    batch: &Batch<'_>,
+    batch: &Batch,
 ) -> Result<Vec<bool>, Error> {
-    let alone = batch.statements.len() == 1 && batch.others.is_empty();
+    let alone = batch.statements.len() == 1;
     if let (true, [statement]) = (alone, batch.statements.as_slice()) {
         if statement.write_if_all_held(db).await? {
             return Ok(super::which_held(done, statement.attempts.clone()));
@@ -620,11 +661,6 @@ async fn flush(
             held.extend_from_slice(&statement.attempts);
         } else {
             held.extend(statement.write_exact(&mut tx).await?);
-        }
-    }
-    for &(id, fence, outcome) in &batch.others {
-        if record(&mut tx, id, fence, outcome).await? {
-            held.push((id, fence));
         }
     }
     tx.commit().await?;
@@ -685,7 +721,10 @@ impl Store for SqliteStore {
         outcome: &Outcome,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Sqlite>(tx)?;
-        let held = record(&mut tx, id, fence, outcome).await?;
+        let held = !Batch::of(&[(id, fence, outcome)])?
+            .write(&mut tx)
+            .await?
+            .is_empty();
         super::end_tx(tx, held).await
     }
 
@@ -725,6 +764,22 @@ impl Store for SqliteStore {
     async fn listen(&self) -> Result<Box<dyn Listener>, Error> {
         Ok(Box::new(LocalNotices))
     }
+
+    async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT kind, count(*) FROM jetpack_tasks
+             WHERE kind NOT IN (SELECT value FROM json_each(?1))
+             GROUP BY kind ORDER BY kind",
+        )
+        .bind(json_list(&kinds)?)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    fn connections(&self) -> (u32, u32) {
+        // The worker writes on a connection of its own; steps use the pool.
+        (1, self.pool.options().get_max_connections())
+    }
 }
 
 struct LocalNotices;
@@ -741,6 +796,7 @@ impl Listener for LocalNotices {
 mod tests {
     use super::*;
     use crate::step::Wakeup;
+    use crate::store::FENCE_MAX;
 
     /// The all-or-nothing statements write every item of a batch whose
     /// attempts all hold their tasks, in one statement: SQLite evaluates their
@@ -768,13 +824,25 @@ mod tests {
             kind: "M.B".into(),
             wakeup: Wakeup::Now,
         };
+        let retry = Outcome::Retry {
+            delay: Duration::from_secs(60),
+        };
+        let park = Outcome::park("boom".into());
         let done: Vec<(i64, i64, &Outcome)> = claimed
             .iter()
             .enumerate()
-            .map(|(i, t)| (t.id, t.fence, if i < 30 { &Outcome::Finish } else { &next }))
+            .map(|(i, t)| {
+                let outcome = match i {
+                    0..20 => &Outcome::Finish,
+                    20..40 => &next,
+                    40..45 => &retry,
+                    _ => &park,
+                };
+                (t.id, t.fence, outcome)
+            })
             .collect();
         let batch = Batch::of(&done)?;
-        assert_eq!(batch.statements.len(), 2);
+        assert_eq!(batch.statements.len(), 3);
         let mut db = pool.acquire().await?;
         for statement in &batch.statements {
             assert!(
@@ -783,11 +851,20 @@ mod tests {
                 statement.if_held
             );
         }
-        let left: Vec<(String, i64)> =
-            sqlx::query_as("SELECT kind, count(*) FROM jetpack_tasks GROUP BY kind")
-                .fetch_all(&mut *db)
-                .await?;
-        assert_eq!(left, [("M.B".to_string(), 20)]);
+        let left: Vec<(String, Option<String>, bool, i64)> = sqlx::query_as(
+            "SELECT kind, error, locked_by IS NULL AND lease_until IS NULL, count(*)
+             FROM jetpack_tasks GROUP BY 1, 2, 3 ORDER BY 1, 2",
+        )
+        .fetch_all(&mut *db)
+        .await?;
+        assert_eq!(
+            left,
+            [
+                ("M.A".to_string(), None, true, 5),
+                ("M.A".to_string(), Some("boom".to_string()), true, 5),
+                ("M.B".to_string(), None, true, 20),
+            ]
+        );
         Ok(())
     }
 
@@ -817,7 +894,7 @@ mod tests {
              locked_by, fence, created_at, updated_at, kind, lease_until)) FROM jetpack_tasks";
         let before: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await?;
 
-        migrator.run(&pool).await?;
+        migrator.run_to(REBUILD, &pool).await?;
         let after: String = sqlx::query_scalar(ROWS).fetch_one(&pool).await?;
         assert_eq!(after, before);
         assert!(
@@ -869,6 +946,85 @@ mod tests {
         .fetch_one(&pool)
         .await?;
         assert_eq!(indexed, 1);
+        Ok(())
+    }
+
+    /// Migration 0005 adds checks for values written by hand: rows that break
+    /// them already are kept, parked with what was wrong, with valid values;
+    /// good rows, the id sequence, the index and the triggers stay.
+    #[tokio::test]
+    async fn the_checks_migration_parks_bad_rows_and_keeps_the_rest(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        const CHECKS: i64 = 20261130000005;
+        let pool = connect("sqlite::memory:").await?;
+        let migrator = migrator();
+        migrator.run_to(CHECKS - 1, &pool).await?;
+        sqlx::raw_sql(
+            r#"INSERT INTO jetpack_tasks (step, wakeup_at, tried, fence) VALUES
+                   ('{"M":{"A":1}}', '2026-11-30 10:00:00.000', 2, 5),
+                   ('{"M":{"B":2}}', 'tomorrow', 0, 0),
+                   ('{"M":{"C":3}}', '2026-11-30T10:00:00Z', 2147483647, 9223372036854775807),
+                   ('{"M":{"D":4}}', '2026-11-30 10:00:00.000', 'abc', -3),
+                   ('{"M":{"E":5}}', '2026-11-30 10:00:00.000', 0, 0);
+               DELETE FROM jetpack_tasks WHERE id = 5;"#,
+        )
+        .execute(&pool)
+        .await?;
+        migrator.run(&pool).await?;
+        let rows: Vec<(i64, String, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, wakeup_at, tried, fence, error FROM jetpack_tasks ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await?;
+        assert_eq!(
+            rows[0],
+            (1, "2026-11-30 10:00:00.000".into(), 2, 5, None),
+            "a good row is unchanged"
+        );
+        let error = |i: usize| rows[i].4.clone().unwrap_or_default();
+        assert!(error(1).contains("wakeup_at was 'tomorrow'"), "{rows:?}");
+        assert!(
+            rows[1].1.len() == 23 && rows[1].1.as_str() > "2026",
+            "{rows:?}"
+        );
+        assert_eq!(
+            rows[2].1, "2026-11-30 10:00:00.000",
+            "an ISO time is rewritten"
+        );
+        assert_eq!((rows[2].2, rows[2].3), (2147483647, FENCE_MAX), "{rows:?}");
+        assert!(
+            error(2).contains("fence was 9223372036854775807"),
+            "{rows:?}"
+        );
+        assert_eq!((rows[3].2, rows[3].3), (0, 0), "{rows:?}");
+        assert!(
+            error(3).contains("tried was 'abc'") && error(3).contains("fence was -3"),
+            "{rows:?}"
+        );
+        let id: i64 = sqlx::query_scalar(
+            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"F":6}}') RETURNING id"#,
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(id, 6, "the id sequence went on from the highest id given");
+        for bad in [
+            "UPDATE jetpack_tasks SET wakeup_at = 'tomorrow' WHERE id = 1",
+            "UPDATE jetpack_tasks SET wakeup_at = '2026-11-30T10:00:00Z' WHERE id = 1",
+            "UPDATE jetpack_tasks SET tried = -1 WHERE id = 1",
+            "UPDATE jetpack_tasks SET tried = 1.5 WHERE id = 1",
+            "UPDATE jetpack_tasks SET fence = 9007199254740992 WHERE id = 1",
+            "UPDATE jetpack_tasks SET id = 9223372036854775807 WHERE id = 1",
+        ] {
+            let refused = sqlx::query(bad).execute(&pool).await;
+            assert!(refused.is_err(), "{bad} was not refused");
+        }
+        sqlx::query("UPDATE jetpack_tasks SET wakeup_at = datetime('now', '+1 hour') WHERE id = 1")
+            .execute(&pool)
+            .await?;
+        let kind: String = sqlx::query_scalar("SELECT kind FROM jetpack_tasks WHERE id = 6")
+            .fetch_one(&pool)
+            .await?;
+        assert_eq!(kind, "M.F", "the insert trigger derives kind");
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Runtime;
-use crate::store::Outcome;
+use crate::store::{is_refusal, Outcome};
 use crate::Error;
 
 /// The most outcomes written by one flush.
@@ -46,12 +46,24 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
             }
         }
         tracing::trace!(outcomes = batch.len(), "recording outcomes");
+        let _writes = rt.writes.lock().await;
         let done: Vec<(i64, i64, &Outcome)> =
             batch.iter().map(|c| (c.id, c.fence, &*c.outcome)).collect();
         match rt.store.complete_many(&done).await {
             Ok(held) => {
                 for (completion, held) in batch.drain(..).zip(held) {
                     let _ = completion.reply.send(Ok(held));
+                }
+            }
+            Err(e) if is_refusal(&e) => {
+                // The database refused a value of one of the outcomes (a next
+                // step PostgreSQL cannot store, say). The others must not share
+                // its fate: each is written alone, and the one at fault parks
+                // its task with the database's reason.
+                tracing::debug!(error = %e, outcomes = batch.len(), "writing the outcomes one by one");
+                for completion in batch.drain(..) {
+                    let held = alone(&rt, &completion).await;
+                    let _ = completion.reply.send(held);
                 }
             }
             Err(e) => {
@@ -62,5 +74,21 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
                 }
             }
         }
+    }
+}
+
+/// Writes one outcome; if the database refuses it, parks the task with the
+/// reason instead. Whether the attempt still held its task.
+async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
+    let error = match rt.store.complete_many(&[(c.id, c.fence, &c.outcome)]).await {
+        Ok(held) => return Ok(held.first().copied().unwrap_or(false)),
+        Err(e) if is_refusal(&e) => e,
+        Err(e) => return Err(Error::Completion(e.to_string())),
+    };
+    let park = Outcome::park(format!("the database refused the step's outcome: {error}"));
+    tracing::error!(task_id = c.id, %error, "the database refused the step's outcome; parking task");
+    match rt.store.complete_many(&[(c.id, c.fence, &park)]).await {
+        Ok(held) => Ok(held.first().copied().unwrap_or(false)),
+        Err(e) => Err(Error::Completion(e.to_string())),
     }
 }

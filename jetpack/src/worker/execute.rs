@@ -8,16 +8,18 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tracing::{field, Instrument};
 
-use super::{lock, Backoff, Runtime, Slot};
+use super::{lock, AttemptTokens, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
 use crate::step::{Context, Wakeup};
-use crate::store::{Claimed, Outcome};
+use crate::store::{is_refusal, Claimed, Outcome, FENCE_MAX};
 use crate::StepError;
 
-/// The longest error text kept on a row.
-const MAX_ERROR_LEN: usize = 16 * 1024;
-
-pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot: Slot) {
+pub(super) async fn run<T: Scheduler>(
+    rt: Arc<Runtime>,
+    task: Claimed,
+    mut slot: Slot,
+    tokens: AttemptTokens,
+) {
     let span = tracing::info_span!(
         "step",
         task_id = task.id,
@@ -26,7 +28,18 @@ pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot:
         step = field::Empty,
     );
     async {
-        let (outcome, tx) = attempt::<T>(&rt, &task).await;
+        // Dropped at once when the heartbeat finds the lease lost: another
+        // attempt may run the step now, and this one's outcome would be fenced
+        // off. There is nothing to record.
+        let attempt = tokio::select! {
+            biased;
+            _ = tokens.lost.cancelled() => None,
+            done = attempt::<T>(&rt, &task, &tokens) => Some(done),
+        };
+        let Some((outcome, tx)) = attempt else {
+            tracing::warn!("the step was stopped: its lease was lost");
+            return;
+        };
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
             // (A step's own transaction holds a connection until it commits, so
@@ -41,20 +54,25 @@ pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot:
     drop(slot);
 }
 
+/// Parks a task with `error`, logged.
+fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
+    tracing::error!(%error, "parking task");
+    (Outcome::park(error), None)
+}
+
 /// Decodes and runs the step; returns what should happen to the task and the
 /// step's transaction, if it opened one.
 async fn attempt<T: Scheduler>(
     rt: &Runtime,
     task: &Claimed,
+    tokens: &AttemptTokens,
 ) -> (Outcome, Option<Box<dyn Any + Send>>) {
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
         Err(e) => {
-            let error = format!(
+            return park(format!(
                 "cannot decode the step JSON: {e} (a step is stored as {{\"Machine\":{{\"Step\":{{..fields..}}}}}})"
-            );
-            tracing::error!(%error, "parking task");
-            return (Outcome::Park { error }, None);
+            ));
         }
     };
     let span = tracing::Span::current();
@@ -62,17 +80,31 @@ async fn attempt<T: Scheduler>(
     span.record("step", value.step_name());
     let policy = value.policy();
     let attempts = policy.limit.saturating_add(1);
+    if task.tried > attempts.saturating_add(1) {
+        // Claims count one at a time and park at `attempts + 1`: more was
+        // written by hand.
+        return park(format!(
+            "tried is {}, beyond the {attempts} attempts of this step (was it set by hand?); \
+             clear error to run the step again with a full retry budget",
+            task.tried
+        ));
+    }
     if task.tried > attempts {
-        let error = format!(
+        return park(format!(
             "attempt {} of at most {attempts} never finished: its worker stopped or lost \
              its lease while running it (a crash counts as a failed attempt)",
             task.tried - 1
-        );
-        tracing::error!(%error, "parking task");
-        return (Outcome::Park { error }, None);
+        ));
+    }
+    if task.fence >= FENCE_MAX {
+        return park(format!(
+            "the fence is {}, its largest value, so that attempts can no longer be told \
+             apart (was it set by hand?); set fence to 0 and clear error to resume",
+            task.fence
+        ));
     }
 
-    let cx = Context::new(task.id, task.tried, &rt.shared);
+    let cx = Context::new(task.id, task.tried, &rt.shared, tokens.stop.clone());
     let run = AssertUnwindSafe(value.run(&cx)).catch_unwind();
     let result = match policy.timeout {
         None => run.await,
@@ -88,28 +120,40 @@ async fn attempt<T: Scheduler>(
             tracing::debug!("task finished");
             return (Outcome::Finish, tx);
         }
-        Ok(Ok(Some((next, wakeup)))) => match serde_json::to_string(&next) {
-            Ok(step) => {
+        Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup) {
+            Ok(outcome) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
-                let kind = crate::machine::kind(next.machine_name(), next.step_name());
-                return (Outcome::Next { step, kind, wakeup }, tx);
+                return (outcome, tx);
             }
-            Err(e) => StepError::permanent(format!("cannot serialize the next step: {e}")),
+            Err(error) => error,
         },
         Ok(Err(error)) => error,
         Err(panic) => StepError::from(format!("the step panicked: {}", panic_message(&*panic))),
     };
     // A failed step's transaction rolls back as it is dropped here.
     drop(tx);
-    let text = truncate(error.chain());
+    let text = error.chain();
     if error.is_permanent() || task.tried >= attempts {
         tracing::error!(error = %text, tried = task.tried, "step failed; parking task");
-        (Outcome::Park { error: text }, None)
+        (Outcome::park(text), None)
     } else {
         let delay = policy.delay_after(task.tried);
         tracing::warn!(error = %text, retry_in = ?delay, "step failed; will retry");
         (Outcome::Retry { delay }, None)
     }
+}
+
+/// The outcome that moves the task to `next`, or why it cannot be stored: a
+/// step that does not serialize, or a wakeup outside what the database holds.
+/// Either fails the attempt for good, here, instead of failing the write of
+/// the outcomes flushed with it.
+fn next_step<T: Scheduler>(next: &T, wakeup: Wakeup) -> Result<Outcome, StepError> {
+    let step = serde_json::to_string(next)
+        .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
+    crate::store::wakeup_binds(&wakeup)
+        .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
+    let kind = crate::machine::kind(next.machine_name(), next.step_name());
+    Ok(Outcome::Next { step, kind, wakeup })
 }
 
 /// Writes the outcome, retrying while the database is unreachable for as long as
@@ -121,6 +165,9 @@ async fn record(
     mut tx: Option<Box<dyn Any + Send>>,
 ) {
     let mut outcome = Arc::new(outcome);
+    if let Some(attempt) = lock(&rt.in_flight).get_mut(&task.id) {
+        attempt.recording = true;
+    }
     let mut backoff = Backoff::default();
     let mut waited = Duration::ZERO;
     loop {
@@ -156,9 +203,16 @@ async fn record(
         };
         if in_tx {
             // The step's transaction did not commit, so its writes are gone: the
-            // attempt failed and the step must run again, not move on.
-            outcome = Arc::new(Outcome::Retry {
-                delay: Duration::ZERO,
+            // attempt failed and the step must run again, not move on. If the
+            // database refused the outcome itself, running it again would only
+            // be refused again: the task parks at this step with the reason.
+            outcome = Arc::new(if is_refusal(&error) {
+                tracing::error!(%error, "the database refused the step's outcome; parking task");
+                Outcome::park(format!("the database refused the step's outcome: {error}"))
+            } else {
+                Outcome::Retry {
+                    delay: Duration::ZERO,
+                }
             });
         }
         let pause = backoff.next();
@@ -199,17 +253,4 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
-}
-
-fn truncate(mut text: String) -> String {
-    text.retain(|c| c != '\0');
-    if text.len() > MAX_ERROR_LEN {
-        let mut end = MAX_ERROR_LEN;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str(" [truncated]");
-    }
-    text
 }

@@ -1,32 +1,52 @@
-//! Keeps the leases of running steps alive.
+//! Keeps the leases of running steps alive, and stops the steps that lost them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::Runtime;
+use super::{lock, Runtime};
 
 /// Every third of the lease, extends the leases of all attempts this worker
-/// holds, in one statement. A lost lease is logged; the attempt's fence keeps it
-/// from overwriting the newer attempt.
+/// holds, in one statement.
+///
+/// An attempt whose lease was not renewed has either just recorded its outcome
+/// (nothing to renew) or really lost the task: its lease expired and another
+/// attempt took it, or a person changed or deleted the row. Only the second is
+/// reported, and its step is stopped: its outcome would be fenced off anyway,
+/// and another attempt may be running the same step now.
 pub(super) async fn run(rt: Arc<Runtime>) {
     let every = rt.config.lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        // No flush runs meanwhile: an attempt not yet marked as recording has
+        // not been written by this worker.
+        let _writes = rt.writes.lock().await;
         let held = rt.held();
         if held.is_empty() {
             continue;
         }
-        match rt.store.heartbeat(&held, rt.config.lease).await {
-            Ok(kept) if kept.len() < held.len() => {
-                let kept: std::collections::HashSet<_> = kept.into_iter().collect();
-                for (id, _) in held.iter().filter(|attempt| !kept.contains(attempt)) {
+        let kept = match rt.store.heartbeat(&held, rt.config.lease).await {
+            Ok(kept) if kept.len() < held.len() => kept,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing leases failed");
+                continue;
+            }
+        };
+        let kept: HashSet<(i64, i64)> = kept.into_iter().collect();
+        let in_flight = lock(&rt.in_flight);
+        for (id, fence) in held.into_iter().filter(|a| !kept.contains(a)) {
+            match in_flight.get(&id) {
+                Some(attempt) if attempt.fence == fence && !attempt.recording => {
                     tracing::warn!(
                         task_id = id,
-                        "lease lost: the task was taken over by another attempt"
+                        "lease lost: another attempt took the task over, or its row was \
+                         changed or deleted; stopping the step"
                     );
+                    attempt.tokens.lost.cancel();
+                    attempt.tokens.stop.cancel();
                 }
+                _ => tracing::trace!(task_id = id, "not renewed: the outcome was written"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
         }
     }
 }

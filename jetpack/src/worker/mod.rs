@@ -52,8 +52,29 @@ impl Default for Config {
     }
 }
 
-/// The attempts this worker holds, by task id, with their fences.
-type InFlight = Arc<Mutex<HashMap<i64, i64>>>;
+/// One attempt this worker holds.
+struct Attempt {
+    fence: i64,
+    /// Its outcome has been handed over to be written: if the heartbeat then
+    /// finds the lease gone, the outcome was written meanwhile (or the write
+    /// will say the lease was lost), so the heartbeat raises no alarm.
+    recording: bool,
+    tokens: AttemptTokens,
+}
+
+/// How the worker tells a running step to stop.
+#[derive(Clone)]
+pub(crate) struct AttemptTokens {
+    /// Cancelled when the lease is lost: the step is dropped at once, since
+    /// another attempt may run it now and this one's outcome would be fenced off.
+    lost: CancellationToken,
+    /// The step's [`Context::stop_token`](crate::Context::stop_token): a child of
+    /// the shutdown token, also cancelled when the lease is lost.
+    stop: CancellationToken,
+}
+
+/// The attempts this worker holds, by task id.
+type InFlight = Arc<Mutex<HashMap<i64, Attempt>>>;
 
 /// What the worker's parts share.
 struct Runtime {
@@ -64,14 +85,37 @@ struct Runtime {
     in_flight: InFlight,
     wake: Notify,
     completions: complete::Completions,
+    /// Taken by each multi-row write of held tasks: the completer's flushes,
+    /// the heartbeat and releases. On PostgreSQL two such statements running at
+    /// once lock the rows they share in different orders and deadlock (the
+    /// database aborts one after `deadlock_timeout`, a 1 s stall); one at a
+    /// time, they cannot. It also lets the heartbeat tell a lost lease from an
+    /// attempt whose outcome was just written.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl Runtime {
+    /// The attempts held, as (id, fence).
     fn held(&self) -> Vec<(i64, i64)> {
         lock(&self.in_flight)
             .iter()
-            .map(|(&id, &fence)| (id, fence))
+            .map(|(&id, attempt)| (id, attempt.fence))
             .collect()
+    }
+
+    /// Starts holding a claimed attempt; the tokens its step runs with.
+    fn hold(&self, id: i64, fence: i64) -> AttemptTokens {
+        let tokens = AttemptTokens {
+            lost: CancellationToken::new(),
+            stop: self.shared.shutdown.child_token(),
+        };
+        let attempt = Attempt {
+            fence,
+            recording: false,
+            tokens: tokens.clone(),
+        };
+        lock(&self.in_flight).insert(id, attempt);
+        tokens
     }
 }
 
@@ -96,7 +140,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// let worker = jetpack::Worker::<Tasks>::builder(pool).concurrency(32).build()?;
 /// let stop = worker.shutdown_token();
 /// tokio::spawn(async move {
-///     let _ = tokio::signal::ctrl_c().await;
+///     // On SIGTERM, say (`examples/worker.rs` shows how).
+///     tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
 ///     stop.cancel();
 /// });
 /// worker.run().await?;
@@ -143,6 +188,7 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(complete::run(rt.clone(), completions));
         helpers.spawn(notify::run(rt.clone()));
         helpers.spawn(heartbeat::run(rt.clone()));
+        helpers.spawn(report_other_kinds::<T>(rt.clone()));
 
         let slots = Slots::new(&rt.config);
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
@@ -193,8 +239,8 @@ impl<T: Scheduler> Worker<T> {
                     rt.release(&[(task.id, task.fence)]).await;
                     continue;
                 };
-                lock(&rt.in_flight).insert(task.id, task.fence);
-                steps.spawn(execute::run::<T>(rt.clone(), task, slot));
+                let tokens = rt.hold(task.id, task.fence);
+                steps.spawn(execute::run::<T>(rt.clone(), task, slot, tokens));
             }
             if full_batch {
                 continue;
@@ -313,7 +359,11 @@ impl Runtime {
         if held.is_empty() {
             return;
         }
-        if let Err(e) = self.store.release(held).await {
+        let released = {
+            let _writes = self.writes.lock().await;
+            self.store.release(held).await
+        };
+        if let Err(e) = released {
             tracing::warn!(error = %e, "releasing leases failed; they will expire instead");
         }
         let mut map = lock(&self.in_flight);
@@ -428,6 +478,32 @@ impl<T: Scheduler> WorkerBuilder<T> {
         if c.poll_interval.is_zero() {
             return Err(Error::Config("poll_interval must be above zero".into()));
         }
+        if c.concurrency > MAX_CONCURRENCY {
+            return Err(Error::Config(format!(
+                "a concurrency of {} is more than the {MAX_CONCURRENCY} steps a worker can hold",
+                c.concurrency
+            )));
+        }
+        if crate::store::micros(c.lease).is_err() {
+            return Err(Error::Config(format!(
+                "a lease of {:?} is longer than the database can store",
+                c.lease
+            )));
+        }
+        if c.name.contains('\0') {
+            return Err(Error::Config(
+                "the worker's name contains a NUL character, which PostgreSQL cannot store".into(),
+            ));
+        }
+        let (needed, allowed) = self.store.connections();
+        if allowed < needed {
+            return Err(Error::Config(format!(
+                "the pool allows {allowed} connection(s), and a {} worker needs {needed}: \
+                 one listens for notifications, another claims tasks and records outcomes \
+                 (raise the pool's max_connections)",
+                self.database
+            )));
+        }
         Ok(self.finish())
     }
 
@@ -448,9 +524,54 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 in_flight: InFlight::default(),
                 wake: Notify::new(),
                 completions,
+                writes: tokio::sync::Mutex::new(()),
             }),
             _tasks: PhantomData,
         }
+    }
+}
+
+/// The most steps a worker may hold: twice the concurrency must stay within
+/// what a semaphore can count.
+const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS / 4;
+
+/// Warns, once at start, of tasks waiting for steps this worker does not know:
+/// a machine missing from its scheduler, or a step from a newer deploy. They
+/// are left alone for a worker that knows them, which is right for a rolling
+/// deploy and a silent mistake otherwise.
+async fn report_other_kinds<T: Scheduler>(rt: Arc<Runtime>) {
+    let others = match rt.store.other_kinds(&rt.kinds).await {
+        Ok(others) => others,
+        Err(e) => {
+            tracing::warn!(error = %e, "looking for tasks of unknown machines failed");
+            return;
+        }
+    };
+    let known: Vec<&str> = T::graphs().iter().map(|g| g.machine).collect();
+    let mut machines: Vec<(String, i64)> = Vec::new();
+    for (kind, count) in others {
+        let machine = kind.split_once('.').map_or(kind.as_str(), |(m, _)| m);
+        if known.contains(&machine) {
+            tracing::warn!(
+                kind = %kind,
+                tasks = count,
+                "tasks wait at a step this worker does not know (from a newer deploy?); \
+                 they are left for a worker that runs it"
+            );
+        } else {
+            match machines.last_mut() {
+                Some((m, n)) if m == machine => *n += count,
+                _ => machines.push((machine.to_string(), count)),
+            }
+        }
+    }
+    for (machine, count) in machines {
+        tracing::warn!(
+            machine = %machine,
+            tasks = count,
+            "tasks of a machine that is not in this worker's scheduler wait; \
+             add it to `scheduler!` or run a worker that has it"
+        );
     }
 }
 
