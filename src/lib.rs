@@ -417,3 +417,90 @@ fn unique() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The machines the README's snippets use, so that each snippet compiles (the
+/// README is a doctest of this crate: see [`ReadmeDoctests`]) with one hidden
+/// line, `# use jetpack_suite::readme::*;`, instead of its whole context.
+pub mod readme {
+    use std::time::Duration;
+
+    use jetpack::{Context, NextStep, Step, StepResult};
+    use serde::{Deserialize, Serialize};
+
+    /// Reads a name from a file.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct ReadName {
+        /// The file.
+        pub filename: String,
+    }
+
+    /// Says hello.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct SayHello {
+        /// Whom to greet.
+        pub name: String,
+    }
+
+    jetpack::task!(pub Greeter { ReadName => [SayHello], SayHello });
+
+    #[jetpack::async_trait]
+    impl Step<Greeter> for ReadName {
+        const RETRY_LIMIT: i32 = 3;
+        const RETRY_DELAY: Duration = Duration::from_millis(100);
+
+        async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+            let name = std::fs::read_to_string(&self.filename)?;
+            NextStep::now(SayHello { name })
+        }
+    }
+
+    #[jetpack::async_trait]
+    impl Step<Greeter> for SayHello {
+        async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+            tracing::info!("Hello, {}!", self.name);
+            NextStep::none()
+        }
+    }
+
+    /// Charges an account.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Charge {
+        /// The account.
+        pub account: i64,
+        /// The amount, in cents.
+        pub amount: i64,
+    }
+
+    /// Tells the account's owner.
+    #[derive(Debug, Serialize, Deserialize)]
+    pub struct Notify {
+        /// The account.
+        pub account: i64,
+    }
+
+    jetpack::task!(pub Billing { Charge => [Notify], Notify });
+
+    #[jetpack::async_trait]
+    impl Step<Billing> for Charge {
+        async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+            NextStep::now(Notify {
+                account: self.account,
+            })
+        }
+    }
+
+    #[jetpack::async_trait]
+    impl Step<Billing> for Notify {
+        async fn step(self, _cx: &Context<'_>) -> StepResult<Self> {
+            NextStep::none()
+        }
+    }
+
+    jetpack::scheduler!(pub Tasks { Greeter, Billing });
+}
+
+/// Every `rust` block of the README, compiled (and run, unless `no_run`) by
+/// `cargo test --doc`, so that the README cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -176,6 +176,7 @@ struct Batch<'a> {
         Vec<Option<DateTime<Utc>>>,
         Vec<&'a str>,
     ),
+    #[allow(clippy::type_complexity)]
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
 }
 

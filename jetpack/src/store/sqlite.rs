@@ -409,7 +409,7 @@ impl SqliteStore {
     }
 
     /// A store that takes its batched paths from `few` tasks on.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "postgres"))]
     pub(crate) fn with_few(pool: SqlitePool, few: usize) -> Self {
         SqliteStore {
             few,
