@@ -517,7 +517,7 @@ mod tests {
                 )),
             }
             let due = store.next_due(&kinds).await?;
-            if !due.is_some_and(|d| d > Duration::from_secs(3000)) {
+            if due.is_none_or(|d| d <= Duration::from_secs(3000)) {
                 problems.push(format!("the retry is due in {due:?}, not in an hour"));
             }
             Ok(problems)
