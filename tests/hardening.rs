@@ -228,7 +228,6 @@ async fn hand_written_extremes_are_refused_or_parked(db: TestDb) {
             "UPDATE jetpack_tasks SET wakeup_at = 2461010.5 WHERE id = $1",
             "UPDATE jetpack_tasks SET tried = -1 WHERE id = $1",
             "UPDATE jetpack_tasks SET tried = 'many' WHERE id = $1",
-            "UPDATE jetpack_tasks SET tried = 1.5 WHERE id = $1",
             "UPDATE jetpack_tasks SET fence = 9007199254740992 WHERE id = $1",
             "UPDATE jetpack_tasks SET id = 9223372036854775807 WHERE id = $1",
         ],

@@ -66,7 +66,7 @@ pub trait MemberOf<M> {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a declared successor of `{From}` in machine `{M}`; the successors of `{From}` are `{Allowed}`",
     label = "`{From}` may not be followed by `{Self}`",
-    note = "a step may only return the steps listed in `#[next(..)]` on its variant of `{M}`; a step without `#[next]` is terminal and can only return `NextStep::none()`"
+    note = "a step may only return the steps listed in `#[next(..)]` on its variant of `{M}`: to allow this one, add it there, `#[next(.., {Self})]` (a step that returns itself, a loop, lists itself too); a step without `#[next]` is terminal and can only return `NextStep::none()`"
 )]
 pub trait Follows<From, M, Allowed>: Into<M> {}
 
@@ -93,6 +93,11 @@ pub trait IntoTask {
 
 /// The enum a worker runs, combining machines. Implemented by
 /// [`scheduler!`](crate::scheduler); not by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a scheduler: a worker runs the enum that `jetpack::scheduler!` declares",
+    label = "not declared by `jetpack::scheduler!`",
+    note = "declare one with every machine the worker runs, `jetpack::scheduler!(Tasks {{ {Self} }});`, and use `Worker::<Tasks>`"
+)]
 pub trait Scheduler: Serialize + DeserializeOwned + Send + 'static {
     /// The graphs of all machines.
     fn graphs() -> Vec<Graph>;

@@ -56,21 +56,26 @@ END
 $$;
 
 -- A hand edit of `step` while the step runs is refused: the running attempt's
--- outcome would overwrite it. Jetpack's own moves to a next step release the lease
--- in the same statement (locked_by becomes NULL), so they never meet this. Edit the
--- step once the attempt has moved on or parked; an expired lease (a dead worker)
--- does not count as running.
-CREATE FUNCTION jetpack_refuse_running_edit() RETURNS trigger
+-- outcome would overwrite it. A hand edit leaves `kind` as it was (Jetpack writes
+-- `kind` with every step), so the trigger that derives `kind` for such edits
+-- checks it: Jetpack's own moves to a next step never fire it (and they release
+-- the lease in the same statement anyway). An expired lease (a dead worker) does
+-- not count as running. Edit the step once the attempt has moved on or parked.
+CREATE FUNCTION jetpack_step_edited() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'task % is running (leased to % until %): its step cannot be edited now',
-        OLD.id, OLD.locked_by, OLD.lease_until
-        USING ERRCODE = 'object_in_use',
-              HINT = 'edit it once the step has moved on or the task is parked';
+    IF NEW.locked_by IS NOT NULL AND NEW.lease_until > now()
+       AND NEW.step IS DISTINCT FROM OLD.step THEN
+        RAISE EXCEPTION 'task % is running (leased to % until %): its step cannot be edited now',
+            OLD.id, OLD.locked_by, OLD.lease_until
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'edit it once the step has moved on or the task is parked';
+    END IF;
+    NEW.kind := jetpack_step_kind(NEW.step);
+    RETURN NEW;
 END
 $$;
 
-CREATE TRIGGER jetpack_tasks_running_edit BEFORE UPDATE OF step ON jetpack_tasks
-FOR EACH ROW WHEN (NEW.locked_by IS NOT NULL AND NEW.lease_until > now()
-                   AND NEW.step IS DISTINCT FROM OLD.step)
-EXECUTE FUNCTION jetpack_refuse_running_edit();
+DROP TRIGGER jetpack_tasks_kind_update ON jetpack_tasks;
+CREATE TRIGGER jetpack_tasks_kind_update BEFORE UPDATE OF step ON jetpack_tasks
+FOR EACH ROW WHEN (NEW.kind = OLD.kind) EXECUTE FUNCTION jetpack_step_edited();

@@ -59,14 +59,16 @@ macro_rules! ready_tasks {
 /// A claim's new `tried` and `fence`, saturating at the largest values the
 /// table allows (its checks): a value written by hand at the maximum would
 /// otherwise overflow and fail every claim. The worker parks such a task.
+/// The cast: a real number written by hand passes the table's range check,
+/// and would not decode as an integer.
 macro_rules! next_attempt {
     () => {
-        "min(tried, 2147483646) + 1"
+        "CAST(min(tried, 2147483646) AS INTEGER) + 1"
     };
 }
 macro_rules! next_fence {
     () => {
-        "min(fence, 9007199254740990) + 1"
+        "CAST(min(fence, 9007199254740990) AS INTEGER) + 1"
     };
 }
 
@@ -1011,7 +1013,6 @@ mod tests {
             "UPDATE jetpack_tasks SET wakeup_at = 'tomorrow' WHERE id = 1",
             "UPDATE jetpack_tasks SET wakeup_at = '2026-11-30T10:00:00Z' WHERE id = 1",
             "UPDATE jetpack_tasks SET tried = -1 WHERE id = 1",
-            "UPDATE jetpack_tasks SET tried = 1.5 WHERE id = 1",
             "UPDATE jetpack_tasks SET fence = 9007199254740992 WHERE id = 1",
             "UPDATE jetpack_tasks SET id = 9223372036854775807 WHERE id = 1",
         ] {

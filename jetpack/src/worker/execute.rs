@@ -31,10 +31,12 @@ pub(super) async fn run<T: Scheduler>(
         // Dropped at once when the heartbeat finds the lease lost: another
         // attempt may run the step now, and this one's outcome would be fenced
         // off. There is nothing to record.
+        // The step first: one that is done at its first poll never registers
+        // with the token.
         let attempt = tokio::select! {
             biased;
-            _ = tokens.lost.cancelled() => None,
             done = attempt::<T>(&rt, &task, &tokens) => Some(done),
+            _ = tokens.lost.cancelled() => None,
         };
         let Some((outcome, tx)) = attempt else {
             tracing::warn!("the step was stopped: its lease was lost");

@@ -68,8 +68,8 @@ pub(crate) struct AttemptTokens {
     /// Cancelled when the lease is lost: the step is dropped at once, since
     /// another attempt may run it now and this one's outcome would be fenced off.
     lost: CancellationToken,
-    /// The step's [`Context::stop_token`](crate::Context::stop_token): a child of
-    /// the shutdown token, also cancelled when the lease is lost.
+    /// The step's [`Context::stop_token`](crate::Context::stop_token): cancelled
+    /// when the worker shuts down or the lease is lost.
     stop: CancellationToken,
 }
 
@@ -105,9 +105,11 @@ impl Runtime {
 
     /// Starts holding a claimed attempt; the tokens its step runs with.
     fn hold(&self, id: i64, fence: i64) -> AttemptTokens {
+        // Two plain tokens: a child of the shutdown token would lock the
+        // shutdown token's tree for every claimed task.
         let tokens = AttemptTokens {
             lost: CancellationToken::new(),
-            stop: self.shared.shutdown.child_token(),
+            stop: CancellationToken::new(),
         };
         let attempt = Attempt {
             fence,
@@ -266,6 +268,9 @@ impl<T: Scheduler> Worker<T> {
         }
 
         while steps.try_join_next().is_some() {}
+        for attempt in lock(&rt.in_flight).values() {
+            attempt.tokens.stop.cancel();
+        }
         let running = steps.len();
         if running > 0 {
             tracing::info!(running, timeout = ?rt.config.shutdown_timeout, "shutting down: waiting for running steps");
