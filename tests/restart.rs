@@ -32,8 +32,28 @@ fn restart_postgres() {
     assert!(status.success(), "pg_ctlcluster restart failed: {status}");
 }
 
+/// Whether this process may restart the cluster: root, or the `postgres` user.
+fn may_restart_postgres() -> bool {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse::<u32>().ok()
+        });
+    uid == Some(0) || std::env::var("USER").as_deref() == Ok("postgres")
+}
+
 #[tokio::test]
 async fn worker_processes_survive_a_postgres_restart() {
+    if !may_restart_postgres() {
+        // Loud, not silent: a normal user cannot restart the server, and this
+        // test must not fail for them. CI runs as root and runs it.
+        eprintln!(
+            "SKIPPED worker_processes_survive_a_postgres_restart: restarting PostgreSQL \
+             with pg_ctlcluster needs root or the postgres user"
+        );
+        return;
+    }
     const ORDERS: i64 = 3000;
     let db = TestDb::postgres().await;
     enqueue_orders(&db, ORDERS).await;

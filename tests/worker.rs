@@ -508,9 +508,10 @@ async fn a_step_past_its_timeout_fails(db: TestDb) {
     setup(&db).await;
     let w = worker(&db);
     let slow = db.enqueue(Slow { ms: 60_000 }).await;
-    let quick = db.enqueue(Slow { ms: 1 }).await;
+    // Another task meanwhile, with no timeout of its own to race.
+    let other = db.enqueue(Start { n: 0 }).await;
     let row = common::parked(&db, slow).await;
-    common::finished(&db, quick).await;
+    common::finished(&db, other).await;
     w.shutdown().await;
     assert_eq!(row.error.as_deref(), Some("the step timed out after 100ms"));
 }
@@ -732,10 +733,14 @@ async fn the_heartbeat_keeps_a_long_step_leased(db: TestDb) {
 async fn graceful_shutdown_lets_running_steps_finish_and_starts_nothing_new(db: TestDb) {
     setup(&db).await;
     let w = worker(&db);
-    let id = db.enqueue(Slow { ms: 50 }).await;
+    let key = new_gate();
+    let id = db.enqueue(Gate { key, tx: false }).await;
     common::started(&db, id).await;
+    // The shutdown begins while the step runs; the step finishes after it.
+    w.stop.cancel();
+    gate(key).notify_one();
     w.shutdown().await;
-    // Slow finished (within its timeout) and moved on; Finish did not start.
+    // Gate finished and moved on; Finish did not start.
     let ran = names(&db.runs(id).await).join(",");
     let row = db
         .find(id)
@@ -743,7 +748,7 @@ async fn graceful_shutdown_lets_running_steps_finish_and_starts_nothing_new(db: 
         .unwrap_or_else(|| panic!("Finish ran after the shutdown began: {ran}"));
     assert_eq!(json(&row.step), json(r#"{"Flow":{"Finish":null}}"#));
     assert_eq!((row.tried, row.locked_by), (0, None));
-    assert_eq!(ran, "Slow");
+    assert_eq!(ran, "Gate");
 }
 
 async fn shutdown_timeout_releases_the_leases_of_unfinished_steps(db: TestDb) {
@@ -805,7 +810,13 @@ async fn a_stop_notification_stops_every_postgres_worker() {
     let second = db.enqueue(Start { n: 0 }).await;
     common::finished(&db, first).await;
     common::finished(&db, second).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listening = "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    common::wait_for(DEADLINE, || async {
+        Ok((db.scalar(listening, None).await == 2).then_some(()))
+    })
+    .await
+    .expect("both workers listen");
     db.exec("SELECT pg_notify('jetpack', 'stop')", None, None)
         .await;
     for w in [a, b] {
