@@ -33,8 +33,7 @@ pub use machine::{
     StepOf,
 };
 pub use step::{
-    Context, NextStep, RetryPolicy, Step, StepError, StepResult, StopReason, TestContext, Tx,
-    Wakeup,
+    Context, NextStep, RetryPolicy, Step, StepError, StepResult, TestContext, Tx, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};

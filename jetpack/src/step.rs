@@ -311,23 +311,8 @@ pub struct Context<'a> {
     task_id: i64,
     attempt: i32,
     shared: &'a Shared,
-    /// Cancelled when the step should stop (see [`Context::stop_token`]).
-    stop: CancellationToken,
     /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
     tx: Mutex<Option<Box<dyn Any + Send>>>,
-}
-
-/// Why a running step is asked to stop, from [`Context::stop_reason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The worker is shutting down: finish soon (the shutdown timeout), or
-    /// return `NextStep::now(self)` to carry on from here after the restart.
-    Shutdown,
-    /// The attempt lost its lease: another attempt may run the step now, and
-    /// this one's outcome will be discarded. The worker drops the step at once;
-    /// what it spawned can watch the token.
-    LeaseLost,
 }
 
 /// The step's transaction, from [`Context::tx`]: a `sqlx::Transaction`, so
@@ -358,17 +343,11 @@ impl<DB: sqlx::Database> std::ops::DerefMut for Tx<'_, DB> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(
-        task_id: i64,
-        attempt: i32,
-        shared: &'a Shared,
-        stop: CancellationToken,
-    ) -> Self {
+    pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared) -> Self {
         Context {
             task_id,
             attempt,
             shared,
-            stop,
             tx: Mutex::new(None),
         }
     }
@@ -403,26 +382,6 @@ impl<'a> Context<'a> {
     /// return early (for example with `NextStep::now(self)` to resume later).
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shared.shutdown
-    }
-
-    /// Cancelled when this step should stop, for any reason:
-    /// [`stop_reason`](Self::stop_reason) says which. Watch it in a long step
-    /// (`tokio::select!` on `cx.stop_token().cancelled()`), or hand it to what
-    /// the step spawns.
-    pub fn stop_token(&self) -> &CancellationToken {
-        &self.stop
-    }
-
-    /// Why the step is asked to stop, once [`stop_token`](Self::stop_token)
-    /// is cancelled; `None` before.
-    pub fn stop_reason(&self) -> Option<StopReason> {
-        if !self.stop.is_cancelled() {
-            None
-        } else if self.shared.shutdown.is_cancelled() {
-            Some(StopReason::Shutdown)
-        } else {
-            Some(StopReason::LeaseLost)
-        }
     }
 
     /// The step's own transaction, opened on first use. It commits together with
@@ -555,8 +514,8 @@ impl TestContext {
         self
     }
 
-    /// Cancelled to test how a step stops: cancel it and the step sees
-    /// [`StopReason::Shutdown`].
+    /// The token [`Context::shutdown`] returns: cancel it to test how a step
+    /// stops when its worker shuts down.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shared.shutdown
     }
@@ -564,12 +523,7 @@ impl TestContext {
     /// The context to pass to [`Step::step`]. A transaction the step opened
     /// is rolled back when the context is dropped.
     pub fn context(&self) -> Context<'_> {
-        Context::new(
-            self.task_id,
-            self.attempt,
-            &self.shared,
-            self.shared.shutdown.child_token(),
-        )
+        Context::new(self.task_id, self.attempt, &self.shared)
     }
 }
 

@@ -8,18 +8,13 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tracing::{field, Instrument};
 
-use super::{lock, AttemptTokens, Backoff, Runtime, Slot};
+use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
 use crate::step::{Context, Wakeup};
 use crate::store::{is_refusal, Claimed, Outcome, FENCE_MAX};
 use crate::StepError;
 
-pub(super) async fn run<T: Scheduler>(
-    rt: Arc<Runtime>,
-    task: Claimed,
-    mut slot: Slot,
-    tokens: AttemptTokens,
-) {
+pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot: Slot) {
     let span = tracing::info_span!(
         "step",
         task_id = task.id,
@@ -28,20 +23,7 @@ pub(super) async fn run<T: Scheduler>(
         step = field::Empty,
     );
     async {
-        // Dropped at once when the heartbeat finds the lease lost: another
-        // attempt may run the step now, and this one's outcome would be fenced
-        // off. There is nothing to record.
-        // The step first: one that is done at its first poll never registers
-        // with the token.
-        let attempt = tokio::select! {
-            biased;
-            done = attempt::<T>(&rt, &task, &tokens) => Some(done),
-            _ = tokens.lost.cancelled() => None,
-        };
-        let Some((outcome, tx)) = attempt else {
-            tracing::warn!("the step was stopped: its lease was lost");
-            return;
-        };
+        let (outcome, tx) = attempt::<T>(&rt, &task).await;
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
             // (A step's own transaction holds a connection until it commits, so
@@ -67,7 +49,6 @@ fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
 async fn attempt<T: Scheduler>(
     rt: &Runtime,
     task: &Claimed,
-    tokens: &AttemptTokens,
 ) -> (Outcome, Option<Box<dyn Any + Send>>) {
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
@@ -106,7 +87,7 @@ async fn attempt<T: Scheduler>(
         ));
     }
 
-    let cx = Context::new(task.id, task.tried, &rt.shared, tokens.stop.clone());
+    let cx = Context::new(task.id, task.tried, &rt.shared);
     let run = AssertUnwindSafe(value.run(&cx)).catch_unwind();
     let result = match policy.timeout {
         None => run.await,

@@ -33,7 +33,7 @@ pub(super) async fn run(rt: Arc<Runtime>) {
             }
         };
         let kept: HashSet<(i64, i64)> = kept.into_iter().collect();
-        let in_flight = lock(&rt.in_flight);
+        let mut in_flight = lock(&rt.in_flight);
         for (id, fence) in held.into_iter().filter(|a| !kept.contains(a)) {
             match in_flight.get(&id) {
                 Some(attempt) if attempt.fence == fence && !attempt.recording => {
@@ -42,8 +42,11 @@ pub(super) async fn run(rt: Arc<Runtime>) {
                         "lease lost: another attempt took the task over, or its row was \
                          changed or deleted; stopping the step"
                     );
-                    attempt.tokens.lost.cancel();
-                    attempt.tokens.stop.cancel();
+                    if let Some(attempt) = in_flight.remove(&id) {
+                        if let Some(abort) = attempt.abort {
+                            abort.abort();
+                        }
+                    }
                 }
                 _ => tracing::trace!(task_id = id, "not renewed: the outcome was written"),
             }

@@ -59,18 +59,10 @@ struct Attempt {
     /// finds the lease gone, the outcome was written meanwhile (or the write
     /// will say the lease was lost), so the heartbeat raises no alarm.
     recording: bool,
-    tokens: AttemptTokens,
-}
-
-/// How the worker tells a running step to stop.
-#[derive(Clone)]
-pub(crate) struct AttemptTokens {
-    /// Cancelled when the lease is lost: the step is dropped at once, since
-    /// another attempt may run it now and this one's outcome would be fenced off.
-    lost: CancellationToken,
-    /// The step's [`Context::stop_token`](crate::Context::stop_token): cancelled
-    /// when the worker shuts down or the lease is lost.
-    stop: CancellationToken,
+    /// Stops the step's task when the lease is lost: another attempt may run
+    /// the step now, and this one's outcome would be fenced off. (Dropped, the
+    /// step's future rolls back its transaction and gives its slot back.)
+    abort: Option<tokio::task::AbortHandle>,
 }
 
 /// The attempts this worker holds, by task id.
@@ -92,6 +84,8 @@ struct Runtime {
     /// time, they cannot. It also lets the heartbeat tell a lost lease from an
     /// attempt whose outcome was just written.
     writes: tokio::sync::Mutex<()>,
+    /// Signalled when the fetch loop found less ready work than it could take.
+    idle: Notify,
 }
 
 impl Runtime {
@@ -103,21 +97,14 @@ impl Runtime {
             .collect()
     }
 
-    /// Starts holding a claimed attempt; the tokens its step runs with.
-    fn hold(&self, id: i64, fence: i64) -> AttemptTokens {
-        // Two plain tokens: a child of the shutdown token would lock the
-        // shutdown token's tree for every claimed task.
-        let tokens = AttemptTokens {
-            lost: CancellationToken::new(),
-            stop: CancellationToken::new(),
-        };
+    /// Starts holding a claimed attempt.
+    fn hold(&self, id: i64, fence: i64) {
         let attempt = Attempt {
             fence,
             recording: false,
-            tokens: tokens.clone(),
+            abort: None,
         };
         lock(&self.in_flight).insert(id, attempt);
-        tokens
     }
 }
 
@@ -241,12 +228,17 @@ impl<T: Scheduler> Worker<T> {
                     rt.release(&[(task.id, task.fence)]).await;
                     continue;
                 };
-                let tokens = rt.hold(task.id, task.fence);
-                steps.spawn(execute::run::<T>(rt.clone(), task, slot, tokens));
+                let id = task.id;
+                rt.hold(id, task.fence);
+                let abort = steps.spawn(execute::run::<T>(rt.clone(), task, slot));
+                if let Some(attempt) = lock(&rt.in_flight).get_mut(&id) {
+                    attempt.abort = Some(abort);
+                }
             }
             if full_batch {
                 continue;
             }
+            rt.idle.notify_one();
             let nap = match rt.store.next_due(&rt.kinds).await {
                 Ok(Some(due)) => due.min(rt.config.poll_interval),
                 Ok(None) => rt.config.poll_interval,
@@ -268,9 +260,6 @@ impl<T: Scheduler> Worker<T> {
         }
 
         while steps.try_join_next().is_some() {}
-        for attempt in lock(&rt.in_flight).values() {
-            attempt.tokens.stop.cancel();
-        }
         let running = steps.len();
         if running > 0 {
             tracing::info!(running, timeout = ?rt.config.shutdown_timeout, "shutting down: waiting for running steps");
@@ -530,6 +519,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 wake: Notify::new(),
                 completions,
                 writes: tokio::sync::Mutex::new(()),
+                idle: Notify::new(),
             }),
             _tasks: PhantomData,
         }
@@ -540,11 +530,16 @@ impl<T: Scheduler> WorkerBuilder<T> {
 /// what a semaphore can count.
 const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS / 4;
 
-/// Warns, once at start, of tasks waiting for steps this worker does not know:
-/// a machine missing from its scheduler, or a step from a newer deploy. They
-/// are left alone for a worker that knows them, which is right for a rolling
-/// deploy and a silent mistake otherwise.
+/// Warns, once, of tasks waiting for steps this worker does not know: a
+/// machine missing from its scheduler, or a step from a newer deploy. They are
+/// left alone for a worker that knows them, which is right for a rolling deploy
+/// and a silent mistake otherwise.
+///
+/// The count reads the whole table, so it waits until the worker first finds
+/// less ready work than it could take: not while a backlog is drained at start
+/// (it cost a drain of 10,000 tasks a few percent).
 async fn report_other_kinds<T: Scheduler>(rt: Arc<Runtime>) {
+    rt.idle.notified().await;
     let others = match rt.store.other_kinds(&rt.kinds).await {
         Ok(others) => others,
         Err(e) => {
