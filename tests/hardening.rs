@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{conformance, Db, TestDb, DEADLINE};
+use common::{conformance, new_key, Db, TestDb, DEADLINE};
 use jetpack::chrono::{TimeZone, Utc};
 use jetpack::{Context, NextStep, Step, StepResult};
 use serde::{Deserialize, Serialize};
@@ -82,14 +81,7 @@ struct HoldState {
 }
 
 fn hold(key: u64) -> Arc<HoldState> {
-    static HOLDS: OnceLock<Mutex<HashMap<u64, Arc<HoldState>>>> = OnceLock::new();
-    let holds = HOLDS.get_or_init(Default::default);
-    holds.lock().unwrap().entry(key).or_default().clone()
-}
-
-fn new_key() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    common::keyed(key)
 }
 
 struct MarkDropped(Arc<HoldState>, bool);

@@ -4,9 +4,8 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{conformance, json, Db, TestDb, DEADLINE};
@@ -207,9 +206,7 @@ impl Step<Flow> for Hang {
 /// Gates that tests open to let a `Gate { key }` step finish; keyed so that
 /// tests running in parallel (on both backends) never open each other's.
 fn gate(key: u64) -> Arc<Notify> {
-    static GATES: OnceLock<Mutex<HashMap<u64, Arc<Notify>>>> = OnceLock::new();
-    let gates = GATES.get_or_init(Default::default);
-    gates.lock().unwrap().entry(key).or_default().clone()
+    common::keyed(key)
 }
 
 /// What the `Crowd` steps of one test share: how many run now, the most that
@@ -224,9 +221,7 @@ struct CrowdState {
 }
 
 fn crowd(key: u64) -> Arc<CrowdState> {
-    static CROWDS: OnceLock<Mutex<HashMap<u64, Arc<CrowdState>>>> = OnceLock::new();
-    let crowds = CROWDS.get_or_init(Default::default);
-    crowds.lock().unwrap().entry(key).or_default().clone()
+    common::keyed(key)
 }
 
 #[jetpack::async_trait]
@@ -241,11 +236,6 @@ impl Step<Flow> for Crowd {
         c.done.fetch_add(1, Ordering::SeqCst);
         NextStep::none()
     }
-}
-
-fn new_gate() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[jetpack::async_trait]
@@ -625,7 +615,7 @@ async fn a_transactional_step_commits_with_its_transition_or_not_at_all(db: Test
 async fn a_stale_attempt_cannot_overwrite_the_newer_one(db: TestDb) {
     setup(&db).await;
     let w = worker(&db);
-    let key = new_gate();
+    let key = common::new_key();
     let id = db.enqueue(Gate { key, tx: true }).await;
     common::started(&db, id).await;
     // Another claim happens meanwhile (as after an expired lease): the fence moves.
@@ -712,7 +702,7 @@ async fn the_heartbeat_keeps_a_long_step_leased(db: TestDb) {
     let lease = Duration::from_millis(300);
     let w1 = common::spawn(db.worker::<Tasks>().lease(lease).build().unwrap());
     let w2 = common::spawn(db.worker::<Tasks>().lease(lease).build().unwrap());
-    let key = new_gate();
+    let key = common::new_key();
     let id = db.enqueue(Gate { key, tx: false }).await;
     common::started(&db, id).await;
     // The step runs for six leases; without the heartbeat the other worker would
@@ -733,7 +723,7 @@ async fn the_heartbeat_keeps_a_long_step_leased(db: TestDb) {
 async fn graceful_shutdown_lets_running_steps_finish_and_starts_nothing_new(db: TestDb) {
     setup(&db).await;
     let w = worker(&db);
-    let key = new_gate();
+    let key = common::new_key();
     let id = db.enqueue(Gate { key, tx: false }).await;
     common::started(&db, id).await;
     // The shutdown begins while the step runs; the step finishes after it.
@@ -833,7 +823,7 @@ async fn a_stop_notification_stops_every_postgres_worker() {
 /// count, so this is checked on the steps themselves.)
 async fn concurrency_limits_the_steps_running_at_once(db: TestDb) {
     setup(&db).await;
-    let key = new_gate();
+    let key = common::new_key();
     let c = crowd(key);
     let w = common::spawn(db.worker::<Tasks>().concurrency(3).build().unwrap());
     db.enqueue_many((0..8).map(|_| Crowd { key })).await;

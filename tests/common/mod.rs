@@ -225,3 +225,30 @@ pub fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
         .finish();
     (logs, tracing::subscriber::set_default(subscriber))
 }
+
+/// The value of type `T` shared by the steps and the test that use `key`:
+/// steps reach what their test set up (a gate, counters) through a key in
+/// their JSON, and tests running in parallel never share one.
+pub fn keyed<T: Default + Send + Sync + 'static>(key: u64) -> std::sync::Arc<T> {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Shared = Arc<dyn Any + Send + Sync>;
+    static VALUES: OnceLock<Mutex<HashMap<(TypeId, u64), Shared>>> = OnceLock::new();
+    let values = VALUES.get_or_init(Default::default);
+    let value = values
+        .lock()
+        .unwrap()
+        .entry((TypeId::of::<T>(), key))
+        .or_insert_with(|| Arc::new(T::default()))
+        .clone();
+    value
+        .downcast()
+        .expect("keyed values are stored by their type")
+}
+
+/// A key no other test uses, for [`keyed`].
+pub fn new_key() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
