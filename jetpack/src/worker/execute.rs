@@ -34,7 +34,14 @@ pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot:
     }
     .instrument(span)
     .await;
-    lock(&rt.in_flight).remove(&task.id);
+    {
+        // Only this attempt's entry: after a lost lease, this worker may hold the
+        // task again as a newer attempt.
+        let mut in_flight = lock(&rt.in_flight);
+        if in_flight.get(&task.id).map(|a| a.fence) == Some(task.fence) {
+            in_flight.remove(&task.id);
+        }
+    }
     drop(slot);
 }
 
@@ -149,7 +156,9 @@ async fn record(
 ) {
     let mut outcome = Arc::new(outcome);
     if let Some(attempt) = lock(&rt.in_flight).get_mut(&task.id) {
-        attempt.recording = true;
+        if attempt.fence == task.fence {
+            attempt.recording = true;
+        }
     }
     let mut backoff = Backoff::default();
     let mut waited = Duration::ZERO;
