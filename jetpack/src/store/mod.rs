@@ -60,6 +60,14 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Parks the task because the database refused its outcome: writing the
+    /// same outcome again would be refused again.
+    pub(crate) fn refused(error: &Error) -> Outcome {
+        Outcome::park(format!("the database refused the step's outcome: {error}"))
+    }
+}
+
 /// The longest error text kept on a row.
 const MAX_ERROR_LEN: usize = 16 * 1024;
 

@@ -85,8 +85,8 @@ async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
         Err(e) if is_refusal(&e) => e,
         Err(e) => return Err(Error::Completion(e.to_string())),
     };
-    let park = Outcome::park(format!("the database refused the step's outcome: {error}"));
     tracing::error!(task_id = c.id, %error, "the database refused the step's outcome; parking task");
+    let park = Outcome::refused(&error);
     match rt.store.complete_many(&[(c.id, c.fence, &park)]).await {
         Ok(held) => Ok(held.first().copied().unwrap_or(false)),
         Err(e) => Err(Error::Completion(e.to_string())),

@@ -200,7 +200,7 @@ async fn record(
             // be refused again: the task parks at this step with the reason.
             outcome = Arc::new(if is_refusal(&error) {
                 tracing::error!(%error, "the database refused the step's outcome; parking task");
-                Outcome::park(format!("the database refused the step's outcome: {error}"))
+                Outcome::refused(&error)
             } else {
                 Outcome::Retry {
                     delay: Duration::ZERO,
