@@ -13,7 +13,8 @@ use crate::machine::{BoxFuture, IntoTask};
 use crate::step::Wakeup;
 use crate::Error;
 
-/// A database Jetpack can store tasks in.
+/// A database Jetpack can store tasks in. Its statements live in the store
+/// module of each backend.
 pub trait Backend: sqlx::Database + sealed::Sealed {
     #[doc(hidden)]
     fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
@@ -27,6 +28,11 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
 
     #[doc(hidden)]
     fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
 
@@ -49,29 +55,106 @@ mod sealed {
 
 /// A task's row, as [`find`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TaskRow {
     /// The task's id.
     pub id: i64,
-    /// The current step as JSON, `{"Machine":{"Step":{..}}}`.
+    /// What the task is doing (the `state` column, with running and scheduled
+    /// told apart from ready).
+    pub state: TaskState,
+    /// The current step as JSON, `{"Machine":{"Step":{..}}}`; for a finished
+    /// or cancelled task, the step it ended at.
     pub step: String,
     /// When the step may run. While a step runs longer than a third of its
     /// lease, the heartbeat moves this along with the lease.
     pub wakeup_at: DateTime<Utc>,
     /// Attempts of the current step so far.
     pub tried: i32,
-    /// The error the task is parked with, if it is.
+    /// The error the task is parked with, or the reason it was cancelled.
     pub error: Option<String>,
     /// The worker running the step, if one is.
     pub locked_by: Option<String>,
     /// While a worker runs the step: when its lease expires.
     pub lease_until: Option<DateTime<Utc>>,
+    /// When the task finished or was cancelled.
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// A task row as selected: step, wakeup_at (as the backend stores it), tried,
-/// error, locked_by, lease_until.
-type RowTuple<T> = (String, T, i32, Option<String>, Option<String>, Option<T>);
+/// What a task is doing, as [`find`] tells it.
+///
+/// The row's `state` column holds `ready`, `waiting`, `parked`, `cancelled`
+/// or `finished`; a ready task is [`Running`](TaskState::Running) while a
+/// worker holds a live lease on it, and [`Scheduled`](TaskState::Scheduled)
+/// while its `wakeup_at` is ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskState {
+    /// Due: the next free worker runs it.
+    Ready,
+    /// Due later, at `wakeup_at` (a delayed task, or a retry).
+    Scheduled,
+    /// A worker runs its step now.
+    Running,
+    /// Waits for something outside: its children, a signal.
+    Waiting,
+    /// Failed for good; `error` says why. Clear it to resume.
+    Parked,
+    /// Cancelled; `error` holds the reason.
+    Cancelled,
+    /// Done, and kept for a while (see
+    /// [`WorkerBuilder::keep_finished`](crate::WorkerBuilder::keep_finished)).
+    Finished,
+}
 
-/// Reads task `id`; `None` once it has finished (finished tasks are deleted).
+impl TaskState {
+    /// The state as `find`'s query names it.
+    pub(crate) fn parse(text: &str) -> Result<Self, Error> {
+        Ok(match text {
+            "ready" => TaskState::Ready,
+            "scheduled" => TaskState::Scheduled,
+            "running" => TaskState::Running,
+            "waiting" => TaskState::Waiting,
+            "parked" => TaskState::Parked,
+            "cancelled" => TaskState::Cancelled,
+            "finished" => TaskState::Finished,
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown task state {other:?} (is the database migrated by a newer Jetpack?)"
+                )))
+            }
+        })
+    }
+}
+
+/// What [`cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancel {
+    /// The task is cancelled (now, or it was already). A running step hears
+    /// of it through [`Context::stopped`](crate::Context::stopped), and its
+    /// outcome is discarded.
+    Cancelled,
+    /// The task had finished (and is kept): there is nothing to cancel.
+    Finished,
+    /// There is no such task: it never existed, or it finished and its row
+    /// was deleted.
+    NotFound,
+}
+
+impl Cancel {
+    /// The answer for the state a cancel statement left the row in, `None`
+    /// for no row.
+    pub(crate) fn of(state: Option<&str>) -> Self {
+        match state {
+            Some("cancelled") => Cancel::Cancelled,
+            Some("finished") => Cancel::Finished,
+            _ => Cancel::NotFound,
+        }
+    }
+}
+
+/// Reads task `id`; `None` when there is no such task (finished tasks are
+/// deleted unless workers keep them).
 pub async fn find<'e, E>(db: E, id: i64) -> Result<Option<TaskRow>, Error>
 where
     E: Executor<'e> + 'e,
@@ -91,115 +174,55 @@ where
     <E::Database as Backend>::resume(db, id).await
 }
 
-#[cfg(feature = "postgres")]
-impl Backend for sqlx::Postgres {
-    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let row: Option<RowTuple<DateTime<Utc>>> = sqlx::query_as(
-                "SELECT step::text, wakeup_at, tried, error, locked_by, lease_until
-                 FROM jetpack_tasks WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-            Ok(row.map(
-                |(step, wakeup_at, tried, error, locked_by, lease_until)| TaskRow {
-                    id,
-                    step,
-                    wakeup_at,
-                    tried,
-                    error,
-                    locked_by,
-                    lease_until,
-                },
-            ))
-        })
-    }
-
-    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE jetpack_tasks SET error = NULL WHERE id = $1 AND error IS NOT NULL",
-            )
-            .bind(id)
-            .execute(db)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
-    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            let mut migrator = sqlx::migrate!("../migrations/postgres");
-            migrator.dangerous_set_table_name("_jetpack_migrations");
-            migrator.run(pool).await?;
-            Ok(())
-        })
-    }
-
-    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
-            let kind = step.kind();
-            Ok(sqlx::query_scalar(crate::store::postgres::INSERT)
-                .bind(step.json)
-                .bind(kind)
-                .bind(delay)
-                .bind(at)
-                .fetch_one(db)
-                .await?)
-        })
-    }
-
-    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        use crate::store::postgres::{INSERT_MANY, INSERT_MANY_OF_KIND};
-        Box::pin(async move {
-            // Usually all steps are of one kind: bound once, not once per row.
-            let query = if one_kind(&steps) {
-                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
-                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
-                sqlx::query_scalar(INSERT_MANY_OF_KIND)
-                    .bind(json)
-                    .bind(kind)
-            } else {
-                let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
-                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
-                sqlx::query_scalar(INSERT_MANY).bind(json).bind(kinds)
-            };
-            Ok(query.fetch_all(db).await?)
-        })
-    }
+/// Cancels task `id`, keeping `reason` in its `error` column: a ready,
+/// scheduled, waiting or parked task stops at once; a running step is told
+/// through [`Context::stopped`](crate::Context::stopped) (within a second on
+/// PostgreSQL, within a third of the lease on SQLite when the worker is in
+/// another process), and whatever it then returns is discarded, its
+/// [`Context::tx`](crate::Context::tx) rolled back. Cancelling a cancelled task
+/// changes nothing.
+///
+/// Takes any executor, so a cancel can be part of your own transaction. From
+/// SQL: `SELECT jetpack_cancel(42, 'reason')` on PostgreSQL, or on either
+/// backend `UPDATE jetpack_tasks SET state = 'cancelled', error = 'reason'
+/// WHERE id = 42`.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool, id: i64) -> Result<(), jetpack::Error> {
+/// match jetpack::cancel(&pool, id, "the customer withdrew").await? {
+///     jetpack::Cancel::Cancelled => {}
+///     jetpack::Cancel::Finished => println!("too late: it finished"),
+///     _ => println!("no task {id}"),
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn cancel<'e, E>(db: E, id: i64, reason: &str) -> Result<Cancel, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    // PostgreSQL's text cannot hold NUL.
+    let reason = reason.replace('\0', "");
+    <E::Database as Backend>::cancel(db, id, reason).await
 }
 
 /// A task ready to insert: its JSON and its `kind`.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct Encoded {
-    json: String,
+    pub(crate) json: String,
     /// `(machine, step)`; stored as "machine.step".
     kind: (&'static str, &'static str),
 }
 
 impl Encoded {
-    fn kind(&self) -> String {
+    pub(crate) fn kind(&self) -> String {
         crate::machine::kind(self.kind.0, self.kind.1)
     }
 }
 
 /// Whether all `steps` are of one kind.
-fn one_kind(steps: &[Encoded]) -> bool {
+pub(crate) fn one_kind(steps: &[Encoded]) -> bool {
     steps.windows(2).all(|w| w[0].kind == w[1].kind)
 }
 
@@ -264,121 +287,4 @@ where
         return Ok(Vec::new());
     }
     <E::Database as Backend>::insert_many(db, steps).await
-}
-
-#[cfg(feature = "sqlite")]
-impl Backend for sqlx::Sqlite {
-    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        use crate::store::sqlite::{INSERT, LOCAL_WAKE, TIME_FORMAT};
-        Box::pin(async move {
-            let (delay, at) = crate::store::wakeup_binds(&wakeup)?;
-            let kind = step.kind();
-            let id = sqlx::query_scalar(INSERT)
-                .bind(step.json)
-                .bind(kind)
-                .bind(delay)
-                .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
-                .fetch_one(db)
-                .await?;
-            LOCAL_WAKE.notify_waiters();
-            Ok(id)
-        })
-    }
-
-    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        use crate::store::sqlite::{INSERT_MANY, INSERT_MANY_OF_KIND, LOCAL_WAKE};
-        Box::pin(async move {
-            // Each step is a JSON document already: joined, they are a JSON
-            // array. Usually all are of one kind, bound once; otherwise each
-            // goes as a [kind, step] pair.
-            let query = if one_kind(&steps) {
-                let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
-                let array = format!("[{}]", json.join(","));
-                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
-                sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
-            } else {
-                let pairs: Vec<String> = steps
-                    .iter()
-                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
-                    .collect();
-                sqlx::query(INSERT_MANY).bind(format!("[{}]", pairs.join(",")))
-            };
-            let done = query.execute(db).await?;
-            // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
-            // gives its rows consecutive ids in insertion order, ending at the
-            // last one: no need to stream every id back (each row returned is a
-            // hand-off from the connection's thread).
-            let last = done.last_insert_rowid();
-            let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
-            LOCAL_WAKE.notify_waiters();
-            Ok((last - n + 1..=last).collect())
-        })
-    }
-
-    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let row: Option<RowTuple<String>> = sqlx::query_as(
-                "SELECT step, wakeup_at, tried, error, locked_by, lease_until
-                 FROM jetpack_tasks WHERE id = ?1",
-            )
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
-            row.map(|(step, wakeup_at, tried, error, locked_by, lease_until)| {
-                let time = |column: &str, text: &str| {
-                    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                        .map(|t| t.and_utc())
-                        .map_err(|e| {
-                            Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}"))
-                        })
-                };
-                Ok(TaskRow {
-                    id,
-                    step,
-                    wakeup_at: time("wakeup_at", &wakeup_at)?,
-                    tried,
-                    error,
-                    locked_by,
-                    lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
-                })
-            })
-            .transpose()
-        })
-    }
-
-    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let done = sqlx::query(
-                "UPDATE jetpack_tasks SET error = NULL WHERE id = ?1 AND error IS NOT NULL",
-            )
-            .bind(id)
-            .execute(db)
-            .await?;
-            crate::store::sqlite::LOCAL_WAKE.notify_waiters();
-            Ok(done.rows_affected() == 1)
-        })
-    }
-
-    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(async move {
-            // WAL lets workers read while another process writes; the setting is
-            // kept in the file, so pools that did not ask for it get it too.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(pool)
-                .await?;
-            crate::store::sqlite::migrate(pool).await
-        })
-    }
 }

@@ -25,7 +25,10 @@ mod store;
 mod worker;
 
 pub use async_trait::async_trait;
-pub use enqueue::{delay, enqueue, enqueue_many, find, resume, schedule, Backend, TaskRow};
+pub use enqueue::{
+    cancel, delay, enqueue, enqueue_many, find, resume, schedule, Backend, Cancel, TaskRow,
+    TaskState,
+};
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
@@ -33,7 +36,8 @@ pub use machine::{
     StepOf,
 };
 pub use step::{
-    Context, NextStep, RetryPolicy, Step, StepError, StepResult, TestContext, Tx, Wakeup,
+    Context, NextStep, RetryPolicy, Step, StepError, StepResult, StopReason, TestContext, Tx,
+    Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};

@@ -294,6 +294,67 @@ impl StateMap {
     }
 }
 
+/// Why a running step should stop, as [`Context::stopped`] tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The worker is shutting down: return soon (for example
+    /// `NextStep::now(self)`, to carry on where this left off) or be released
+    /// and rerun elsewhere once the shutdown timeout passes.
+    Shutdown,
+    /// The task was cancelled. Whatever the step returns now is discarded and
+    /// its transaction rolled back; a step that does not return is stopped at
+    /// the worker's next heartbeat.
+    Cancelled,
+    /// The worker lost the task's lease (it could not renew it in time, and
+    /// another worker may run the step now). The step is stopped.
+    LeaseLost,
+}
+
+impl StopReason {
+    fn code(self) -> u8 {
+        match self {
+            StopReason::Shutdown => 1,
+            StopReason::Cancelled => 2,
+            StopReason::LeaseLost => 3,
+        }
+    }
+
+    fn of(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(StopReason::Shutdown),
+            2 => Some(StopReason::Cancelled),
+            3 => Some(StopReason::LeaseLost),
+            _ => None,
+        }
+    }
+}
+
+/// The stop signal of one attempt: the first reason given wins.
+#[derive(Default)]
+pub(crate) struct Stop {
+    reason: std::sync::atomic::AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// Tells the step to stop for `reason`, unless it was told already.
+    pub(crate) fn fire(&self, reason: StopReason) {
+        use std::sync::atomic::Ordering;
+        if self
+            .reason
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        StopReason::of(self.reason.load(std::sync::atomic::Ordering::Acquire))
+    }
+}
+
 /// What the worker shares with every step it runs.
 pub(crate) struct Shared {
     pub(crate) state: StateMap,
@@ -311,6 +372,7 @@ pub struct Context<'a> {
     task_id: i64,
     attempt: i32,
     shared: &'a Shared,
+    stop: &'a Stop,
     /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
     tx: Mutex<Option<Box<dyn Any + Send>>>,
 }
@@ -343,11 +405,12 @@ impl<DB: sqlx::Database> std::ops::DerefMut for Tx<'_, DB> {
 }
 
 impl<'a> Context<'a> {
-    pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared) -> Self {
+    pub(crate) fn new(task_id: i64, attempt: i32, shared: &'a Shared, stop: &'a Stop) -> Self {
         Context {
             task_id,
             attempt,
             shared,
+            stop,
             tx: Mutex::new(None),
         }
     }
@@ -380,8 +443,51 @@ impl<'a> Context<'a> {
 
     /// Cancelled when the worker is shutting down. A long step can watch it and
     /// return early (for example with `NextStep::now(self)` to resume later).
+    /// [`stopped`](Self::stopped) covers this and every other reason to stop.
     pub fn shutdown(&self) -> &CancellationToken {
         &self.shared.shutdown
+    }
+
+    /// Completes when the step should stop, saying why: the task was
+    /// cancelled, the worker lost its lease, or the worker is shutting down.
+    /// A long step races its work against it:
+    ///
+    /// ```no_run
+    /// # use jetpack::{Context, StopReason, StepError};
+    /// # async fn work() {}
+    /// # async fn f(cx: &Context<'_>) -> Result<(), StepError> {
+    /// tokio::select! {
+    ///     () = work() => {}
+    ///     reason = cx.stopped() => {
+    ///         return Err(StepError::from(format!("stopped: {reason:?}")));
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn stopped(&self) -> StopReason {
+        loop {
+            let notified = self.stop.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the reason is read: a stop in between wakes it.
+            notified.as_mut().enable();
+            if let Some(reason) = self.stop_reason() {
+                return reason;
+            }
+            tokio::select! {
+                () = notified => {}
+                () = self.shared.shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Why the step should stop, if it should: see [`stopped`](Self::stopped).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop.reason().or_else(|| {
+            self.shared
+                .shutdown
+                .is_cancelled()
+                .then_some(StopReason::Shutdown)
+        })
     }
 
     /// The step's own transaction, opened on first use. It commits together with
@@ -466,6 +572,7 @@ pub struct TestContext {
     task_id: i64,
     attempt: i32,
     shared: Shared,
+    stop: Stop,
 }
 
 impl Default for TestContext {
@@ -486,6 +593,7 @@ impl TestContext {
                 database: "no database (a TestContext without a pool)",
                 shutdown: CancellationToken::new(),
             },
+            stop: Stop::default(),
         }
     }
 
@@ -520,10 +628,17 @@ impl TestContext {
         &self.shared.shutdown
     }
 
+    /// Tells the step to stop, as a cancel or a lost lease would:
+    /// [`Context::stopped`] completes with `reason`. (For
+    /// [`StopReason::Shutdown`], cancel the [`shutdown_token`](Self::shutdown_token).)
+    pub fn stop(&self, reason: StopReason) {
+        self.stop.fire(reason);
+    }
+
     /// The context to pass to [`Step::step`]. A transaction the step opened
     /// is rolled back when the context is dropped.
     pub fn context(&self) -> Context<'_> {
-        Context::new(self.task_id, self.attempt, &self.shared)
+        Context::new(self.task_id, self.attempt, &self.shared, &self.stop)
     }
 }
 

@@ -37,6 +37,8 @@ pub(crate) enum Outcome {
     },
     /// Finished: the row is deleted.
     Finish,
+    /// Finished, and kept (state `finished`) until the workers' cleanup.
+    Keep,
     /// Failed; retried after `delay`.
     Retry { delay: Duration },
     /// Failed for good; parked with its error until a person clears it.
@@ -124,12 +126,27 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Opens the stream of wakeups (new work, resumed tasks, stop requests).
     async fn listen(&self) -> Result<Box<dyn Listener>, Error>;
 
+    /// The `state` of each of the tasks `ids` that exists.
+    async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error>;
+
+    /// Deletes up to `limit` finished and cancelled tasks kept longer than
+    /// `keep` says, oldest first; how many it deleted.
+    async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
+
     /// How many tasks wait whose kind is none of `kinds`, by kind.
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error>;
 
     /// The connections a worker needs from its pool at the least, and how many
     /// the pool may open.
     fn connections(&self) -> (u32, u32);
+}
+
+/// How long finished and cancelled tasks are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// `None`: finished tasks are deleted as they finish.
+    pub finished: Option<Duration>,
+    pub cancelled: Duration,
 }
 
 /// The largest fence the table allows (2^53 - 1, so that SQLite's sum of a
@@ -167,6 +184,23 @@ pub(crate) enum Notice {
     /// `pg_notify('jetpack', 'stop')`: every worker shuts down gracefully.
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Stop,
+    /// Task `id` was cancelled while a worker held it.
+    Cancel(i64),
+}
+
+impl Notice {
+    /// The notice a payload on the `jetpack` channel means: `stop`,
+    /// `cancel <id>`, or anything else (a wakeup).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn parse(payload: &str) -> Notice {
+        if payload == "stop" {
+            return Notice::Stop;
+        }
+        match payload.strip_prefix("cancel ").map(str::parse) {
+            Some(Ok(id)) => Notice::Cancel(id),
+            _ => Notice::Wake,
+        }
+    }
 }
 
 #[async_trait]

@@ -5,11 +5,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPool, Postgres};
-use sqlx::PgConnection;
+use sqlx::{Executor, PgConnection};
 
 use chrono::{DateTime, Utc};
 
-use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
+use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
+use crate::enqueue::{one_kind, Cancel, Encoded, TaskRow, TaskState};
+use crate::machine::BoxFuture;
+use crate::step::Wakeup;
 use crate::Error;
 
 /// The channel Jetpack's triggers notify and its workers listen on.
@@ -38,7 +41,7 @@ SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854
     lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
 WHERE t.ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
-    WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
+    WHERE state = 'ready' AND wakeup_at <= now() AND kind = ANY($2)
       AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY wakeup_at
     LIMIT $1
@@ -89,26 +92,55 @@ const FINISH_AND_NEXT: &str = concat!(
     " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
 );
 
-/// [`FINISH_AND_NEXT`] with failed attempts too (`$9` ids, `$10` fences, `$11`
-/// delays in µs, `$12` errors): a retry (no error) is due after its delay, a
-/// parked task (an error) is due now, and either gives its lease back. In an
-/// outage every step fails: their outcomes are written like any others, many
-/// per statement. A retry keeps an `error` set by hand meanwhile.
-const FINISH_NEXT_AND_FAIL: &str = concat!(
-    "WITH ",
-    finished!(),
-    ", ",
-    moved!(),
-    ", failed AS (
+/// The failed attempts (`$9` ids, `$10` fences, `$11` delays in µs, `$12`
+/// errors): a retry (no error) is due after its delay, a parked task (an
+/// error) is due now, and either gives its lease back. A retry keeps an
+/// `error` set by hand meanwhile (the row was parked by that).
+macro_rules! failed {
+    () => {
+        "failed AS (
     UPDATE jetpack_tasks t
-    SET error = coalesce(f.error, t.error), locked_by = NULL, lease_until = NULL,
+    SET error = coalesce(f.error, t.error),
+        state = CASE WHEN f.error IS NULL THEN t.state ELSE 'parked' END,
+        locked_by = NULL, lease_until = NULL,
         updated_at = now(), wakeup_at = now() + f.delay * interval '1 microsecond'
     FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) AS f(id, fence, delay, error)
     WHERE t.id = f.id AND t.fence = f.fence
     RETURNING t.id, t.fence
-)
+)"
+    };
+}
+
+/// The finished tasks that are kept (`$13` ids, `$14` fences), when the worker
+/// keeps finished tasks for a while.
+macro_rules! kept {
+    () => {
+        "kept AS (
+    UPDATE jetpack_tasks t
+    SET state = 'finished', finished_at = now(), locked_by = NULL, lease_until = NULL,
+        updated_at = now()
+    FROM unnest($13::bigint[], $14::bigint[]) AS k(id, fence)
+    WHERE t.id = k.id AND t.fence = k.fence
+    RETURNING t.id, t.fence
+)"
+    };
+}
+
+/// [`FINISH_AND_NEXT`] with failed attempts and kept finished tasks too. In an
+/// outage every step fails: their outcomes are written like any others, many
+/// per statement. The common statement above stays as it is.
+const EVERY_OUTCOME: &str = concat!(
+    "WITH ",
+    finished!(),
+    ", ",
+    moved!(),
+    ", ",
+    failed!(),
+    ", ",
+    kept!(),
+    "
 SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
-UNION ALL SELECT id, fence FROM failed"
+UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept"
 );
 
 /// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
@@ -134,20 +166,32 @@ WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL";
 const NEXT_DUE: &str = "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
-WHERE error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
+WHERE state = 'ready' AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
 
-pub(crate) const INSERT: &str = "
+/// Deletes up to `$3` tasks that finished more than `$1` µs ago (none when
+/// `$1` is NULL: finished tasks are not kept) or were cancelled more than `$2`
+/// µs ago, oldest first.
+const CLEAN: &str = "
+DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM jetpack_tasks
+    WHERE state IN ('finished', 'cancelled')
+      AND finished_at < now() - CASE state WHEN 'finished' THEN $1 ELSE $2 END * interval '1 microsecond'
+    ORDER BY finished_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED))";
+
+const INSERT: &str = "
 INSERT INTO jetpack_tasks (step, kind, wakeup_at)
 VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'))
 RETURNING id";
 
-pub(crate) const INSERT_MANY: &str = "
+const INSERT_MANY: &str = "
 INSERT INTO jetpack_tasks (step, kind)
 SELECT s::jsonb, k FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
 RETURNING id";
 
 /// `INSERT_MANY` when every step is of kind `$2`.
-pub(crate) const INSERT_MANY_OF_KIND: &str = "
+const INSERT_MANY_OF_KIND: &str = "
 INSERT INTO jetpack_tasks (step, kind)
 SELECT s::jsonb, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
 RETURNING id";
@@ -163,7 +207,7 @@ impl PgStore {
 }
 
 /// Outcomes sorted for writing, as the bind arrays of [`FINISH_AND_NEXT`] or,
-/// when any attempt failed, [`FINISH_NEXT_AND_FAIL`].
+/// when any attempt failed or a finished task is kept, [`EVERY_OUTCOME`].
 #[derive(Default)]
 struct Batch<'a> {
     finish: (Vec<i64>, Vec<i64>),
@@ -178,6 +222,7 @@ struct Batch<'a> {
     ),
     #[allow(clippy::type_complexity)]
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
+    kept: (Vec<i64>, Vec<i64>),
 }
 
 impl<'a> Batch<'a> {
@@ -188,6 +233,10 @@ impl<'a> Batch<'a> {
                 Outcome::Finish => {
                     batch.finish.0.push(id);
                     batch.finish.1.push(fence);
+                }
+                Outcome::Keep => {
+                    batch.kept.0.push(id);
+                    batch.kept.1.push(fence);
                 }
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
@@ -217,11 +266,12 @@ impl<'a> Batch<'a> {
     /// Writes the batch in one statement; the attempts (id, fence) that still
     /// held their tasks.
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
-        let (finish, next, failed) = (&self.finish, &self.next, &self.failed);
-        let sql = if failed.0.is_empty() {
+        let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
+        let common = failed.0.is_empty() && kept.0.is_empty();
+        let sql = if common {
             FINISH_AND_NEXT
         } else {
-            FINISH_NEXT_AND_FAIL
+            EVERY_OUTCOME
         };
         let mut query = sqlx::query_as(sql)
             .bind(&finish.0)
@@ -232,12 +282,14 @@ impl<'a> Batch<'a> {
             .bind(&next.3)
             .bind(&next.4)
             .bind(&next.5);
-        if !failed.0.is_empty() {
+        if !common {
             query = query
                 .bind(&failed.0)
                 .bind(&failed.1)
                 .bind(&failed.2)
-                .bind(&failed.3);
+                .bind(&failed.3)
+                .bind(&kept.0)
+                .bind(&kept.1);
         }
         Ok(query.fetch_all(db).await?)
     }
@@ -343,6 +395,25 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error> {
+        Ok(
+            sqlx::query_as("SELECT id, state FROM jetpack_tasks WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error> {
+        let done = sqlx::query(CLEAN)
+            .bind(keep.finished.map(micros).transpose()?)
+            .bind(micros(keep.cancelled)?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     fn connections(&self) -> (u32, u32) {
         // The listener holds one for good; claims and flushes need another.
         (2, self.pool.options().get_max_connections())
@@ -359,8 +430,129 @@ impl Listener for PgNotices {
         // `None` means the connection dropped and notifications may have been
         // lost meanwhile: report a wakeup so the worker looks for work.
         Ok(match self.listener.try_recv().await? {
-            Some(n) if n.payload() == "stop" => Notice::Stop,
-            _ => Notice::Wake,
+            Some(n) => Notice::parse(n.payload()),
+            None => Notice::Wake,
+        })
+    }
+}
+
+/// A task's row for `find`, with running and scheduled told apart from ready.
+const FIND: &str = "
+SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
+            WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
+            ELSE state END,
+       step::text, wakeup_at, tried, error, locked_by, lease_until, finished_at
+FROM jetpack_tasks WHERE id = $1";
+
+/// Resumes a parked task (the state trigger does the rest).
+const RESUME: &str = "UPDATE jetpack_tasks SET error = NULL WHERE id = $1 AND state = 'parked'";
+
+/// A task row as [`FIND`] selects it.
+type FoundRow = (
+    String,
+    String,
+    DateTime<Utc>,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
+impl crate::Backend for Postgres {
+    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
+            row.map(
+                |(state, step, wakeup_at, tried, error, locked_by, lease_until, finished_at)| {
+                    Ok(TaskRow {
+                        id,
+                        state: TaskState::parse(&state)?,
+                        step,
+                        wakeup_at,
+                        tried,
+                        error,
+                        locked_by,
+                        lease_until,
+                        finished_at,
+                    })
+                },
+            )
+            .transpose()
+        })
+    }
+
+    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let done = sqlx::query(RESUME).bind(id).execute(db).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let state: Option<Option<String>> = sqlx::query_scalar("SELECT jetpack_cancel($1, $2)")
+                .bind(id)
+                .bind(reason)
+                .fetch_optional(db)
+                .await?;
+            Ok(Cancel::of(state.flatten().as_deref()))
+        })
+    }
+
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let mut migrator = sqlx::migrate!("../migrations/postgres");
+            migrator.dangerous_set_table_name("_jetpack_migrations");
+            migrator.run(pool).await?;
+            Ok(())
+        })
+    }
+
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (delay, at) = wakeup_binds(&wakeup)?;
+            let kind = step.kind();
+            Ok(sqlx::query_scalar(INSERT)
+                .bind(step.json)
+                .bind(kind)
+                .bind(delay)
+                .bind(at)
+                .fetch_one(db)
+                .await?)
+        })
+    }
+
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            // Usually all steps are of one kind: bound once, not once per row.
+            let query = if one_kind(&steps) {
+                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
+                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
+                sqlx::query_scalar(INSERT_MANY_OF_KIND)
+                    .bind(json)
+                    .bind(kind)
+            } else {
+                let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
+                let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
+                sqlx::query_scalar(INSERT_MANY).bind(json).bind(kinds)
+            };
+            Ok(query.fetch_all(db).await?)
         })
     }
 }

@@ -15,10 +15,13 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
-use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Store};
+use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
+use crate::enqueue::{one_kind, Cancel, Encoded, TaskRow, TaskState};
+use crate::machine::BoxFuture;
+use crate::step::Wakeup;
 use crate::Error;
 
 /// Wakes the workers of this process when a task is enqueued or resumed here.
@@ -45,7 +48,7 @@ macro_rules! ready_tasks {
             "SELECT ",
             $columns,
             " FROM jetpack_tasks
-             WHERE error IS NULL AND wakeup_at <= ",
+             WHERE state = 'ready' AND wakeup_at <= ",
             now!(),
             " AND (lease_until IS NULL OR lease_until <= ",
             now!(),
@@ -156,6 +159,35 @@ const FINISH_IF_HELD: &str = concat!(
     all_held!()
 );
 
+/// Keeps finished tasks (state `finished`) until the workers' cleanup:
+/// `$where` picks them.
+macro_rules! keep {
+    ($where:literal) => {
+        concat!(
+            "UPDATE jetpack_tasks SET state = 'finished', finished_at = ",
+            now!(),
+            ", locked_by = NULL, lease_until = NULL, updated_at = ",
+            now!(),
+            " WHERE ",
+            $where
+        )
+    };
+}
+
+/// Keeps the finished tasks `?2` (a JSON array of ids) if every attempt still
+/// holds its task, else nothing.
+const KEEP_IF_HELD: &str = concat!(
+    keep!("id IN (SELECT value FROM json_each(?2)) AND "),
+    all_held!()
+);
+
+/// Keeps the finished attempts `?1` (a JSON array of `[id, fence]`) that still
+/// hold their tasks, returning them.
+const KEEP_MANY: &str = concat!(keep!(
+    "(id, fence) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+         RETURNING id, fence"
+));
+
 /// The start of an update that moves tasks to the next steps of `u`, up to
 /// the new `wakeup_at`.
 macro_rules! to_next_step {
@@ -241,8 +273,9 @@ macro_rules! failed {
     ($fence:literal) => {
         concat!(
             "UPDATE jetpack_tasks
-             SET error = coalesce(u.error, jetpack_tasks.error), locked_by = NULL,
-                 lease_until = NULL, updated_at = ",
+             SET error = coalesce(u.error, jetpack_tasks.error),
+                 state = CASE WHEN u.error IS NULL THEN jetpack_tasks.state ELSE 'parked' END,
+                 locked_by = NULL, lease_until = NULL, updated_at = ",
             now!(),
             ", wakeup_at = ",
             now!("u.delay"),
@@ -290,13 +323,23 @@ const RELEASE: &str = concat!(
 const NEXT_DUE: &str = concat!(
     "SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
      FROM jetpack_tasks
-     WHERE error IS NULL AND kind IN (SELECT value FROM json_each(?1))
+     WHERE state = 'ready' AND kind IN (SELECT value FROM json_each(?1))
        AND (lease_until IS NULL OR lease_until <= ",
     now!(),
     ")"
 );
 
-pub(crate) const INSERT: &str = concat!(
+/// Deletes up to `?3` tasks that finished more than `?1` µs ago (none when
+/// `?1` is NULL) or were cancelled more than `?2` µs ago, oldest first.
+const CLEAN: &str = "DELETE FROM jetpack_tasks WHERE id IN (
+         SELECT id FROM jetpack_tasks
+         WHERE state IN ('finished', 'cancelled')
+           AND finished_at < strftime('%Y-%m-%d %H:%M:%f', 'now',
+               (-(CASE state WHEN 'finished' THEN ?1 ELSE ?2 END) / 1000000.0) || ' seconds')
+         ORDER BY finished_at
+         LIMIT ?3)";
+
+const INSERT: &str = concat!(
     "INSERT INTO jetpack_tasks (step, kind, wakeup_at) VALUES (?1, ?2, coalesce(?4, ",
     now!("?3"),
     ")) RETURNING id"
@@ -307,11 +350,11 @@ pub(crate) const INSERT: &str = concat!(
 /// `ORDER BY rowid`, not `key`: json_each's rowid follows the document order
 /// and json_each reports that order as its own, so SQLite sorts nothing
 /// (ordered by `key`, it sorted every batch: 1.6 ms of 19 for 10,000 rows).
-pub(crate) const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
+const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
      SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY rowid";
 
 /// `INSERT_MANY` when every step is of kind `?2`: `?1` is an array of steps.
-pub(crate) const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
+const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
      SELECT ?2, value FROM json_each(?1) ORDER BY rowid";
 
 /// Jetpack's SQLite migrations, recorded in `_jetpack_migrations` (apart from
@@ -484,11 +527,13 @@ impl Statement {
 
 impl Batch {
     fn of(done: &[(i64, i64, &Outcome)]) -> Result<Self, Error> {
-        let (mut finished, mut next, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut finished, mut kept, mut next, mut failed) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut all_now = true;
         for &(id, fence, outcome) in done {
             match outcome {
                 Outcome::Finish => finished.push((id, fence)),
+                Outcome::Keep => kept.push((id, fence)),
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let at = at.map(|at| at.format(TIME_FORMAT).to_string());
@@ -532,6 +577,12 @@ impl Batch {
                 returning: FINISH_MANY,
                 items: None,
                 attempts: finished,
+            },
+            Statement {
+                if_held: KEEP_IF_HELD,
+                returning: KEEP_MANY,
+                items: None,
+                attempts: kept,
             },
             Statement {
                 if_held: next_if_held,
@@ -764,7 +815,34 @@ impl Store for SqliteStore {
     }
 
     async fn listen(&self) -> Result<Box<dyn Listener>, Error> {
-        Ok(Box::new(LocalNotices))
+        Ok(Box::new(LocalNotices {
+            cancels: local_cancels().subscribe(),
+        }))
+    }
+
+    async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error> {
+        Ok(sqlx::query_as(
+            "SELECT id, state FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(json_list(&ids)?)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error> {
+        let (finished, cancelled) = (
+            keep.finished.map(micros).transpose()?,
+            micros(keep.cancelled)?,
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut writer = self.writer().await?;
+        let done = sqlx::query(CLEAN)
+            .bind(finished)
+            .bind(cancelled)
+            .bind(limit)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(done.map(|d| d.rows_affected()).map_err(Error::from))
     }
 
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
@@ -784,13 +862,194 @@ impl Store for SqliteStore {
     }
 }
 
-struct LocalNotices;
+/// Wakeups and cancels from this process.
+struct LocalNotices {
+    cancels: tokio::sync::broadcast::Receiver<i64>,
+}
 
 #[async_trait]
 impl Listener for LocalNotices {
     async fn recv(&mut self) -> Result<Notice, Error> {
-        LOCAL_WAKE.notified().await;
-        Ok(Notice::Wake)
+        use tokio::sync::broadcast::error::RecvError;
+        tokio::select! {
+            _ = LOCAL_WAKE.notified() => Ok(Notice::Wake),
+            cancel = self.cancels.recv() => Ok(match cancel {
+                Ok(id) => Notice::Cancel(id),
+                // Missed cancels are found by the heartbeat.
+                Err(RecvError::Lagged(_) | RecvError::Closed) => Notice::Wake,
+            }),
+        }
+    }
+}
+
+/// A task's row for `find`, with running and scheduled told apart from ready.
+const FIND: &str = concat!(
+    "SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+    now!(),
+    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+    now!(),
+    " THEN 'scheduled' ELSE state END,
+            step, wakeup_at, tried, error, locked_by, lease_until, finished_at
+     FROM jetpack_tasks WHERE id = ?1"
+);
+
+/// A task row as [`FIND`] selects it; times as the table's text.
+type FoundRow = (
+    String,
+    String,
+    String,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// Resumes a parked task (the table's triggers do the rest).
+const RESUME: &str = "UPDATE jetpack_tasks SET error = NULL WHERE id = ?1 AND state = 'parked'";
+
+/// Cancels task `?1` with reason `?2` when it is live, and returns its state
+/// either way, in one statement (so that it runs on any executor): a task that
+/// has ended is written unchanged. The table's trigger releases the lease and
+/// raises the fence.
+const CANCEL: &str = "
+UPDATE jetpack_tasks
+SET state = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN 'cancelled' ELSE state END,
+    error = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN ?2 ELSE error END
+WHERE id = ?1
+RETURNING state";
+
+/// Tells the workers of this process which tasks were cancelled here.
+fn local_cancels() -> &'static tokio::sync::broadcast::Sender<i64> {
+    static CANCELS: std::sync::OnceLock<tokio::sync::broadcast::Sender<i64>> =
+        std::sync::OnceLock::new();
+    CANCELS.get_or_init(|| tokio::sync::broadcast::channel(1024).0)
+}
+
+impl crate::Backend for Sqlite {
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (delay, at) = wakeup_binds(&wakeup)?;
+            let kind = step.kind();
+            let id = sqlx::query_scalar(INSERT)
+                .bind(step.json)
+                .bind(kind)
+                .bind(delay)
+                .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
+                .fetch_one(db)
+                .await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(id)
+        })
+    }
+
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            // Each step is a JSON document already: joined, they are a JSON
+            // array. Usually all are of one kind, bound once; otherwise each
+            // goes as a [kind, step] pair.
+            let query = if one_kind(&steps) {
+                let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
+                let array = format!("[{}]", json.join(","));
+                let kind = steps.first().map(Encoded::kind).unwrap_or_default();
+                sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
+            } else {
+                let pairs: Vec<String> = steps
+                    .iter()
+                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
+                    .collect();
+                sqlx::query(INSERT_MANY).bind(format!("[{}]", pairs.join(",")))
+            };
+            let done = query.execute(db).await?;
+            // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
+            // gives its rows consecutive ids in insertion order, ending at the
+            // last one: no need to stream every id back (each row returned is a
+            // hand-off from the connection's thread).
+            let last = done.last_insert_rowid();
+            let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
+            LOCAL_WAKE.notify_waiters();
+            Ok((last - n + 1..=last).collect())
+        })
+    }
+
+    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
+            row.map(
+                |(state, step, wakeup_at, tried, error, locked_by, lease_until, finished_at)| {
+                    let time = |column: &str, text: &str| {
+                        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+                            .map(|t| t.and_utc())
+                            .map_err(|e| {
+                                Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}"))
+                            })
+                    };
+                    Ok(TaskRow {
+                        id,
+                        state: TaskState::parse(&state)?,
+                        step,
+                        wakeup_at: time("wakeup_at", &wakeup_at)?,
+                        tried,
+                        error,
+                        locked_by,
+                        lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
+                        finished_at: finished_at.map(|t| time("finished_at", &t)).transpose()?,
+                    })
+                },
+            )
+            .transpose()
+        })
+    }
+
+    fn resume<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<bool, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let done = sqlx::query(RESUME).bind(id).execute(db).await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let state: Option<String> = sqlx::query_scalar(CANCEL)
+                .bind(id)
+                .bind(reason)
+                .fetch_optional(db)
+                .await?;
+            let answer = Cancel::of(state.as_deref());
+            if answer == Cancel::Cancelled {
+                // A worker of this process may run it; workers of others find
+                // out at their next heartbeat.
+                let _ = local_cancels().send(id);
+            }
+            Ok(answer)
+        })
+    }
+
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            // WAL lets workers read while another process writes; the setting is
+            // kept in the file, so pools that did not ask for it get it too.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(pool)
+                .await?;
+            migrate(pool).await
+        })
     }
 }
 

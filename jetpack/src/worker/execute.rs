@@ -10,11 +10,16 @@ use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
-use crate::step::{Context, Wakeup};
+use crate::step::{Context, Stop, StopReason, Wakeup};
 use crate::store::{is_refusal, Claimed, Outcome, FENCE_MAX};
 use crate::StepError;
 
-pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot: Slot) {
+pub(super) async fn run<T: Scheduler>(
+    rt: Arc<Runtime>,
+    task: Claimed,
+    mut slot: Slot,
+    stop: Arc<Stop>,
+) {
     let span = tracing::info_span!(
         "step",
         task_id = task.id,
@@ -23,14 +28,14 @@ pub(super) async fn run<T: Scheduler>(rt: Arc<Runtime>, task: Claimed, mut slot:
         step = field::Empty,
     );
     async {
-        let (outcome, tx) = attempt::<T>(&rt, &task).await;
+        let (outcome, tx) = attempt::<T>(&rt, &task, &stop).await;
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
             // (A step's own transaction holds a connection until it commits, so
             // that step keeps its running slot until then.)
             slot.stop_running();
         }
-        record(&rt, &task, outcome, tx).await;
+        record(&rt, &task, outcome, tx, &stop).await;
     }
     .instrument(span)
     .await;
@@ -56,6 +61,7 @@ fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
 async fn attempt<T: Scheduler>(
     rt: &Runtime,
     task: &Claimed,
+    stop: &Stop,
 ) -> (Outcome, Option<Box<dyn Any + Send>>) {
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
@@ -94,7 +100,7 @@ async fn attempt<T: Scheduler>(
         ));
     }
 
-    let cx = Context::new(task.id, task.tried, &rt.shared);
+    let cx = Context::new(task.id, task.tried, &rt.shared, stop);
     let run = AssertUnwindSafe(value.run(&cx)).catch_unwind();
     let result = match policy.timeout {
         None => run.await,
@@ -108,7 +114,12 @@ async fn attempt<T: Scheduler>(
     let error = match result {
         Ok(Ok(None)) => {
             tracing::debug!("task finished");
-            return (Outcome::Finish, tx);
+            let finish = if rt.config.retention.finished.is_some() {
+                Outcome::Keep
+            } else {
+                Outcome::Finish
+            };
+            return (finish, tx);
         }
         Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup) {
             Ok(outcome) => {
@@ -153,6 +164,7 @@ async fn record(
     task: &Claimed,
     outcome: Outcome,
     mut tx: Option<Box<dyn Any + Send>>,
+    stop: &Stop,
 ) {
     let mut outcome = Arc::new(outcome);
     if let Some(attempt) = lock(&rt.in_flight).get_mut(&task.id) {
@@ -187,8 +199,12 @@ async fn record(
                 }
                 return;
             }
+            Ok(false) if stop.reason() == Some(StopReason::Cancelled) => {
+                tracing::info!("the task was cancelled: the step's outcome is discarded");
+                return;
+            }
             Ok(false) => {
-                tracing::warn!("the lease was lost before the outcome was recorded: another attempt owns the task now");
+                tracing::warn!("the lease was lost before the outcome was recorded: another attempt owns the task now, or the task was cancelled");
                 return;
             }
             Err(e) => e,

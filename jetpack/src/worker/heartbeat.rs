@@ -33,23 +33,21 @@ pub(super) async fn run(rt: Arc<Runtime>) {
             }
         };
         let kept: HashSet<(i64, i64)> = kept.into_iter().collect();
-        let mut in_flight = lock(&rt.in_flight);
-        for (id, fence) in held.into_iter().filter(|a| !kept.contains(a)) {
-            match in_flight.get(&id) {
-                Some(attempt) if attempt.fence == fence && !attempt.recording => {
-                    tracing::warn!(
-                        task_id = id,
-                        "lease lost: another attempt took the task over, or its row was \
-                         changed or deleted; stopping the step"
-                    );
-                    if let Some(attempt) = in_flight.remove(&id) {
-                        if let Some(abort) = attempt.abort {
-                            abort.abort();
-                        }
+        let lost = {
+            let in_flight = lock(&rt.in_flight);
+            held.into_iter()
+                .filter(|a| !kept.contains(a))
+                .filter(|(id, fence)| {
+                    let lost = in_flight
+                        .get(id)
+                        .is_some_and(|a| a.fence == *fence && !a.recording);
+                    if !lost {
+                        tracing::trace!(task_id = id, "not renewed: the outcome was written");
                     }
-                }
-                _ => tracing::trace!(task_id = id, "not renewed: the outcome was written"),
-            }
-        }
+                    lost
+                })
+                .collect()
+        };
+        rt.stop_lost(lost, false).await;
     }
 }

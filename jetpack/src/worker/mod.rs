@@ -5,6 +5,7 @@
 //! become failures) and records its outcome; [`heartbeat`] keeps the leases of
 //! running steps alive; [`notify`] turns database notifications into wakeups.
 
+mod clean;
 mod complete;
 mod execute;
 mod heartbeat;
@@ -21,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::enqueue::Backend;
 use crate::machine::Scheduler;
-use crate::step::{Shared, StateMap};
-use crate::store::Store;
+use crate::step::{Shared, StateMap, Stop, StopReason};
+use crate::store::{Retention, Store};
 use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
@@ -34,6 +35,7 @@ struct Config {
     poll_interval: Duration,
     shutdown_timeout: Duration,
     name: String,
+    retention: Retention,
 }
 
 impl Default for Config {
@@ -48,6 +50,10 @@ impl Default for Config {
             poll_interval: Duration::from_secs(2),
             shutdown_timeout: Duration::from_secs(30),
             name: format!("worker-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            retention: Retention {
+                finished: None,
+                cancelled: Duration::from_secs(7 * 24 * 3600),
+            },
         }
     }
 }
@@ -63,6 +69,8 @@ struct Attempt {
     /// the step now, and this one's outcome would be fenced off. (Dropped, the
     /// step's future rolls back its transaction and gives its slot back.)
     abort: Option<tokio::task::AbortHandle>,
+    /// Tells the step to stop (shared with its [`Context`](crate::Context)).
+    stop: Arc<Stop>,
 }
 
 /// The attempts this worker holds, by task id.
@@ -97,14 +105,80 @@ impl Runtime {
             .collect()
     }
 
-    /// Starts holding a claimed attempt.
-    fn hold(&self, id: i64, fence: i64) {
+    /// Starts holding a claimed attempt; its stop signal.
+    fn hold(&self, id: i64, fence: i64) -> Arc<Stop> {
+        let stop = Arc::new(Stop::default());
         let attempt = Attempt {
             fence,
             recording: false,
             abort: None,
+            stop: Arc::clone(&stop),
         };
         lock(&self.in_flight).insert(id, attempt);
+        stop
+    }
+
+    /// Of the attempts `lost` (whose leases were not renewed, or which were
+    /// reported cancelled), tells the steps of cancelled tasks to stop, and
+    /// stops those that were told before; stops the steps of the others,
+    /// whose leases are lost. `lost` are attempts this worker holds and has
+    /// not recorded.
+    async fn stop_lost(&self, lost: Vec<(i64, i64)>, cancel_notice: bool) {
+        if lost.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = lost.iter().map(|a| a.0).collect();
+        let states = match self.store.states(&ids).await {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the states of tasks whose leases were lost failed");
+                if cancel_notice {
+                    return;
+                }
+                Vec::new()
+            }
+        };
+        let cancelled: std::collections::HashSet<i64> = states
+            .into_iter()
+            .filter(|(_, state)| state == "cancelled")
+            .map(|(id, _)| id)
+            .collect();
+        let mut in_flight = lock(&self.in_flight);
+        for (id, fence) in lost {
+            let Some(attempt) = in_flight.get(&id).filter(|a| a.fence == fence) else {
+                continue;
+            };
+            if attempt.recording {
+                continue;
+            }
+            if cancelled.contains(&id) {
+                if attempt.stop.reason() == Some(StopReason::Cancelled) && !cancel_notice {
+                    tracing::warn!(
+                        task_id = id,
+                        "the task was cancelled and its step has not returned; stopping it"
+                    );
+                } else {
+                    tracing::info!(task_id = id, "the task was cancelled; telling its step");
+                    attempt.stop.fire(StopReason::Cancelled);
+                    continue;
+                }
+            } else if cancel_notice {
+                // Not cancelled after all (the cancel rolled back).
+                continue;
+            } else {
+                tracing::warn!(
+                    task_id = id,
+                    "lease lost: another attempt took the task over, or its row was \
+                     changed or deleted; stopping the step"
+                );
+                attempt.stop.fire(StopReason::LeaseLost);
+            }
+            if let Some(attempt) = in_flight.remove(&id) {
+                if let Some(abort) = attempt.abort {
+                    abort.abort();
+                }
+            }
+        }
     }
 }
 
@@ -178,6 +252,7 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(notify::run(rt.clone()));
         helpers.spawn(heartbeat::run(rt.clone()));
         helpers.spawn(report_other_kinds::<T>(rt.clone()));
+        helpers.spawn(clean::run(rt.clone()));
 
         let slots = Slots::new(&rt.config);
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
@@ -229,8 +304,8 @@ impl<T: Scheduler> Worker<T> {
                     continue;
                 };
                 let id = task.id;
-                rt.hold(id, task.fence);
-                let abort = steps.spawn(execute::run::<T>(rt.clone(), task, slot));
+                let stop = rt.hold(id, task.fence);
+                let abort = steps.spawn(execute::run::<T>(rt.clone(), task, slot, stop));
                 if let Some(attempt) = lock(&rt.in_flight).get_mut(&id) {
                     attempt.abort = Some(abort);
                 }
@@ -435,6 +510,23 @@ impl<T: Scheduler> WorkerBuilder<T> {
         self
     }
 
+    /// Keeps finished tasks for `period` (state `finished`, with `finished_at`
+    /// and the step they finished at) instead of deleting them as they finish,
+    /// so that [`find`](crate::find) and SQL can still see them. The workers
+    /// delete them once the period has passed, in small batches, a few times
+    /// a minute. By default finished tasks are deleted at once.
+    pub fn keep_finished(mut self, period: Duration) -> Self {
+        self.config.retention.finished = Some(period);
+        self
+    }
+
+    /// How long cancelled tasks are kept (state `cancelled`, the reason in
+    /// `error`) before the workers delete them (default 7 days).
+    pub fn keep_cancelled(mut self, period: Duration) -> Self {
+        self.config.retention.cancelled = period;
+        self
+    }
+
     /// The worker's name in `locked_by` (default `worker-<pid>-<random>`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -483,6 +575,15 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 "a lease of {:?} is longer than the database can store",
                 c.lease
             )));
+        }
+        let keeps = [c.retention.finished, Some(c.retention.cancelled)];
+        for keep in keeps.into_iter().flatten() {
+            if keep.is_zero() || crate::store::micros(keep).is_err() {
+                return Err(Error::Config(format!(
+                    "cannot keep tasks for {keep:?}: use a period above zero and below \
+                     10,000 years (finished tasks are deleted at once unless kept)"
+                )));
+            }
         }
         if c.name.contains('\0') {
             return Err(Error::Config(

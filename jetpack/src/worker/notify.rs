@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Backoff, Runtime};
+use super::{lock, Backoff, Runtime};
 use crate::store::Notice;
 
 /// Listens for new work and stop requests. When the listening connection drops
@@ -26,6 +26,13 @@ pub(super) async fn run(rt: Arc<Runtime>) {
                 Ok(Notice::Wake) => {
                     backoff.reset();
                     rt.wake.notify_one();
+                }
+                Ok(Notice::Cancel(id)) => {
+                    backoff.reset();
+                    let held = lock(&rt.in_flight).get(&id).map(|a| (id, a.fence));
+                    if let Some(attempt) = held {
+                        rt.stop_lost(vec![attempt], true).await;
+                    }
                 }
                 Ok(Notice::Stop) => {
                     tracing::info!("stop requested through the database");
