@@ -136,6 +136,11 @@ impl Db {
         both!(self, p => jetpack::find(p, id).await).expect("find")
     }
 
+    /// `jetpack::cancel`.
+    pub async fn cancel(&self, id: i64, reason: &str) -> jetpack::Cancel {
+        both!(self, p => jetpack::cancel(p, id, reason).await).expect("cancel")
+    }
+
     /// `jetpack::resume`.
     pub async fn resume(&self, id: i64) -> bool {
         both!(self, p => jetpack::resume(p, id).await).expect("resume")

@@ -257,7 +257,7 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
                 .unwrap();
             let plan: Vec<String> = sqlx::query_scalar(
                 "EXPLAIN SELECT id FROM jetpack_tasks
-                 WHERE error IS NULL AND wakeup_at <= now() AND kind = ANY('{Greeter.SayHello}')
+                 WHERE state = 'ready' AND wakeup_at <= now() AND kind = ANY('{Greeter.SayHello}')
                  ORDER BY wakeup_at LIMIT 16 FOR UPDATE SKIP LOCKED",
             )
             .fetch_all(pool)
@@ -268,7 +268,7 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
         Db::Sqlite(pool) => {
             let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
                 "EXPLAIN QUERY PLAN SELECT id FROM jetpack_tasks
-                 WHERE error IS NULL AND wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+                 WHERE state = 'ready' AND wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
                    AND kind IN (SELECT value FROM json_each('[\"Greeter.SayHello\"]'))
                  ORDER BY wakeup_at LIMIT 16",
             )

@@ -88,6 +88,19 @@ CREATE TRIGGER jetpack_tasks_state_edited BEFORE UPDATE OF state, error ON jetpa
 FOR EACH ROW WHEN (NEW.state IS DISTINCT FROM OLD.state OR NEW.error IS DISTINCT FROM OLD.error)
 EXECUTE FUNCTION jetpack_state_edited();
 
+-- A row inserted by hand with an error is parked.
+CREATE FUNCTION jetpack_inserted_with_error() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.state := 'parked';
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jetpack_tasks_inserted_with_error BEFORE INSERT ON jetpack_tasks
+FOR EACH ROW WHEN (NEW.error IS NOT NULL AND NEW.state IN ('ready', 'waiting'))
+EXECUTE FUNCTION jetpack_inserted_with_error();
+
 -- Cancel from SQL, e.g. `SELECT jetpack_cancel(42, 'the customer withdrew')`:
 -- the state the task is in afterwards ('cancelled', or 'finished' when it had
 -- finished and is kept), or NULL when there is no such task (it never existed,

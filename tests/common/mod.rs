@@ -40,10 +40,13 @@ pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("stored step is JSON")
 }
 
-/// Waits until task `id` is parked (has an error) and returns its row.
+/// Waits until task `id` is parked and returns its row.
 pub async fn parked(db: &Db, id: i64) -> TaskRow {
     wait_for(DEADLINE, || async {
-        Ok(db.find(id).await.filter(|r| r.error.is_some()))
+        Ok(db
+            .find(id)
+            .await
+            .filter(|r| r.state == jetpack::TaskState::Parked))
     })
     .await
     .unwrap_or_else(|e| panic!("task {id} did not park: {e}"))

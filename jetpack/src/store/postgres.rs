@@ -41,7 +41,7 @@ SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854
     lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
 WHERE t.ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
-    WHERE state = 'ready' AND wakeup_at <= now() AND kind = ANY($2)
+    WHERE state = 'ready' AND error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
       AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY wakeup_at
     LIMIT $1
@@ -166,7 +166,7 @@ WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL";
 const NEXT_DUE: &str = "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
-WHERE state = 'ready' AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
+WHERE state = 'ready' AND error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
 
 /// Deletes up to `$3` tasks that finished more than `$1` µs ago (none when
 /// `$1` is NULL: finished tasks are not kept) or were cancelled more than `$2`

@@ -48,7 +48,7 @@ macro_rules! ready_tasks {
             "SELECT ",
             $columns,
             " FROM jetpack_tasks
-             WHERE state = 'ready' AND wakeup_at <= ",
+             WHERE state = 'ready' AND error IS NULL AND wakeup_at <= ",
             now!(),
             " AND (lease_until IS NULL OR lease_until <= ",
             now!(),
@@ -323,7 +323,7 @@ const RELEASE: &str = concat!(
 const NEXT_DUE: &str = concat!(
     "SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
      FROM jetpack_tasks
-     WHERE state = 'ready' AND kind IN (SELECT value FROM json_each(?1))
+     WHERE state = 'ready' AND error IS NULL AND kind IN (SELECT value FROM json_each(?1))
        AND (lease_until IS NULL OR lease_until <= ",
     now!(),
     ")"
