@@ -566,6 +566,56 @@ mod tests {
         })
     }
 
+    /// A finished task kept (`Outcome::Keep`) is `finished` in `states`, and
+    /// `clean` deletes it once its period has passed, not before; tasks that
+    /// are not finished it leaves alone.
+    fn kept_tasks_are_cleaned_after_their_period(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let kinds = vec!["M.A".to_string()];
+            let mut problems = Vec::new();
+            let claimed = store.claim(2, &kinds, "w", Duration::from_secs(30)).await?;
+            let [a, b] = claimed.as_slice() else {
+                return Err(format!("claimed {} tasks instead of 2", claimed.len()).into());
+            };
+            let done = store
+                .complete_many(&[(a.id, a.fence, &Outcome::Keep)])
+                .await?;
+            if done != [true] {
+                problems.push(format!("keeping a finished task: {done:?}"));
+            }
+            let mut states = store.states(&[a.id, b.id]).await?;
+            states.sort();
+            let want = vec![(a.id, "finished".to_string()), (b.id, "ready".to_string())];
+            if states != want {
+                problems.push(format!("states {states:?}, not {want:?}"));
+            }
+            let hour = Duration::from_secs(3600);
+            let long = Retention {
+                finished: Some(hour),
+                cancelled: hour,
+            };
+            if store.clean(&long, 10).await? != 0 {
+                problems.push("deleted a task kept for an hour".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let short = Retention {
+                finished: Some(Duration::from_micros(1)),
+                cancelled: hour,
+            };
+            let deleted = store.clean(&short, 10).await?;
+            if deleted != 1 {
+                problems.push(format!("deleted {deleted} tasks, not the one kept"));
+            }
+            let left = store.states(&[a.id, b.id]).await?;
+            if left != [(b.id, "ready".to_string())] {
+                problems.push(format!("left {left:?}"));
+            }
+            Ok(problems)
+        })
+    }
+
     /// One check of a store: the problems it found.
     type Check = for<'a> fn(&'a dyn Store) -> LocalBoxFuture<'a, TestResult<Vec<String>>>;
 
@@ -665,6 +715,7 @@ mod tests {
             a_batch_writes_only_what_attempts_held,
         ];
         completed_attempt(1) = [completed_attempt_is_inert];
+        retention(2) = [kept_tasks_are_cleaned_after_their_period];
         failures_in_one_flush(4) = [every_kind_of_outcome_in_one_flush];
         stale_and_live_attempts(1) = [a_stale_and_a_live_attempt_in_one_flush];
         /// Two tasks for the next-step check (which finishes them), one for the lease.
@@ -785,8 +836,86 @@ mod tests {
         Ok(())
     }
 
+    /// The first migration of the explicit lifecycle.
+    const LIFECYCLE: i64 = 20261202000000;
+
+    /// Only the migrations before the lifecycle.
+    fn before_lifecycle(mut migrator: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+        let before: Vec<_> = migrator
+            .migrations
+            .iter()
+            .filter(|m| m.version < LIFECYCLE)
+            .cloned()
+            .collect();
+        migrator.migrations = before.into();
+        migrator
+    }
+
+    /// Two tasks written before the lifecycle, one of them parked.
+    const OLD_ROWS: &str = r#"INSERT INTO jetpack_tasks (step, kind, error)
+        VALUES ('{"M":{"A":null}}', 'M.A', NULL), ('{"M":{"A":null}}', 'M.A', 'broken')"#;
+
+    /// After the lifecycle migration the parked row is 'parked', the other
+    /// 'ready' and claimed as before.
+    async fn lifecycle_states_after_migrating(store: &dyn Store) -> TestResult {
+        let states = store.states(&[1, 2]).await?;
+        let mut states: Vec<(i64, &str)> = states.iter().map(|(i, s)| (*i, s.as_str())).collect();
+        states.sort();
+        assert_eq!(states, [(1, "ready"), (2, "parked")]);
+        let claimed = store
+            .claim(10, &["M.A".to_string()], "w", Duration::from_secs(30))
+            .await?;
+        let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1], "only the ready task is claimed");
+        Ok(())
+    }
+
+    /// A database migrated before the lifecycle migrates in place, with no
+    /// task lost or changed in meaning.
+    #[tokio::test]
+    async fn postgres_migrates_to_the_lifecycle_in_place() -> TestResult {
+        let (admin, name, pool) = pg_empty_database().await?;
+        let result = async {
+            let mut old = sqlx::migrate!("../migrations/postgres");
+            old.dangerous_set_table_name("_jetpack_migrations");
+            before_lifecycle(old).run(&pool).await?;
+            sqlx::query(OLD_ROWS).execute(&pool).await?;
+            <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
+            lifecycle_states_after_migrating(&postgres::PgStore::new(pool.clone())).await
+        }
+        .await;
+        drop_pg(admin, &name, pool).await?;
+        result
+    }
+
+    /// [`postgres_migrates_to_the_lifecycle_in_place`] on SQLite.
+    #[tokio::test]
+    async fn sqlite_migrates_to_the_lifecycle_in_place() -> TestResult {
+        let dir = std::env::temp_dir().join(format!("jetpack_unit_life_{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}", dir.join("unit.db").display());
+        let pool = sqlite::connect(&url).await?;
+        let result = async {
+            before_lifecycle(sqlite::migrator()).run(&pool).await?;
+            sqlx::query(OLD_ROWS).execute(&pool).await?;
+            <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+            lifecycle_states_after_migrating(&sqlite::SqliteStore::new(pool.clone())).await
+        }
+        .await;
+        pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
     /// A fresh PostgreSQL database with Jetpack's tables, dropped by `drop_pg`.
     async fn pg_database() -> TestResult<(sqlx::PgConnection, String, sqlx::PgPool)> {
+        let (admin, name, pool) = pg_empty_database().await?;
+        <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
+        Ok((admin, name, pool))
+    }
+
+    /// A fresh, empty PostgreSQL database, dropped by `drop_pg`.
+    async fn pg_empty_database() -> TestResult<(sqlx::PgConnection, String, sqlx::PgPool)> {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
         let admin_url = std::env::var("DATABASE_URL")
@@ -812,7 +941,6 @@ mod tests {
             None => panic!("DATABASE_URL has no database part"),
         };
         let pool = sqlx::PgPool::connect(&url).await?;
-        <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
         Ok((admin, name, pool))
     }
 
