@@ -394,7 +394,8 @@ async fn a_busy_worker_raises_no_false_alarm_and_never_deadlocks(db: TestDb) {
 }
 
 /// Tasks of a machine the worker's scheduler does not have, and of a step it
-/// does not know, are left alone and reported once at start, with counts.
+/// does not know, are left alone and reported once at start, with counts
+/// (of live tasks only).
 async fn tasks_of_machines_the_worker_does_not_run_are_reported(db: TestDb) {
     let (logs, _guard) = common::capture_logs();
     for _ in 0..3 {
@@ -403,6 +404,9 @@ async fn tasks_of_machines_the_worker_does_not_run_are_reported(db: TestDb) {
             .unwrap();
     }
     db.insert_raw(r#"{"Billing":{"Refund":{}}}"#).await.unwrap();
+    // Cancelled tasks are not waiting: not counted.
+    let cancelled = db.insert_raw(r#"{"Billing":{"Refund":{}}}"#).await.unwrap();
+    db.cancel(cancelled, "not wanted").await;
     for _ in 0..2 {
         db.insert_raw(r#"{"Hard":{"Rocket":{}}}"#).await.unwrap();
     }

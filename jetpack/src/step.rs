@@ -684,6 +684,32 @@ mod tests {
         }
     }
 
+    /// `stopped()` completes with the first reason given, whether it came
+    /// before or while the step awaited it; shutdown counts when nothing else
+    /// was said.
+    #[tokio::test]
+    async fn stopped_tells_the_first_reason() {
+        let test = TestContext::new();
+        let cx = test.context();
+        assert_eq!(cx.stop_reason(), None);
+        let waiting = async { cx.stopped().await };
+        let stop = async {
+            tokio::task::yield_now().await;
+            test.stop(StopReason::Cancelled);
+            test.stop(StopReason::LeaseLost);
+        };
+        let (reason, ()) = tokio::join!(waiting, stop);
+        assert_eq!(reason, StopReason::Cancelled);
+        assert_eq!(cx.stopped().await, StopReason::Cancelled);
+
+        let test = TestContext::new();
+        let cx = test.context();
+        test.shutdown_token().cancel();
+        assert_eq!(cx.stopped().await, StopReason::Shutdown);
+        test.stop(StopReason::LeaseLost);
+        assert_eq!(cx.stop_reason(), Some(StopReason::LeaseLost));
+    }
+
     #[test]
     fn error_chain_includes_sources() {
         #[derive(Debug, thiserror::Error)]

@@ -133,7 +133,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// `keep` says, oldest first; how many it deleted.
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
 
-    /// How many tasks wait whose kind is none of `kinds`, by kind.
+    /// How many live tasks (ready, waiting or parked) wait whose kind is none
+    /// of `kinds`, by kind.
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error>;
 
     /// The connections a worker needs from its pool at the least, and how many

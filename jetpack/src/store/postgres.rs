@@ -387,7 +387,8 @@ impl Store for PgStore {
 
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
         Ok(sqlx::query_as(
-            "SELECT kind, count(*) FROM jetpack_tasks WHERE kind <> ALL($1)
+            "SELECT kind, count(*) FROM jetpack_tasks
+             WHERE kind <> ALL($1) AND state IN ('ready', 'waiting', 'parked')
              GROUP BY kind ORDER BY kind",
         )
         .bind(kinds)

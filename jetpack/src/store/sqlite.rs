@@ -849,6 +849,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query_as(
             "SELECT kind, count(*) FROM jetpack_tasks
              WHERE kind NOT IN (SELECT value FROM json_each(?1))
+               AND state IN ('ready', 'waiting', 'parked')
              GROUP BY kind ORDER BY kind",
         )
         .bind(json_list(&kinds)?)
