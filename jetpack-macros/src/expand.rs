@@ -34,6 +34,7 @@ pub fn machine(m: &Machine) -> TokenStream {
             Self::#v(step) => ::std::boxed::Box::pin(async move {
                 ::std::result::Result::Ok(#p::NextStep::into_parts(
                     <#ty as #p::Step<#machine>>::step(step, cx).await?,
+                    cx,
                 ))
             })
         }

@@ -37,6 +37,16 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn signal<'e, E>(
+        db: E,
+        to: SignalTo,
+        name: &'static str,
+        payload: String,
+    ) -> BoxFuture<'e, Result<Delivery, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>>;
 
     #[doc(hidden)]
@@ -151,6 +161,88 @@ impl Cancel {
             _ => Cancel::NotFound,
         }
     }
+}
+
+/// Where [`signal`] sends a signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalTo {
+    /// The task with this id.
+    Task(i64),
+    /// Every task waiting for the signal under this key
+    /// ([`Wait::key`](crate::Wait::key)).
+    Key(String),
+}
+
+/// What [`signal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// A task waited for the signal: it is ready now, with the payload.
+    Delivered,
+    /// No task waits for it now (it waits for something else, has not begun
+    /// to wait, or its wait timed out): the signal is kept, and the next wait
+    /// for it by that task (or key) takes it at once. Signals are taken
+    /// oldest first, one per wait.
+    Kept,
+    /// There is no task with that id: nothing was kept.
+    NotFound,
+    /// The task has finished: nothing was kept.
+    Finished,
+    /// The task was cancelled: nothing was kept.
+    Cancelled,
+}
+
+impl Delivery {
+    /// The answer the database gave.
+    pub(crate) fn of(verdict: &str) -> Result<Self, Error> {
+        Ok(match verdict {
+            "delivered" => Delivery::Delivered,
+            "kept" => Delivery::Kept,
+            "not found" => Delivery::NotFound,
+            "finished" => Delivery::Finished,
+            "cancelled" => Delivery::Cancelled,
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown answer {other:?} from the signal statement (is the database migrated by a newer Jetpack?)"
+                )))
+            }
+        })
+    }
+}
+
+/// Sends signal `S` to a task, or to the tasks waiting under a key; says what
+/// became of it (see [`Delivery`]). Takes any executor, so the signal is part
+/// of your transaction: it is delivered when that commits. From SQL:
+/// `SELECT jetpack_signal(NULL, 'order-42', 'delivered', '{..}')` on
+/// PostgreSQL.
+///
+/// ```no_run
+/// # use jetpack::{Signal, SignalTo};
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Delivered { carrier: String }
+/// impl Signal for Delivered { const NAME: &'static str = "delivered"; }
+///
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// let to = SignalTo::Key("order-42".into());
+/// let sent = jetpack::signal(&pool, to, &Delivered { carrier: "DHL".into() }).await?;
+/// # Ok(()) }
+/// ```
+pub async fn signal<'e, E, S>(db: E, to: SignalTo, signal: &S) -> Result<Delivery, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+    S: crate::Signal,
+{
+    if let SignalTo::Key(key) = &to {
+        if key.is_empty() || key.contains('\0') || key.len() > crate::worker::MAX_KEY_LEN {
+            return Err(Error::Config(format!(
+                "a signal's key must be non-empty text without NUL, at most {} bytes",
+                crate::worker::MAX_KEY_LEN
+            )));
+        }
+    }
+    let payload = serde_json::to_string(signal).map_err(Error::Serialize)?;
+    <E::Database as Backend>::signal(db, to, S::NAME, payload).await
 }
 
 /// Reads task `id`; `None` when there is no such task (finished tasks are

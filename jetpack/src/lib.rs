@@ -26,8 +26,8 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use enqueue::{
-    cancel, delay, enqueue, enqueue_many, find, resume, schedule, Backend, Cancel, TaskRow,
-    TaskState,
+    cancel, delay, enqueue, enqueue_many, find, resume, schedule, signal, Backend, Cancel,
+    Delivery, SignalTo, TaskRow, TaskState,
 };
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
@@ -36,8 +36,8 @@ pub use machine::{
     StepOf,
 };
 pub use step::{
-    Context, NextStep, RetryPolicy, Step, StepError, StepResult, StopReason, TestContext, Tx,
-    Wakeup,
+    Context, NextStep, RetryPolicy, Signal, Step, StepError, StepResult, StopReason, TestContext,
+    Tx, Wait, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};

@@ -101,15 +101,121 @@ pub enum Wakeup {
 /// of `S`; anything else is a compile error.
 pub struct NextStep<S: StepOf> {
     next: Option<(S::Machine, Wakeup)>,
+    wait: Option<Wait>,
     _step: PhantomData<fn() -> S>,
+}
+
+/// A signal a task can wait for: a payload type with a name.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Delivered { carrier: String }
+/// impl jetpack::Signal for Delivered {
+///     const NAME: &'static str = "delivered";
+/// }
+/// ```
+pub trait Signal: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The signal's name, as senders address it (`wait_for` in the row).
+    const NAME: &'static str;
+}
+
+/// What a task waits for when a step returns [`NextStep::wait`]: a signal,
+/// addressed to the task's id and, optionally, a key; with an optional timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    name: &'static str,
+    key: Option<String>,
+    timeout: Option<Duration>,
+}
+
+impl Wait {
+    /// A wait for signal `S`, addressed to the task's id, without a timeout.
+    pub fn signal<S: Signal>() -> Self {
+        Wait {
+            name: S::NAME,
+            key: None,
+            timeout: None,
+        }
+    }
+
+    /// Also addressed by `key` (an order number, say): a signal sent to the
+    /// key reaches every task waiting for it under that key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Gives up after `timeout`: the next step then runs without a signal
+    /// ([`Context::signal`] returns `None`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The signal's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The key the wait is addressed by, besides the task's id.
+    pub fn wait_key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// How long the task waits at most.
+    pub fn wait_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
 }
 
 impl<S: StepOf> NextStep<S> {
     fn new(next: Option<(S::Machine, Wakeup)>) -> StepResult<S> {
         Ok(NextStep {
             next,
+            wait: None,
             _step: PhantomData,
         })
+    }
+
+    /// Moves the task to `next` once signal `wait` arrives, or its timeout
+    /// passes. Meanwhile the task is `waiting`: it holds no worker slot and
+    /// no lease. `next` reads the payload with [`Context::signal`]. A signal
+    /// sent before the wait began is kept and taken at once.
+    ///
+    /// ```
+    /// # use jetpack::{Context, NextStep, Signal, Step, StepResult, Wait};
+    /// # use serde::{Deserialize, Serialize};
+    /// # use std::time::Duration;
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Delivered { carrier: String }
+    /// impl Signal for Delivered { const NAME: &'static str = "delivered"; }
+    ///
+    /// # #[derive(Debug, Serialize, Deserialize)] struct Ship { order: u64 }
+    /// # #[derive(Debug, Serialize, Deserialize)] struct Arrived { order: u64 }
+    /// # jetpack::task!(Order { Ship => [Arrived], Arrived });
+    /// # #[jetpack::async_trait] impl Step<Order> for Arrived {
+    /// #     async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() } }
+    /// #[jetpack::async_trait]
+    /// impl Step<Order> for Ship {
+    ///     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+    ///         let wait = Wait::signal::<Delivered>()
+    ///             .key(format!("order-{}", self.order))
+    ///             .timeout(Duration::from_secs(14 * 24 * 3600));
+    ///         NextStep::wait(Arrived { order: self.order }, wait)
+    ///     }
+    /// }
+    /// ```
+    pub fn wait<N: Follows<S, S::Machine, S::Successors>>(next: N, wait: Wait) -> StepResult<S> {
+        Ok(NextStep {
+            next: Some((next.into(), Wakeup::Now)),
+            wait: Some(wait),
+            _step: PhantomData,
+        })
+    }
+
+    /// The wait the task enters, if the step returned [`NextStep::wait`].
+    pub fn waits_for(&self) -> Option<&Wait> {
+        self.wait.as_ref()
     }
 
     /// Moves the task to `next`, to run right away.
@@ -140,7 +246,8 @@ impl<S: StepOf> NextStep<S> {
     }
 
     #[doc(hidden)]
-    pub fn into_parts(self) -> Option<(S::Machine, Wakeup)> {
+    pub fn into_parts(self, cx: &Context<'_>) -> Option<(S::Machine, Wakeup)> {
+        *lock(&cx.wait) = self.wait;
         self.next
     }
 
@@ -375,6 +482,15 @@ pub struct Context<'a> {
     stop: &'a Stop,
     /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
     tx: Mutex<Option<Box<dyn Any + Send>>>,
+    /// The wait the step returned, if it did.
+    wait: std::sync::Mutex<Option<Wait>>,
+    /// The signal the task waited for, `(name, payload)`: the payload is
+    /// `None` when the wait timed out.
+    signal: Option<(String, Option<String>)>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The step's transaction, from [`Context::tx`]: a `sqlx::Transaction`, so
@@ -412,6 +528,46 @@ impl<'a> Context<'a> {
             shared,
             stop,
             tx: Mutex::new(None),
+            wait: std::sync::Mutex::new(None),
+            signal: None,
+        }
+    }
+
+    /// The context of a step entered by a wait for signal `name` that
+    /// received `payload` (or timed out).
+    pub(crate) fn with_signal(mut self, name: Option<String>, payload: Option<String>) -> Self {
+        self.signal = name.map(|name| (name, payload));
+        self
+    }
+
+    /// The wait the step returned, taken.
+    pub(crate) fn take_wait(&self) -> Option<Wait> {
+        lock(&self.wait).take()
+    }
+
+    /// The payload of signal `S`, in a step that [`NextStep::wait`] led to:
+    /// `Ok(None)` when the wait timed out (or the step was not reached by a
+    /// wait). A payload that does not decode as `S`, or a wait for another
+    /// signal, is a permanent error: the task parks saying so.
+    pub fn signal<S: Signal>(&self) -> Result<Option<S>, StepError> {
+        match &self.signal {
+            None | Some((_, None)) => Ok(None),
+            Some((name, Some(payload))) => {
+                if name != S::NAME {
+                    return Err(StepError::permanent(format!(
+                        "task {} received signal `{name}`, and its step reads signal `{}`",
+                        self.task_id,
+                        S::NAME
+                    )));
+                }
+                serde_json::from_str(payload).map(Some).map_err(|e| {
+                    StepError::permanent(format!(
+                        "the payload of signal `{name}` received by task {} does not decode as {}: {e}",
+                        self.task_id,
+                        std::any::type_name::<S>()
+                    ))
+                })
+            }
         }
     }
 
@@ -573,6 +729,7 @@ pub struct TestContext {
     attempt: i32,
     shared: Shared,
     stop: Stop,
+    signal: Option<(String, Option<String>)>,
 }
 
 impl Default for TestContext {
@@ -594,7 +751,16 @@ impl TestContext {
                 shutdown: CancellationToken::new(),
             },
             stop: Stop::default(),
+            signal: None,
         }
+    }
+
+    /// The signal [`Context::signal`] returns: `Some(payload)` as if it
+    /// arrived, `None` as if the wait for it timed out.
+    pub fn signal<S: Signal>(mut self, payload: Option<&S>) -> Self {
+        let payload = payload.map(|p| serde_json::to_string(p).unwrap_or_default());
+        self.signal = Some((S::NAME.to_string(), payload));
+        self
     }
 
     /// The task id the step sees.
@@ -638,7 +804,9 @@ impl TestContext {
     /// The context to pass to [`Step::step`]. A transaction the step opened
     /// is rolled back when the context is dropped.
     pub fn context(&self) -> Context<'_> {
+        let (name, payload) = self.signal.clone().unzip();
         Context::new(self.task_id, self.attempt, &self.shared, &self.stop)
+            .with_signal(name, payload.flatten())
     }
 }
 

@@ -24,6 +24,10 @@ pub(crate) struct Claimed {
     pub tried: i32,
     /// The claim's fence: only this attempt may write the row.
     pub fence: i64,
+    /// The signal the task waited for, if its last step was a wait.
+    pub wait_for: Option<String>,
+    /// The payload of that signal; `None` when the wait timed out.
+    pub signal: Option<String>,
 }
 
 /// What happens to a claimed task when its attempt ends.
@@ -34,6 +38,15 @@ pub(crate) enum Outcome {
         step: String,
         kind: String,
         wakeup: Wakeup,
+    },
+    /// Wait for signal `name` (addressed to the task and to `key`) for at
+    /// most `timeout`, then move to `step`.
+    Wait {
+        step: String,
+        kind: String,
+        name: &'static str,
+        key: Option<String>,
+        timeout: Option<Duration>,
     },
     /// Finished: the row is deleted.
     Finish,
@@ -126,11 +139,16 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// Opens the stream of wakeups (new work, resumed tasks, stop requests).
     async fn listen(&self) -> Result<Box<dyn Listener>, Error>;
 
+    /// Makes up to `limit` waiting tasks whose deadline passed ready, without
+    /// a signal; how many.
+    async fn expire_waits(&self, limit: usize) -> Result<u64, Error>;
+
     /// The `state` of each of the tasks `ids` that exists.
     async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error>;
 
     /// Deletes up to `limit` finished and cancelled tasks kept longer than
-    /// `keep` says, oldest first; how many it deleted.
+    /// `keep` says, oldest first, and up to `limit` kept signals as old; how
+    /// many it deleted.
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
 
     /// How many live tasks (ready, waiting or parked) wait whose kind is none
@@ -148,6 +166,8 @@ pub(crate) struct Retention {
     /// `None`: finished tasks are deleted as they finish.
     pub finished: Option<Duration>,
     pub cancelled: Duration,
+    /// How long a signal no wait took is kept.
+    pub signals: Duration,
 }
 
 /// The largest fence the table allows (2^53 - 1, so that SQLite's sum of a
@@ -596,6 +616,7 @@ mod tests {
             let long = Retention {
                 finished: Some(hour),
                 cancelled: hour,
+                signals: hour,
             };
             if store.clean(&long, 10).await? != 0 {
                 problems.push("deleted a task kept for an hour".into());
@@ -604,6 +625,7 @@ mod tests {
             let short = Retention {
                 finished: Some(Duration::from_micros(1)),
                 cancelled: hour,
+                signals: hour,
             };
             let deleted = store.clean(&short, 10).await?;
             if deleted != 1 {

@@ -10,7 +10,7 @@ use sqlx::{Executor, PgConnection};
 use chrono::{DateTime, Utc};
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
-use crate::enqueue::{one_kind, Cancel, Encoded, TaskRow, TaskState};
+use crate::enqueue::{one_kind, Cancel, Delivery, Encoded, SignalTo, TaskRow, TaskState};
 use crate::machine::BoxFuture;
 use crate::step::Wakeup;
 use crate::Error;
@@ -46,7 +46,7 @@ WHERE t.ctid = ANY(ARRAY(
     ORDER BY wakeup_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
-RETURNING t.id, t.step::text AS step, t.tried, t.fence";
+RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal";
 
 /// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
 macro_rules! finished {
@@ -70,7 +70,7 @@ macro_rules! moved {
         "moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-        updated_at = now(),
+        updated_at = now(), wait_for = NULL, signal = NULL,
         wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND t.wakeup_at <= now() THEN t.wakeup_at
                          ELSE coalesce(u.at, now() + u.delay * interval '1 microsecond') END
     FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[])
@@ -126,7 +126,28 @@ macro_rules! kept {
     };
 }
 
-/// [`FINISH_AND_NEXT`] with failed attempts and kept finished tasks too. In an
+/// The tasks that begin to wait (`$15` ids, `$16` fences, `$17` steps, `$18`
+/// kinds, `$19` signal names, `$20` keys, `$21` timeouts in µs or NULL): due
+/// at the deadline, or never. A task parked by hand meanwhile stays parked.
+/// The table's trigger hands a kept signal over at once.
+macro_rules! waited {
+    () => {
+        "waited AS (
+    UPDATE jetpack_tasks t
+    SET step = w.step::jsonb, kind = w.kind,
+        state = CASE WHEN t.state = 'parked' THEN 'parked' ELSE 'waiting' END,
+        wait_for = w.name, wait_key = w.key, signal = NULL, tried = 0,
+        locked_by = NULL, lease_until = NULL, updated_at = now(),
+        wakeup_at = coalesce(now() + w.timeout * interval '1 microsecond', '9999-12-31 00:00:00+00')
+    FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
+                $21::bigint[]) AS w(id, fence, step, kind, name, key, timeout)
+    WHERE t.id = w.id AND t.fence = w.fence
+    RETURNING t.id, t.fence
+)"
+    };
+}
+
+/// [`FINISH_AND_NEXT`] with failed attempts, waits and kept finished tasks too. In an
 /// outage every step fails: their outcomes are written like any others, many
 /// per statement. The common statement above stays as it is.
 const EVERY_OUTCOME: &str = concat!(
@@ -138,9 +159,12 @@ const EVERY_OUTCOME: &str = concat!(
     failed!(),
     ", ",
     kept!(),
+    ", ",
+    waited!(),
     "
 SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
-UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept"
+UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
+UNION ALL SELECT id, fence FROM waited"
 );
 
 /// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
@@ -168,6 +192,18 @@ SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
 WHERE state = 'ready' AND error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
 
+/// Makes up to `$1` waiting tasks whose deadline passed ready, with no
+/// signal. A signal sent meanwhile waits for the row and then finds the task
+/// no longer waiting (it is kept for a later wait): one of them wins.
+const EXPIRE_WAITS: &str = "
+UPDATE jetpack_tasks SET state = 'ready', signal = NULL, updated_at = now()
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM jetpack_tasks
+    WHERE state = 'waiting' AND wakeup_at <= now()
+    ORDER BY wakeup_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED))";
+
 /// Deletes up to `$3` tasks that finished more than `$1` µs ago (none when
 /// `$1` is NULL: finished tasks are not kept) or were cancelled more than `$2`
 /// µs ago, oldest first.
@@ -178,6 +214,14 @@ DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
       AND finished_at < now() - CASE state WHEN 'finished' THEN $1 ELSE $2 END * interval '1 microsecond'
     ORDER BY finished_at
     LIMIT $3
+    FOR UPDATE SKIP LOCKED))";
+
+/// Deletes up to `$2` kept signals sent more than `$1` µs ago, oldest first.
+const CLEAN_SIGNALS: &str = "
+DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
+    SELECT id FROM jetpack_signals
+    WHERE sent_at < now() - $1 * interval '1 microsecond'
+    ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED))";
 
 const INSERT: &str = "
@@ -223,6 +267,16 @@ struct Batch<'a> {
     #[allow(clippy::type_complexity)]
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
     kept: (Vec<i64>, Vec<i64>),
+    #[allow(clippy::type_complexity)]
+    waited: (
+        Vec<i64>,
+        Vec<i64>,
+        Vec<&'a str>,
+        Vec<&'a str>,
+        Vec<&'a str>,
+        Vec<Option<&'a str>>,
+        Vec<Option<i64>>,
+    ),
 }
 
 impl<'a> Batch<'a> {
@@ -237,6 +291,22 @@ impl<'a> Batch<'a> {
                 Outcome::Keep => {
                     batch.kept.0.push(id);
                     batch.kept.1.push(fence);
+                }
+                Outcome::Wait {
+                    step,
+                    kind,
+                    name,
+                    key,
+                    timeout,
+                } => {
+                    let w = &mut batch.waited;
+                    w.0.push(id);
+                    w.1.push(fence);
+                    w.2.push(step);
+                    w.3.push(kind);
+                    w.4.push(name);
+                    w.5.push(key.as_deref());
+                    w.6.push(timeout.map(micros).transpose()?);
                 }
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
@@ -267,7 +337,8 @@ impl<'a> Batch<'a> {
     /// held their tasks.
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
         let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
-        let common = failed.0.is_empty() && kept.0.is_empty();
+        let waited = &self.waited;
+        let common = failed.0.is_empty() && kept.0.is_empty() && waited.0.is_empty();
         let sql = if common {
             FINISH_AND_NEXT
         } else {
@@ -289,7 +360,14 @@ impl<'a> Batch<'a> {
                 .bind(&failed.2)
                 .bind(&failed.3)
                 .bind(&kept.0)
-                .bind(&kept.1);
+                .bind(&kept.1)
+                .bind(&waited.0)
+                .bind(&waited.1)
+                .bind(&waited.2)
+                .bind(&waited.3)
+                .bind(&waited.4)
+                .bind(&waited.5)
+                .bind(&waited.6);
         }
         Ok(query.fetch_all(db).await?)
     }
@@ -396,6 +474,14 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn expire_waits(&self, limit: usize) -> Result<u64, Error> {
+        let done = sqlx::query(EXPIRE_WAITS)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error> {
         Ok(
             sqlx::query_as("SELECT id, state FROM jetpack_tasks WHERE id = ANY($1)")
@@ -412,7 +498,12 @@ impl Store for PgStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected())
+        let signals = sqlx::query(CLEAN_SIGNALS)
+            .bind(micros(keep.signals)?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() + signals.rows_affected())
     }
 
     fn connections(&self) -> (u32, u32) {
@@ -507,6 +598,32 @@ impl crate::Backend for Postgres {
                 .fetch_optional(db)
                 .await?;
             Ok(Cancel::of(state.flatten().as_deref()))
+        })
+    }
+
+    fn signal<'e, E>(
+        db: E,
+        to: SignalTo,
+        name: &'static str,
+        payload: String,
+    ) -> BoxFuture<'e, Result<Delivery, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (task, key) = match to {
+                SignalTo::Task(id) => (Some(id), None),
+                SignalTo::Key(key) => (None, Some(key)),
+            };
+            let verdict: String =
+                sqlx::query_scalar("SELECT jetpack_signal($1, $2, $3, $4::text::jsonb)")
+                    .bind(task)
+                    .bind(key)
+                    .bind(name)
+                    .bind(payload)
+                    .fetch_one(db)
+                    .await?;
+            Delivery::of(&verdict)
         })
     }
 

@@ -19,7 +19,7 @@ use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
-use crate::enqueue::{one_kind, Cancel, Encoded, TaskRow, TaskState};
+use crate::enqueue::{one_kind, Cancel, Delivery, Encoded, SignalTo, TaskRow, TaskState};
 use crate::machine::BoxFuture;
 use crate::step::Wakeup;
 use crate::Error;
@@ -106,8 +106,8 @@ const CLAIM_READ: &str = concat!(
     next_attempt!(),
     ", ",
     next_fence!(),
-    ")) FROM (",
-    ready_tasks!("id, step, tried, fence"),
+    ", wait_for, signal)) FROM (",
+    ready_tasks!("id, step, tried, fence, wait_for, signal"),
     ")"
 );
 
@@ -124,7 +124,7 @@ const CLAIM_FEW: &str = concat!(
     lease!("?3", "?4"),
     " WHERE id IN (",
     ready_tasks!("id"),
-    ") RETURNING id, step, tried, fence"
+    ") RETURNING id, step, tried, fence, wait_for, signal"
 );
 
 /// Finishes the attempts `?1` (a JSON array of `[id, fence]`), returning
@@ -157,6 +157,52 @@ macro_rules! all_held {
 const FINISH_IF_HELD: &str = concat!(
     "DELETE FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?2)) AND ",
     all_held!()
+);
+
+/// Tasks that begin to wait: `?1` is a JSON array of `[id, fence, step, kind,
+/// name, key, timeout µs or null]`; due at the deadline, or never. A task
+/// parked by hand meanwhile stays parked; the table's trigger hands a kept
+/// signal over at once.
+macro_rules! waits {
+    ($fence:literal, $check:literal) => {
+        concat!(
+            "UPDATE jetpack_tasks
+             SET step = u.step, kind = u.kind,
+                 state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' ELSE 'waiting' END,
+                 wait_for = u.name, wait_key = u.key, signal = NULL, tried = 0,
+                 locked_by = NULL, lease_until = NULL, updated_at = ",
+            now!(),
+            ", wakeup_at = CASE WHEN u.timeout IS NULL THEN '9999-12-31 00:00:00.000' ELSE ",
+            now!("u.timeout"),
+            " END FROM (SELECT value ->> 0 AS id, ",
+            $fence,
+            " value -> 2 AS step, value ->> 3 AS kind, value ->> 4 AS name, value ->> 5 AS key,
+                      value ->> 6 AS timeout FROM json_each(?1)) AS u
+             WHERE jetpack_tasks.id = u.id",
+            $check
+        )
+    };
+}
+
+/// [`waits!`] if every attempt still holds its task, else nothing.
+const WAIT_IF_HELD: &str = concat!(waits!("", ""), " AND ", all_held!());
+
+/// [`waits!`] for the attempts that hold their tasks, returning them.
+const WAIT_MANY: &str = concat!(
+    waits!(
+        "value ->> 1 AS fence,",
+        " AND jetpack_tasks.fence = u.fence"
+    ),
+    " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
+);
+
+/// Makes up to `?1` waiting tasks whose deadline passed ready, with no signal.
+const EXPIRE_WAITS: &str = concat!(
+    "UPDATE jetpack_tasks SET state = 'ready', signal = NULL, updated_at = ",
+    now!(),
+    " WHERE id IN (SELECT id FROM jetpack_tasks WHERE state = 'waiting' AND wakeup_at <= ",
+    now!(),
+    " ORDER BY wakeup_at LIMIT ?1)"
 );
 
 /// Keeps finished tasks (state `finished`) until the workers' cleanup:
@@ -195,7 +241,7 @@ macro_rules! to_next_step {
         concat!(
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-                 updated_at = ",
+                 wait_for = NULL, signal = NULL, updated_at = ",
             now!(),
             ", wakeup_at = "
         )
@@ -338,6 +384,12 @@ const CLEAN: &str = "DELETE FROM jetpack_tasks WHERE id IN (
                (-(CASE state WHEN 'finished' THEN ?1 ELSE ?2 END) / 1000000.0) || ' seconds')
          ORDER BY finished_at
          LIMIT ?3)";
+
+/// Deletes up to `?2` kept signals sent more than `?1` µs ago, oldest first.
+const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
+         SELECT id FROM jetpack_signals
+         WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
+         ORDER BY id LIMIT ?2)";
 
 const INSERT: &str = concat!(
     "INSERT INTO jetpack_tasks (step, kind, wakeup_at) VALUES (?1, ?2, coalesce(?4, ",
@@ -529,11 +581,29 @@ impl Batch {
     fn of(done: &[(i64, i64, &Outcome)]) -> Result<Self, Error> {
         let (mut finished, mut kept, mut next, mut failed) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut waits, mut waiting) = (Vec::new(), Vec::new());
         let mut all_now = true;
         for &(id, fence, outcome) in done {
             match outcome {
                 Outcome::Finish => finished.push((id, fence)),
                 Outcome::Keep => kept.push((id, fence)),
+                Outcome::Wait {
+                    step,
+                    kind,
+                    name,
+                    key,
+                    timeout,
+                } => {
+                    let timeout = timeout.map(micros).transpose()?;
+                    let fields = serde_json::json!([kind, name, key, timeout]);
+                    // The step is a JSON document already: spliced in as it is.
+                    let [kind, name, key, timeout] =
+                        [&fields[0], &fields[1], &fields[2], &fields[3]];
+                    waits.push(format!(
+                        "[{id},{fence},{step},{kind},{name},{key},{timeout}]"
+                    ));
+                    waiting.push((id, fence));
+                }
                 Outcome::Next { step, kind, wakeup } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let at = at.map(|at| at.format(TIME_FORMAT).to_string());
@@ -577,6 +647,12 @@ impl Batch {
                 returning: FINISH_MANY,
                 items: None,
                 attempts: finished,
+            },
+            Statement {
+                if_held: WAIT_IF_HELD,
+                returning: WAIT_MANY,
+                items: Some(format!("[{}]", waits.join(","))),
+                attempts: waiting,
             },
             Statement {
                 if_held: KEEP_IF_HELD,
@@ -659,7 +735,8 @@ async fn claim_batch(
         .bind(kinds)
         .fetch_one(&mut *tx)
         .await?;
-    let claimed: Vec<(i64, String, i32, i64)> =
+    #[allow(clippy::type_complexity)]
+    let claimed: Vec<(i64, String, i32, i64, Option<String>, Option<String>)> =
         serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if claimed.is_empty() {
         tx.rollback().await?;
@@ -675,11 +752,13 @@ async fn claim_batch(
     tx.commit().await?;
     Ok(claimed
         .into_iter()
-        .map(|(id, step, tried, fence)| Claimed {
+        .map(|(id, step, tried, fence, wait_for, signal)| Claimed {
             id,
             step,
             tried,
             fence,
+            wait_for,
+            signal,
         })
         .collect())
 }
@@ -820,6 +899,16 @@ impl Store for SqliteStore {
         }))
     }
 
+    async fn expire_waits(&self, limit: usize) -> Result<u64, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut writer = self.writer().await?;
+        let done = sqlx::query(EXPIRE_WAITS)
+            .bind(limit)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(done.map(|d| d.rows_affected()).map_err(Error::from))
+    }
+
     async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error> {
         Ok(sqlx::query_as(
             "SELECT id, state FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?1))",
@@ -836,13 +925,23 @@ impl Store for SqliteStore {
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut writer = self.writer().await?;
-        let done = sqlx::query(CLEAN)
-            .bind(finished)
-            .bind(cancelled)
-            .bind(limit)
-            .execute(&mut writer.db)
-            .await;
-        writer.done(done.map(|d| d.rows_affected()).map_err(Error::from))
+        let signals = micros(keep.signals)?;
+        let done = async {
+            let tasks = sqlx::query(CLEAN)
+                .bind(finished)
+                .bind(cancelled)
+                .bind(limit)
+                .execute(&mut writer.db)
+                .await?;
+            let kept = sqlx::query(CLEAN_SIGNALS)
+                .bind(signals)
+                .bind(limit)
+                .execute(&mut writer.db)
+                .await?;
+            Ok::<_, sqlx::Error>(tasks.rows_affected() + kept.rows_affected())
+        }
+        .await;
+        writer.done(done.map_err(Error::from))
     }
 
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
@@ -919,6 +1018,25 @@ SET state = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN 'cancelled' E
     error = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN ?2 ELSE error END
 WHERE id = ?1
 RETURNING state";
+
+/// Sends signal `?3` with payload `?4` to task `?1` or key `?2`, in one
+/// statement (so that it runs on any executor): the row it inserts records
+/// what it found, and the table's trigger delivers it to the waiting tasks
+/// and deletes it, unless it is to be kept. SQLite has one writer at a time:
+/// nothing changes between the look and the trigger.
+const SIGNAL: &str = "
+INSERT INTO jetpack_signals (task_id, key, name, payload, verdict)
+SELECT ?1, ?2, ?3, ?4,
+       CASE WHEN EXISTS (SELECT 1 FROM jetpack_tasks
+                         WHERE state = 'waiting' AND wait_for = ?3
+                           AND (id = ?1 OR wait_key = ?2))
+                THEN 'delivered'
+            WHEN ?1 IS NULL THEN 'kept'
+            ELSE coalesce((SELECT CASE WHEN state IN ('finished', 'cancelled') THEN state
+                                       ELSE 'kept' END
+                           FROM jetpack_tasks WHERE id = ?1), 'not found')
+       END
+RETURNING verdict";
 
 /// Tells the workers of this process which tasks were cancelled here.
 fn local_cancels() -> &'static tokio::sync::broadcast::Sender<i64> {
@@ -1039,6 +1157,35 @@ impl crate::Backend for Sqlite {
                 let _ = local_cancels().send(id);
             }
             Ok(answer)
+        })
+    }
+
+    fn signal<'e, E>(
+        db: E,
+        to: SignalTo,
+        name: &'static str,
+        payload: String,
+    ) -> BoxFuture<'e, Result<Delivery, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (task, key) = match to {
+                SignalTo::Task(id) => (Some(id), None),
+                SignalTo::Key(key) => (None, Some(key)),
+            };
+            let verdict: String = sqlx::query_scalar(SIGNAL)
+                .bind(task)
+                .bind(key)
+                .bind(name)
+                .bind(payload)
+                .fetch_one(db)
+                .await?;
+            let delivery = Delivery::of(&verdict)?;
+            if delivery == Delivery::Delivered {
+                LOCAL_WAKE.notify_waiters();
+            }
+            Ok(delivery)
         })
     }
 

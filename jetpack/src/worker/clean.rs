@@ -1,9 +1,35 @@
-//! Deletes finished and cancelled tasks once they have been kept long enough.
+//! Ends waits whose deadline passed, and deletes finished and cancelled tasks
+//! once they have been kept long enough.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Runtime;
+
+/// Every poll interval, makes the waiting tasks whose deadline passed ready
+/// (their next step runs without a signal), and looks for work at once if it
+/// found any.
+pub(super) async fn expire_waits(rt: Arc<Runtime>) {
+    loop {
+        tokio::time::sleep(rt.config.poll_interval).await;
+        loop {
+            match rt.store.expire_waits(BATCH).await {
+                Ok(0) => break,
+                Ok(expired) => {
+                    tracing::debug!(expired, "waits timed out");
+                    rt.wake.notify_one();
+                    if expired < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "ending timed-out waits failed");
+                    break;
+                }
+            }
+        }
+    }
+}
 
 /// The most rows one cleanup statement deletes: small enough to hold few
 /// locks and little WAL at a time.
@@ -15,9 +41,11 @@ const BATCH: usize = 1000;
 /// another worker is deleting.
 pub(super) async fn run(rt: Arc<Runtime>) {
     let keep = rt.config.retention;
-    let shortest = keep
-        .finished
-        .map_or(keep.cancelled, |f| f.min(keep.cancelled));
+    let shortest = [keep.finished, Some(keep.cancelled), Some(keep.signals)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(keep.cancelled);
     let every = (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(20));
     loop {
         tokio::time::sleep(every).await;

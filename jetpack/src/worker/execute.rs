@@ -10,7 +10,7 @@ use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
-use crate::step::{Context, Stop, StopReason, Wakeup};
+use crate::step::{Context, Stop, StopReason, Wait, Wakeup};
 use crate::store::{is_refusal, Claimed, Outcome, FENCE_MAX};
 use crate::StepError;
 
@@ -100,7 +100,8 @@ async fn attempt<T: Scheduler>(
         ));
     }
 
-    let cx = Context::new(task.id, task.tried, &rt.shared, stop);
+    let cx = Context::new(task.id, task.tried, &rt.shared, stop)
+        .with_signal(task.wait_for.clone(), task.signal.clone());
     let run = AssertUnwindSafe(value.run(&cx)).catch_unwind();
     let result = match policy.timeout {
         None => run.await,
@@ -121,7 +122,7 @@ async fn attempt<T: Scheduler>(
             };
             return (finish, tx);
         }
-        Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup) {
+        Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup, cx.take_wait()) {
             Ok(outcome) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
                 return (outcome, tx);
@@ -148,14 +149,48 @@ async fn attempt<T: Scheduler>(
 /// step that does not serialize, or a wakeup outside what the database holds.
 /// Either fails the attempt for good, here, instead of failing the write of
 /// the outcomes flushed with it.
-fn next_step<T: Scheduler>(next: &T, wakeup: Wakeup) -> Result<Outcome, StepError> {
+fn next_step<T: Scheduler>(
+    next: &T,
+    wakeup: Wakeup,
+    wait: Option<Wait>,
+) -> Result<Outcome, StepError> {
     let step = serde_json::to_string(next)
         .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
     crate::store::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
     let kind = crate::machine::kind(next.machine_name(), next.step_name());
-    Ok(Outcome::Next { step, kind, wakeup })
+    let Some(wait) = wait else {
+        return Ok(Outcome::Next { step, kind, wakeup });
+    };
+    let wrong = |what: String| {
+        StepError::permanent(format!("cannot wait for signal `{}`: {what}", wait.name()))
+    };
+    if wait.name().is_empty() || wait.name().contains('\0') {
+        return Err(wrong(
+            "a signal's name must be non-empty text without NUL".into(),
+        ));
+    }
+    if let Some(key) = wait.wait_key() {
+        if key.is_empty() || key.contains('\0') || key.len() > MAX_KEY_LEN {
+            return Err(wrong(format!(
+                "its key must be non-empty text without NUL, at most {MAX_KEY_LEN} bytes"
+            )));
+        }
+    }
+    if let Some(timeout) = wait.wait_timeout() {
+        crate::store::micros(timeout).map_err(|e| wrong(e.to_string()))?;
+    }
+    Ok(Outcome::Wait {
+        step,
+        kind,
+        name: wait.name(),
+        key: wait.wait_key().map(str::to_string),
+        timeout: wait.wait_timeout(),
+    })
 }
+
+/// The longest key a wait may be addressed by.
+pub(crate) const MAX_KEY_LEN: usize = 1024;
 
 /// Writes the outcome, retrying while the database is unreachable for as long as
 /// the lease lasts; after that the lease expires and another worker reruns the step.

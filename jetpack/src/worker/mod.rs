@@ -11,6 +11,8 @@ mod execute;
 mod heartbeat;
 mod notify;
 
+pub(crate) use execute::MAX_KEY_LEN;
+
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,7 @@ impl Default for Config {
             retention: Retention {
                 finished: None,
                 cancelled: Duration::from_secs(7 * 24 * 3600),
+                signals: Duration::from_secs(7 * 24 * 3600),
             },
         }
     }
@@ -253,6 +256,7 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(heartbeat::run(rt.clone()));
         helpers.spawn(report_other_kinds::<T>(rt.clone()));
         helpers.spawn(clean::run(rt.clone()));
+        helpers.spawn(clean::expire_waits(rt.clone()));
 
         let slots = Slots::new(&rt.config);
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
@@ -527,6 +531,13 @@ impl<T: Scheduler> WorkerBuilder<T> {
         self
     }
 
+    /// How long a signal that no wait took is kept for a later wait (default
+    /// 7 days); then the workers delete it.
+    pub fn keep_signals(mut self, period: Duration) -> Self {
+        self.config.retention.signals = period;
+        self
+    }
+
     /// The worker's name in `locked_by` (default `worker-<pid>-<random>`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -576,7 +587,11 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 c.lease
             )));
         }
-        let keeps = [c.retention.finished, Some(c.retention.cancelled)];
+        let keeps = [
+            c.retention.finished,
+            Some(c.retention.cancelled),
+            Some(c.retention.signals),
+        ];
         for keep in keeps.into_iter().flatten() {
             if keep.is_zero() || crate::store::micros(keep).is_err() {
                 return Err(Error::Config(format!(
