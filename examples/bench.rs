@@ -23,13 +23,16 @@
 //! 7. cost per step vs the raw loop: statements; on PostgreSQL also write transactions,
 //!    WAL bytes, server and client CPU, dead tuples after the drain; on SQLite the
 //!    process's CPU (the database included)
+//! 8. signal round trip into an idle worker: from the `jetpack::signal` call to the start
+//!    of the step that receives it, vs scenario 6's pickup from the enqueue call (measured
+//!    in the same run)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jetpack::sqlx::{self, PgPool};
-use jetpack::{Context, NextStep, Step, StepResult};
+use jetpack::{Context, NextStep, Signal, SignalTo, Step, StepResult, Wait};
 use jetpack_suite::{Db, TestDb};
 use serde::{Deserialize, Serialize};
 
@@ -54,8 +57,22 @@ struct Probe {
     sent_us: i64,
 }
 
+/// Waits for `Go`; `Woken` measures the round trip.
+#[derive(Debug, Serialize, Deserialize)]
+struct Await;
+#[derive(Debug, Serialize, Deserialize)]
+struct Woken;
+#[derive(Debug, Serialize, Deserialize)]
+struct Go {
+    sent_us: i64,
+}
+impl Signal for Go {
+    const NAME: &'static str = "go";
+}
+
 jetpack::task!(Bench { One, A => [B], B => [C], C, Probe });
-jetpack::scheduler!(Tasks { Bench });
+jetpack::task!(Signals { Await => [Woken], Woken });
+jetpack::scheduler!(Tasks { Bench, Signals });
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
@@ -107,6 +124,27 @@ impl Step<Bench> for Probe {
         let latency = elapsed_us(self.sent_us, started);
         LATENCIES.lock().unwrap().push(latency);
         STARTED_US.store(started, Ordering::Relaxed);
+        DONE.fetch_add(1, Ordering::Relaxed);
+        NextStep::none()
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Signals> for Await {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::wait(Woken, Wait::signal::<Go>())
+    }
+}
+#[jetpack::async_trait]
+impl Step<Signals> for Woken {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let started = now_us();
+        if let Some(go) = cx.signal::<Go>()? {
+            LATENCIES
+                .lock()
+                .unwrap()
+                .push(elapsed_us(go.sent_us, started));
+        }
         DONE.fetch_add(1, Ordering::Relaxed);
         NextStep::none()
     }
@@ -646,6 +684,37 @@ async fn pickup(db: &Db, samples: usize) -> Result<[Vec<Duration>; 3], Error> {
     Ok([jet, from_commit, raw])
 }
 
+/// Scenario 8 into an idle worker: from the `jetpack::signal` call to the start
+/// of the step that receives it, for tasks already waiting.
+async fn signal_round_trip(db: &Db, samples: usize) -> Result<Vec<Duration>, Error> {
+    LATENCIES.lock().unwrap().clear();
+    let worker = db.worker::<Tasks>().build()?;
+    let stop = worker.shutdown_token();
+    let running = tokio::spawn(worker.run());
+    let ids = db.enqueue_many((0..samples).map(|_| Await)).await;
+    let waiting = || async {
+        let sql = "SELECT count(*) FROM jetpack_tasks WHERE state = 'waiting'";
+        db.scalar(sql, None).await
+    };
+    while waiting().await < samples as i64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in ids {
+        let before = DONE.load(Ordering::Relaxed);
+        let go = Go { sent_us: now_us() };
+        db.signal(SignalTo::Task(id), &go).await;
+        while DONE.load(Ordering::Relaxed) == before {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await; // idle again
+    }
+    stop.cancel();
+    running.await??;
+    let mut latencies = std::mem::take(&mut *LATENCIES.lock().unwrap());
+    latencies.sort();
+    Ok(latencies)
+}
+
 /// Scenario 5: wall time for `procs` child processes to drain `n` tasks.
 async fn processes(fresh: &TestDb, n: u32, procs: usize) -> Result<f64, Error> {
     fresh.db.enqueue_many((0..n).map(|i| One { n: i })).await;
@@ -911,6 +980,17 @@ async fn bench(
         ] {
             let j = percentile(&from_commit, p);
             rows.push(row(backend, name, "ms", j, f64::NAN, "none", false));
+        }
+    }
+    if want.has(8) {
+        let [pickup_from_call, _, _] = pickup(&fresh(backend).await?.db, 200).await?;
+        let signal = signal_round_trip(&fresh(backend).await?.db, 200).await?;
+        for (name, p) in [
+            ("8 signal round trip p50", 0.5),
+            ("8 signal round trip p99", 0.99),
+        ] {
+            let (j, r) = (percentile(&signal, p), percentile(&pickup_from_call, p));
+            rows.push(row(backend, name, "ms", j, r, "enqueue pickup (6)", false));
         }
     }
     if let Some((jet, raw)) = statements {

@@ -136,6 +136,15 @@ impl Db {
         both!(self, p => jetpack::find(p, id).await).expect("find")
     }
 
+    /// `jetpack::signal`.
+    pub async fn signal(
+        &self,
+        to: jetpack::SignalTo,
+        signal: &impl jetpack::Signal,
+    ) -> jetpack::Delivery {
+        both!(self, p => jetpack::signal(p, to, signal).await).expect("signal")
+    }
+
     /// `jetpack::cancel`.
     pub async fn cancel(&self, id: i64, reason: &str) -> jetpack::Cancel {
         both!(self, p => jetpack::cancel(p, id, reason).await).expect("cancel")

@@ -173,6 +173,16 @@ pub enum SignalTo {
     Key(String),
 }
 
+impl SignalTo {
+    /// (task id, key), one of them set, as the statements bind them.
+    pub(crate) fn parts(self) -> (Option<i64>, Option<String>) {
+        match self {
+            SignalTo::Task(id) => (Some(id), None),
+            SignalTo::Key(key) => (None, Some(key)),
+        }
+    }
+}
+
 /// What [`signal`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -611,10 +611,7 @@ impl crate::Backend for Postgres {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let (task, key) = match to {
-                SignalTo::Task(id) => (Some(id), None),
-                SignalTo::Key(key) => (None, Some(key)),
-            };
+            let (task, key) = to.parts();
             let verdict: String =
                 sqlx::query_scalar("SELECT jetpack_signal($1, $2, $3, $4::text::jsonb)")
                     .bind(task)

@@ -1170,10 +1170,7 @@ impl crate::Backend for Sqlite {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let (task, key) = match to {
-                SignalTo::Task(id) => (Some(id), None),
-                SignalTo::Key(key) => (None, Some(key)),
-            };
+            let (task, key) = to.parts();
             let verdict: String = sqlx::query_scalar(SIGNAL)
                 .bind(task)
                 .bind(key)
