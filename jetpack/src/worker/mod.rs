@@ -3,7 +3,9 @@
 //! Its parts, each with one job: the fetch loop in [`Worker::run`] claims batches
 //! sized to the free slots; [`execute`] runs one attempt (timeouts and panics
 //! become failures) and records its outcome; [`heartbeat`] keeps the leases of
-//! running steps alive; [`notify`] turns database notifications into wakeups.
+//! running steps alive, and tells the steps of cancelled tasks to stop;
+//! [`notify`] turns database notifications into wakeups and cancels; [`clean`]
+//! ends waits whose deadline passed and deletes what was kept long enough.
 
 mod clean;
 mod complete;
