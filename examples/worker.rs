@@ -113,7 +113,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let sql = "SELECT count(*) FROM jetpack_tasks WHERE kind LIKE 'Order.%'";
+                let sql = "SELECT count(*) FROM jetpack_tasks
+                           WHERE kind LIKE 'Order.%' AND state IN ('ready', 'waiting', 'parked')";
                 // A database error (a restart, say) is not "empty": keep watching.
                 if matches!(db.try_scalar(sql, None).await, Ok(0)) {
                     stop.cancel();

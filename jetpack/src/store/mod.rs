@@ -163,7 +163,8 @@ pub(crate) trait Store: Send + Sync + 'static {
 /// How long finished and cancelled tasks are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Retention {
-    /// `None`: finished tasks are deleted as they finish.
+    /// `None`: finished tasks are deleted as they finish, and any kept
+    /// earlier (by another worker, or before a restart) by the cleanup.
     pub finished: Option<Duration>,
     pub cancelled: Duration,
     /// How long a signal no wait took is kept.
@@ -588,8 +589,9 @@ mod tests {
     }
 
     /// A finished task kept (`Outcome::Keep`) is `finished` in `states`, and
-    /// `clean` deletes it once its period has passed, not before; tasks that
-    /// are not finished it leaves alone.
+    /// `clean` deletes it once its period has passed, not before (and at once
+    /// when finished tasks are no longer kept); tasks that are not finished it
+    /// leaves alone.
     fn kept_tasks_are_cleaned_after_their_period(
         store: &dyn Store,
     ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
@@ -622,8 +624,9 @@ mod tests {
                 problems.push("deleted a task kept for an hour".into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+            // A worker that keeps no finished tasks deletes those kept before.
             let short = Retention {
-                finished: Some(Duration::from_micros(1)),
+                finished: None,
                 cancelled: hour,
                 signals: hour,
             };

@@ -204,9 +204,10 @@ WHERE ctid = ANY(ARRAY(
     LIMIT $1
     FOR UPDATE SKIP LOCKED))";
 
-/// Deletes up to `$3` tasks that finished more than `$1` µs ago (none when
-/// `$1` is NULL: finished tasks are not kept) or were cancelled more than `$2`
-/// µs ago, oldest first.
+/// Deletes up to `$3` tasks that finished more than `$1` µs ago (0 when this
+/// worker does not keep finished tasks: those another worker kept, or this one
+/// before a restart, go at once) or were cancelled more than `$2` µs ago,
+/// oldest first.
 const CLEAN: &str = "
 DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
@@ -493,7 +494,7 @@ impl Store for PgStore {
 
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error> {
         let done = sqlx::query(CLEAN)
-            .bind(keep.finished.map(micros).transpose()?)
+            .bind(micros(keep.finished.unwrap_or_default())?)
             .bind(micros(keep.cancelled)?)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(&self.pool)

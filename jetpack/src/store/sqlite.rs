@@ -375,8 +375,9 @@ const NEXT_DUE: &str = concat!(
     ")"
 );
 
-/// Deletes up to `?3` tasks that finished more than `?1` µs ago (none when
-/// `?1` is NULL) or were cancelled more than `?2` µs ago, oldest first.
+/// Deletes up to `?3` tasks that finished more than `?1` µs ago (0 when this
+/// worker does not keep finished tasks) or were cancelled more than `?2` µs
+/// ago, oldest first.
 const CLEAN: &str = "DELETE FROM jetpack_tasks WHERE id IN (
          SELECT id FROM jetpack_tasks
          WHERE state IN ('finished', 'cancelled')
@@ -920,7 +921,7 @@ impl Store for SqliteStore {
 
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error> {
         let (finished, cancelled) = (
-            keep.finished.map(micros).transpose()?,
+            micros(keep.finished.unwrap_or_default())?,
             micros(keep.cancelled)?,
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

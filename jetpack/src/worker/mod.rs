@@ -520,7 +520,8 @@ impl<T: Scheduler> WorkerBuilder<T> {
     /// and the step they finished at) instead of deleting them as they finish,
     /// so that [`find`](crate::find) and SQL can still see them. The workers
     /// delete them once the period has passed, in small batches, a few times
-    /// a minute. By default finished tasks are deleted at once.
+    /// a minute. By default finished tasks are deleted at once, and those
+    /// kept earlier (by workers with this setting) within a minute.
     pub fn keep_finished(mut self, period: Duration) -> Self {
         self.config.retention.finished = Some(period);
         self
