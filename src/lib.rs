@@ -150,6 +150,12 @@ impl Db {
         both!(self, p => jetpack::cancel(p, id, reason).await).expect("cancel")
     }
 
+    /// `jetpack::cancel_with_descendants`.
+    pub async fn cancel_with_descendants(&self, id: i64, reason: &str) -> jetpack::Cancel {
+        both!(self, p => jetpack::cancel_with_descendants(p, id, reason).await)
+            .expect("cancel with descendants")
+    }
+
     /// `jetpack::resume`.
     pub async fn resume(&self, id: i64) -> bool {
         both!(self, p => jetpack::resume(p, id).await).expect("resume")

@@ -10,6 +10,8 @@ use syn::{
 /// A machine: an enum whose variants each hold one step.
 pub struct Machine<'a> {
     pub ident: &'a Ident,
+    /// `#[output(T)]`: what a finished task returns.
+    pub output: Option<Type>,
     pub steps: Vec<StepVariant<'a>>,
     /// Errors found while parsing, reported together with validation errors.
     pub errors: Vec<syn::Error>,
@@ -42,6 +44,22 @@ impl<'a> Machine<'a> {
             ));
         }
         let mut errors = Vec::new();
+        let mut output = None;
+        for attr in &input.attrs {
+            if attr.path().is_ident("output") {
+                match attr.parse_args::<Type>() {
+                    Ok(ty) if output.is_none() => output = Some(ty),
+                    Ok(_) => errors.push(syn::Error::new_spanned(
+                        attr,
+                        "a machine has one output type: remove the second `#[output(..)]`",
+                    )),
+                    Err(_) => errors.push(syn::Error::new_spanned(
+                        attr,
+                        "write the output type in parentheses: `#[output(Receipt)]`",
+                    )),
+                }
+            }
+        }
         let mut steps = Vec::new();
         for variant in &data.variants {
             let ty = match &variant.fields {
@@ -81,6 +99,7 @@ impl<'a> Machine<'a> {
         }
         Ok(Machine {
             ident: &input.ident,
+            output,
             steps,
             errors,
         })
@@ -108,6 +127,7 @@ fn parse_next(attr: &Attribute) -> syn::Result<Vec<Ident>> {
 pub struct TaskInput {
     pub vis: Visibility,
     pub ident: Ident,
+    pub output: Option<Type>,
     pub steps: Vec<(Ident, Vec<Ident>)>,
 }
 
@@ -115,6 +135,12 @@ impl Parse for TaskInput {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         let vis = input.parse()?;
         let ident = input.parse()?;
+        let output = if input.peek(Token![->]) {
+            input.parse::<Token![->]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
         let body;
         braced!(body in input);
         let mut steps = Vec::new();
@@ -141,7 +167,12 @@ impl Parse for TaskInput {
                 "a task needs at least one step: `task!(Greeter { ReadName => [SayHello], SayHello })`",
             ));
         }
-        Ok(TaskInput { vis, ident, steps })
+        Ok(TaskInput {
+            vis,
+            ident,
+            output,
+            steps,
+        })
     }
 }
 

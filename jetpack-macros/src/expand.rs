@@ -11,6 +11,10 @@ pub fn machine(m: &Machine) -> TokenStream {
     let machine = m.ident;
     let machine_name = machine.to_string();
     let any_initial = m.steps.iter().any(|s| s.initial);
+    let output = match &m.output {
+        Some(ty) => quote!(#ty),
+        None => quote!(()),
+    };
 
     let step_names = m.steps.iter().map(|s| s.variant.to_string());
     let nodes = m.steps.iter().enumerate().map(|(i, s)| {
@@ -59,6 +63,9 @@ pub fn machine(m: &Machine) -> TokenStream {
                 type Successors = (#(#next_tys,)*);
             }
             impl #p::MemberOf<#machine> for #ty {}
+            impl #p::TaskOf for #ty {
+                type Machine = #machine;
+            }
             impl ::std::convert::From<#ty> for #machine {
                 fn from(step: #ty) -> Self {
                     Self::#v(step)
@@ -81,6 +88,7 @@ pub fn machine(m: &Machine) -> TokenStream {
             impl #p::Machine for #machine {
                 const NAME: &'static str = #machine_name;
                 const STEPS: &'static [&'static str] = &[#(#step_names),*];
+                type Output = #output;
 
                 fn graph() -> #p::Graph {
                     #p::Graph::__new(#machine_name, &[#(#nodes),*])
@@ -102,6 +110,10 @@ pub fn machine(m: &Machine) -> TokenStream {
                 }
             }
 
+            impl #p::TaskOf for #machine {
+                type Machine = Self;
+            }
+
             impl #p::IntoTask for #machine {
                 fn into_step_json(self) -> ::std::result::Result<::std::string::String, #p::serde_json::Error> {
                     #p::tagged_json(#machine_name, &self)
@@ -119,6 +131,7 @@ pub fn machine(m: &Machine) -> TokenStream {
 pub fn task(t: &TaskInput) -> TokenStream {
     let p = quote!(::jetpack::__private);
     let (vis, ident) = (&t.vis, &t.ident);
+    let output = t.output.as_ref().map(|ty| quote!(#[output(#ty)]));
     let variants = t.steps.iter().map(|(step, next)| {
         let next = (!next.is_empty()).then(|| quote!(#[next(#(#next),*)]));
         quote!(#next #step(#step))
@@ -126,6 +139,7 @@ pub fn task(t: &TaskInput) -> TokenStream {
     quote! {
         #[derive(::std::fmt::Debug, #p::serde::Serialize, #p::serde::Deserialize, ::jetpack::Machine)]
         #[serde(crate = "::jetpack::__private::serde")]
+        #output
         #vis enum #ident {
             #(#variants,)*
         }

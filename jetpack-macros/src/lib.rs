@@ -20,8 +20,10 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// `#[next(A, B)]` on a variant declares which steps may follow it; a variant with
 /// no `#[next]` is terminal and can only finish. `#[initial]` marks the steps a task
-/// normally starts with (the first variant when none is marked).
-#[proc_macro_derive(Machine, attributes(next, initial))]
+/// normally starts with (the first variant when none is marked). `#[output(T)]`
+/// on the enum declares what a finished task returns to a parent's join (`()`
+/// when absent).
+#[proc_macro_derive(Machine, attributes(next, initial, output))]
 pub fn derive_machine(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     ast::Machine::from_derive(&input)
@@ -32,7 +34,8 @@ pub fn derive_machine(input: TokenStream) -> TokenStream {
 }
 
 /// Declares a machine enum from its steps and their successors:
-/// `task!(pub Greeter { ReadName => [SayHello], SayHello })`.
+/// `task!(pub Greeter { ReadName => [SayHello], SayHello })`; with an output
+/// type, `task!(pub Payment -> Receipt { Charge })`.
 ///
 /// Expands to an enum with one variant per step (named like the step type),
 /// deriving `Debug`, `Serialize`, `Deserialize` and `Machine`.

@@ -32,7 +32,12 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
-    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
+    fn cancel<'e, E>(
+        db: E,
+        id: i64,
+        reason: String,
+        descendants: bool,
+    ) -> BoxFuture<'e, Result<Cancel, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
 
@@ -88,6 +93,11 @@ pub struct TaskRow {
     pub lease_until: Option<DateTime<Utc>>,
     /// When the task finished or was cancelled.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The task that started this one as its child, if one did.
+    pub parent_id: Option<i64>,
+    /// What the task returned when it finished ([`NextStep::finish`](crate::NextStep::finish)),
+    /// as JSON: kept on a finished task that is kept.
+    pub result: Option<String>,
 }
 
 /// What a task is doing, as [`find`] tells it.
@@ -305,7 +315,27 @@ where
 {
     // PostgreSQL's text cannot hold NUL.
     let reason = reason.replace('\0', "");
-    <E::Database as Backend>::cancel(db, id, reason).await
+    <E::Database as Backend>::cancel(db, id, reason, false).await
+}
+
+/// Cancels task `id` as [`cancel`] does, and with it every descendant that
+/// has not ended: its children, their children, and so on, in one statement.
+/// Each descendant's `error` says which ancestor was cancelled and why. The
+/// answer is task `id`'s. From SQL on PostgreSQL:
+/// `SELECT jetpack_cancel(42, 'reason', true)`.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool, order: i64) -> Result<(), jetpack::Error> {
+/// jetpack::cancel_with_descendants(&pool, order, "the order was withdrawn").await?;
+/// # Ok(()) }
+/// ```
+pub async fn cancel_with_descendants<'e, E>(db: E, id: i64, reason: &str) -> Result<Cancel, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    let reason = reason.replace('\0', "");
+    <E::Database as Backend>::cancel(db, id, reason, true).await
 }
 
 /// A task ready to insert: its JSON and its `kind`.
@@ -328,7 +358,7 @@ pub(crate) fn one_kind(steps: &[Encoded]) -> bool {
     steps.windows(2).all(|w| w[0].kind == w[1].kind)
 }
 
-fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
+pub(crate) fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
     let kind = task.kind();
     let json = task.into_step_json().map_err(Error::Serialize)?;
     Ok(Encoded { json, kind })

@@ -26,17 +26,17 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use enqueue::{
-    cancel, delay, enqueue, enqueue_many, find, resume, schedule, signal, Backend, Cancel,
+    cancel, cancel_with_descendants, delay, enqueue, enqueue_many, find, resume, schedule, signal, Backend, Cancel,
     Delivery, SignalTo, TaskRow, TaskState,
 };
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
     BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf, Scheduler, StepNode,
-    StepOf,
+    StepOf, TaskOf,
 };
 pub use step::{
-    Context, NextStep, RetryPolicy, Signal, Step, StepError, StepResult, StopReason, TestContext,
+    Child, ChildError, Context, NextStep, OnPark, Spawn, SpawnAll, RetryPolicy, Signal, Step, StepError, StepResult, StopReason, TestContext,
     Tx, Wait, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
@@ -66,7 +66,7 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 pub mod __private {
     pub use crate::machine::{
         tagged_json, BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf,
-        Scheduler, StepOf,
+        Scheduler, StepOf, TaskOf,
     };
     pub use crate::step::{Context, NextStep, RetryPolicy, Step, StepError, Wakeup};
     pub use serde;

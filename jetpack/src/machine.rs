@@ -21,6 +21,10 @@ pub trait Machine: Serialize + DeserializeOwned + Send + Sync + 'static {
     const NAME: &'static str;
     /// The names of its steps, in declaration order.
     const STEPS: &'static [&'static str];
+    /// What a task of this machine returns when it finishes
+    /// ([`NextStep::finish`](crate::NextStep::finish)): the result a parent's
+    /// join step reads. `()` unless the enum declares `#[output(Type)]`.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
 
     /// The transition graph: steps, edges, initial and terminal steps.
     fn graph() -> Graph;
@@ -89,6 +93,19 @@ pub trait IntoTask {
 
     /// The `kind` column: `(machine, step)`, e.g. `("Greeter", "ReadName")`.
     fn kind(&self) -> (&'static str, &'static str);
+}
+
+/// A value that starts a task of one machine: one of its steps, or the
+/// machine enum itself. A step spawns it as a child with
+/// [`Context::spawn`](crate::Context::spawn). Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a step or machine of a `#[derive(Machine)]` enum",
+    label = "cannot be spawned as a child task",
+    note = "a child task starts at a step of one machine: pass one of its step structs, or the machine enum"
+)]
+pub trait TaskOf: IntoTask + Send + 'static {
+    /// The machine whose task it starts.
+    type Machine: Machine;
 }
 
 /// The enum a worker runs, combining machines. Implemented by

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::machine::{BoxFuture, Follows, Machine, MemberOf, StepOf};
 use crate::Error;
 
+mod children;
+pub use children::{Child, ChildError, OnPark, Spawn, SpawnAll};
+
 /// One state of a task, and the code that moves it on.
 ///
 /// `M` is the machine the step belongs to; the value returned names the next
@@ -102,6 +105,10 @@ pub enum Wakeup {
 pub struct NextStep<S: StepOf> {
     next: Option<(S::Machine, Wakeup)>,
     wait: Option<Wait>,
+    /// Whether the task waits for its children before `next`.
+    join: bool,
+    /// What the task returns, as JSON, when it finishes with one.
+    output: Option<String>,
     _step: PhantomData<fn() -> S>,
 }
 
@@ -173,8 +180,88 @@ impl<S: StepOf> NextStep<S> {
         Ok(NextStep {
             next,
             wait: None,
+            join: false,
+            output: None,
             _step: PhantomData,
         })
+    }
+
+    /// Moves the task to `next` once every child this step spawned with
+    /// [`Context::spawn`] has ended. Meanwhile the task is `waiting`: it
+    /// holds no worker slot and no lease. `next`, the join step, reads each
+    /// child's typed result with [`Context::result`] or [`Context::results`].
+    /// With no children, `next` runs at once.
+    ///
+    /// ```
+    /// # use jetpack::{Child, Context, NextStep, Step, StepResult};
+    /// # use serde::{Deserialize, Serialize};
+    /// #[derive(Debug, Serialize, Deserialize)]
+    /// struct Charge { cents: u64 }
+    /// jetpack::task!(Payment -> String { Charge });
+    /// #[jetpack::async_trait]
+    /// impl Step<Payment> for Charge {
+    ///     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+    ///         NextStep::finish(format!("receipt for {} cents", self.cents))
+    ///     }
+    /// }
+    ///
+    /// #[derive(Debug, Serialize, Deserialize)]
+    /// struct Order { cents: u64 }
+    /// #[derive(Debug, Serialize, Deserialize)]
+    /// struct Paid { payment: Child<Payment> }
+    /// jetpack::task!(Shop { Order => [Paid], Paid });
+    ///
+    /// #[jetpack::async_trait]
+    /// impl Step<Shop> for Order {
+    ///     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+    ///         let payment = cx.spawn(Charge { cents: self.cents }).await?;
+    ///         NextStep::join(Paid { payment })
+    ///     }
+    /// }
+    ///
+    /// #[jetpack::async_trait]
+    /// impl Step<Shop> for Paid {
+    ///     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+    ///         let receipt: String = cx.result(&self.payment).await??;
+    ///         tracing::info!(%receipt, "paid");
+    ///         NextStep::none()
+    ///     }
+    /// }
+    /// ```
+    pub fn join<N: Follows<S, S::Machine, S::Successors>>(next: N) -> StepResult<S> {
+        Ok(NextStep {
+            next: Some((next.into(), Wakeup::Now)),
+            wait: None,
+            join: true,
+            output: None,
+            _step: PhantomData,
+        })
+    }
+
+    /// Finishes the task with `output`, the result a parent's join step
+    /// reads (and that a kept finished row shows in its `result` column).
+    pub fn finish(output: <S::Machine as Machine>::Output) -> StepResult<S> {
+        let output = serde_json::to_string(&output).map_err(|e| {
+            StepError::permanent(format!("cannot serialize the task's output: {e}"))
+        })?;
+        Ok(NextStep {
+            next: None,
+            wait: None,
+            join: false,
+            output: (output != "null").then_some(output),
+            _step: PhantomData,
+        })
+    }
+
+    /// Whether the task waits for its children before the next step
+    /// ([`NextStep::join`]).
+    pub fn is_join(&self) -> bool {
+        self.join
+    }
+
+    /// The output the task finishes with, as JSON ([`NextStep::finish`]).
+    pub fn output(&self) -> Option<&str> {
+        self.output.as_deref()
     }
 
     /// Moves the task to `next` once signal `wait` arrives, or its timeout
@@ -209,6 +296,8 @@ impl<S: StepOf> NextStep<S> {
         Ok(NextStep {
             next: Some((next.into(), Wakeup::Now)),
             wait: Some(wait),
+            join: false,
+            output: None,
             _step: PhantomData,
         })
     }
@@ -247,7 +336,11 @@ impl<S: StepOf> NextStep<S> {
 
     #[doc(hidden)]
     pub fn into_parts(self, cx: &Context<'_>) -> Option<(S::Machine, Wakeup)> {
-        *lock(&cx.wait) = self.wait;
+        *lock(&cx.then) = Then {
+            wait: self.wait,
+            join: self.join,
+            output: self.output,
+        };
         self.next
     }
 
@@ -482,11 +575,21 @@ pub struct Context<'a> {
     stop: &'a Stop,
     /// The step's transaction once it asked for one: a `sqlx::Transaction<'static, DB>`.
     tx: Mutex<Option<Box<dyn Any + Send>>>,
-    /// The wait the step returned, if it did.
-    wait: std::sync::Mutex<Option<Wait>>,
+    /// What the step returned besides its next step.
+    then: std::sync::Mutex<Then>,
+    /// Whether the step spawned children its join is to wait for.
+    spawned: std::sync::atomic::AtomicBool,
     /// The signal the task waited for, `(name, payload)`: the payload is
     /// `None` when the wait timed out.
     signal: Option<(String, Option<String>)>,
+}
+
+/// What a step returned besides its next step: a wait, a join, an output.
+#[derive(Debug, Default)]
+pub(crate) struct Then {
+    pub(crate) wait: Option<Wait>,
+    pub(crate) join: bool,
+    pub(crate) output: Option<String>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -528,7 +631,8 @@ impl<'a> Context<'a> {
             shared,
             stop,
             tx: Mutex::new(None),
-            wait: std::sync::Mutex::new(None),
+            then: std::sync::Mutex::new(Then::default()),
+            spawned: std::sync::atomic::AtomicBool::new(false),
             signal: None,
         }
     }
@@ -540,9 +644,9 @@ impl<'a> Context<'a> {
         self
     }
 
-    /// The wait the step returned, taken.
-    pub(crate) fn take_wait(&self) -> Option<Wait> {
-        lock(&self.wait).take()
+    /// What the step returned besides its next step, taken.
+    pub(crate) fn take_then(&self) -> Then {
+        std::mem::take(&mut *lock(&self.then))
     }
 
     /// The payload of signal `S`, in a step that [`NextStep::wait`] led to:

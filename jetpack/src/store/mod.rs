@@ -28,6 +28,9 @@ pub(crate) struct Claimed {
     pub wait_for: Option<String>,
     /// The payload of that signal; `None` when the wait timed out.
     pub signal: Option<String>,
+    /// Whether a parent's join waits for this task: its finish is then kept,
+    /// with its result, for the join step to read.
+    pub awaited: bool,
 }
 
 /// What happens to a claimed task when its attempt ends.
@@ -48,10 +51,13 @@ pub(crate) enum Outcome {
         key: Option<String>,
         timeout: Option<Duration>,
     },
+    /// Wait for the task's awaited children to end, then move to `step`.
+    Join { step: String, kind: String },
     /// Finished: the row is deleted.
     Finish,
-    /// Finished, and kept (state `finished`) until the workers' cleanup.
-    Keep,
+    /// Finished, and kept (state `finished`) with its `result` (JSON) until
+    /// the workers' cleanup.
+    Keep { result: Option<String> },
     /// Failed; retried after `delay`.
     Retry { delay: Duration },
     /// Failed for good; parked with its error until a person clears it.
@@ -284,6 +290,80 @@ pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::A
     // `Backend` is sealed and implemented only for the databases above.
     drop(pool);
     unreachable!("jetpack::Backend is implemented only for enabled databases")
+}
+
+/// A child's row as a join step reads it: id, state, result, error.
+pub(crate) type ChildRow = (i64, String, Option<String>, Option<String>);
+
+/// Inserts children of task `parent` in the step's transaction `tx`, awaited
+/// by the parent's join as `awaited` says (`None`: detached); their ids.
+pub(crate) async fn insert_children(
+    tx: &mut (dyn Any + Send),
+    parent: i64,
+    awaited: Option<&str>,
+    steps: Vec<crate::enqueue::Encoded>,
+) -> Result<Vec<i64>, Error> {
+    #[cfg(feature = "postgres")]
+    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>() {
+        return postgres::insert_children(tx, parent, awaited, steps).await;
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Sqlite>>() {
+        return sqlite::insert_children(tx, parent, awaited, steps).await;
+    }
+    Err(unknown_database())
+}
+
+/// Detaches the awaited children of `parent`, in the step's transaction.
+pub(crate) async fn detach_children(tx: &mut (dyn Any + Send), parent: i64) -> Result<(), Error> {
+    #[cfg(feature = "postgres")]
+    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>() {
+        return postgres::detach_children(tx, parent).await;
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Sqlite>>() {
+        return sqlite::detach_children(tx, parent).await;
+    }
+    Err(unknown_database())
+}
+
+/// The children of `parent` its join counted, of `machine` (all when `None`)
+/// or only `child`, read with the worker's pool.
+pub(crate) async fn child_results(
+    pool: &(dyn Any + Send + Sync),
+    parent: i64,
+    machine: Option<&str>,
+    child: Option<i64>,
+) -> Result<Vec<ChildRow>, Error> {
+    #[cfg(feature = "postgres")]
+    if let Some(pool) = pool.downcast_ref::<sqlx::PgPool>() {
+        return postgres::child_results(pool, parent, machine, child).await;
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(pool) = pool.downcast_ref::<sqlx::SqlitePool>() {
+        return sqlite::child_results(pool, parent, machine, child).await;
+    }
+    Err(unknown_database())
+}
+
+/// Opens a transaction on the worker's pool, boxed as a step's transaction.
+pub(crate) async fn begin(pool: &(dyn Any + Send + Sync)) -> Result<Box<dyn Any + Send>, Error> {
+    #[cfg(feature = "postgres")]
+    if let Some(pool) = pool.downcast_ref::<sqlx::PgPool>() {
+        return Ok(Box::new(pool.begin().await?));
+    }
+    #[cfg(feature = "sqlite")]
+    if let Some(pool) = pool.downcast_ref::<sqlx::SqlitePool>() {
+        return Ok(Box::new(pool.begin().await?));
+    }
+    Err(unknown_database())
+}
+
+fn unknown_database() -> Error {
+    Error::WrongDatabase {
+        actual: "no database",
+        requested: "PostgreSQL or SQLite (child tasks need a worker's database)",
+    }
 }
 
 /// The step's transaction, as the worker handed it over, back in its type.
@@ -603,7 +683,7 @@ mod tests {
                 return Err(format!("claimed {} tasks instead of 2", claimed.len()).into());
             };
             let done = store
-                .complete_many(&[(a.id, a.fence, &Outcome::Keep)])
+                .complete_many(&[(a.id, a.fence, &Outcome::Keep { result: None })])
                 .await?;
             if done != [true] {
                 problems.push(format!("keeping a finished task: {done:?}"));

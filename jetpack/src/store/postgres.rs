@@ -46,7 +46,8 @@ WHERE t.ctid = ANY(ARRAY(
     ORDER BY wakeup_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
-RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal";
+RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
+    coalesce(t.awaited <> 'done', false) AS awaited";
 
 /// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
 macro_rules! finished {
@@ -70,7 +71,7 @@ macro_rules! moved {
         "moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-        updated_at = now(), wait_for = NULL, signal = NULL,
+        updated_at = now(), wait_for = NULL, signal = NULL, children_left = NULL,
         wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND t.wakeup_at <= now() THEN t.wakeup_at
                          ELSE coalesce(u.at, now() + u.delay * interval '1 microsecond') END
     FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[])
@@ -111,15 +112,16 @@ macro_rules! failed {
     };
 }
 
-/// The finished tasks that are kept (`$13` ids, `$14` fences), when the worker
-/// keeps finished tasks for a while.
+/// The finished tasks that are kept (`$13` ids, `$14` fences, `$22`
+/// results), when the worker keeps finished tasks for a while or a parent's
+/// join waits for them.
 macro_rules! kept {
     () => {
         "kept AS (
     UPDATE jetpack_tasks t
     SET state = 'finished', finished_at = now(), locked_by = NULL, lease_until = NULL,
-        updated_at = now()
-    FROM unnest($13::bigint[], $14::bigint[]) AS k(id, fence)
+        updated_at = now(), result = k.result::jsonb, children_left = NULL
+    FROM unnest($13::bigint[], $14::bigint[], $22::text[]) AS k(id, fence, result)
     WHERE t.id = k.id AND t.fence = k.fence
     RETURNING t.id, t.fence
 )"
@@ -136,12 +138,38 @@ macro_rules! waited {
     UPDATE jetpack_tasks t
     SET step = w.step::jsonb, kind = w.kind,
         state = CASE WHEN t.state = 'parked' THEN 'parked' ELSE 'waiting' END,
-        wait_for = w.name, wait_key = w.key, signal = NULL, tried = 0,
+        wait_for = w.name, wait_key = w.key, signal = NULL, tried = 0, children_left = NULL,
         locked_by = NULL, lease_until = NULL, updated_at = now(),
         wakeup_at = coalesce(now() + w.timeout * interval '1 microsecond', '9999-12-31 00:00:00+00')
     FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
                 $21::bigint[]) AS w(id, fence, step, kind, name, key, timeout)
     WHERE t.id = w.id AND t.fence = w.fence
+    RETURNING t.id, t.fence
+)"
+    };
+}
+
+/// The tasks that begin to wait for their children (`$23` ids, `$24` fences,
+/// `$25` steps, `$26` kinds): `children_left` counts the awaited children
+/// not ended yet, which the step inserted in this same transaction; with
+/// none, the join step is due at once. A task parked by hand meanwhile stays
+/// parked (and goes back to waiting when resumed). The table's triggers count
+/// the children down as they end, and make the task ready after the last.
+macro_rules! joined {
+    () => {
+        "joined AS (
+    UPDATE jetpack_tasks t
+    SET step = j.step::jsonb, kind = j.kind, tried = 0, children_left = c.n,
+        state = CASE WHEN t.state = 'parked' THEN 'parked' WHEN c.n > 0 THEN 'waiting' ELSE 'ready' END,
+        wait_for = NULL, wait_key = NULL, signal = NULL,
+        locked_by = NULL, lease_until = NULL, updated_at = now(),
+        wakeup_at = CASE WHEN c.n > 0 THEN '9999-12-31 00:00:00+00' ELSE now() END
+    FROM unnest($23::bigint[], $24::bigint[], $25::text[], $26::text[]) AS j(id, fence, step, kind)
+    CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS n FROM jetpack_tasks c
+        WHERE c.parent_id = j.id AND c.awaited IN ('wait', 'fail', 'error')
+    ) c
+    WHERE t.id = j.id AND t.fence = j.fence
     RETURNING t.id, t.fence
 )"
     };
@@ -161,10 +189,12 @@ const EVERY_OUTCOME: &str = concat!(
     kept!(),
     ", ",
     waited!(),
+    ", ",
+    joined!(),
     "
 SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
 UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
-UNION ALL SELECT id, fence FROM waited"
+UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined"
 );
 
 /// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
@@ -207,12 +237,15 @@ WHERE ctid = ANY(ARRAY(
 /// Deletes up to `$3` tasks that finished more than `$1` µs ago (0 when this
 /// worker does not keep finished tasks: those another worker kept, or this one
 /// before a restart, go at once) or were cancelled more than `$2` µs ago,
-/// oldest first.
+/// oldest first. A child a parent's join counted stays until that join step
+/// has moved on (its parent's `children_left` is NULL again).
 const CLEAN: &str = "
 DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM jetpack_tasks
+    SELECT ctid FROM jetpack_tasks t
     WHERE state IN ('finished', 'cancelled')
       AND finished_at < now() - CASE state WHEN 'finished' THEN $1 ELSE $2 END * interval '1 microsecond'
+      AND NOT (awaited IS NOT DISTINCT FROM 'done' AND EXISTS (
+          SELECT 1 FROM jetpack_tasks p WHERE p.id = t.parent_id AND p.children_left IS NOT NULL))
     ORDER BY finished_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED))";
@@ -241,6 +274,69 @@ INSERT INTO jetpack_tasks (step, kind)
 SELECT s::jsonb, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
 RETURNING id";
 
+/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds), awaited by its join
+/// as `$4` says (NULL: detached), returning their ids in order.
+const INSERT_CHILDREN: &str = "
+INSERT INTO jetpack_tasks (step, kind, parent_id, awaited)
+SELECT s::jsonb, k, $3, $4 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
+RETURNING id";
+
+/// Children of `$1` its step spawned awaited but will not join: detached.
+const DETACH_CHILDREN: &str = "
+UPDATE jetpack_tasks SET awaited = NULL
+WHERE parent_id = $1 AND awaited IN ('wait', 'fail', 'error')";
+
+/// The children of `$1` its join counted, of machine `$2` (every machine
+/// when NULL) or only child `$3`: id, state, result, error.
+const CHILD_RESULTS: &str = "
+SELECT id, state, result::text, error FROM jetpack_tasks
+WHERE parent_id = $1 AND awaited = 'done'
+  AND ($2::text IS NULL OR left(kind, length($2) + 1) = $2 || '.')
+  AND ($3::bigint IS NULL OR id = $3)
+ORDER BY id";
+
+/// Inserts children of task `parent` in the step's transaction.
+pub(crate) async fn insert_children(
+    db: &mut PgConnection,
+    parent: i64,
+    awaited: Option<&str>,
+    steps: Vec<Encoded>,
+) -> Result<Vec<i64>, Error> {
+    let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
+    let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
+    Ok(sqlx::query_scalar(INSERT_CHILDREN)
+        .bind(json)
+        .bind(kinds)
+        .bind(parent)
+        .bind(awaited)
+        .fetch_all(db)
+        .await?)
+}
+
+/// Detaches the awaited children of `parent` (its step did not join them).
+pub(crate) async fn detach_children(db: &mut PgConnection, parent: i64) -> Result<(), Error> {
+    sqlx::query(DETACH_CHILDREN)
+        .bind(parent)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The results of the children of `parent` its join counted.
+pub(crate) async fn child_results(
+    pool: &PgPool,
+    parent: i64,
+    machine: Option<&str>,
+    child: Option<i64>,
+) -> Result<Vec<super::ChildRow>, Error> {
+    Ok(sqlx::query_as(CHILD_RESULTS)
+        .bind(parent)
+        .bind(machine)
+        .bind(child)
+        .fetch_all(pool)
+        .await?)
+}
+
 pub(crate) struct PgStore {
     pool: PgPool,
 }
@@ -267,7 +363,8 @@ struct Batch<'a> {
     ),
     #[allow(clippy::type_complexity)]
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
-    kept: (Vec<i64>, Vec<i64>),
+    kept: (Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
+    joined: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<&'a str>),
     #[allow(clippy::type_complexity)]
     waited: (
         Vec<i64>,
@@ -289,9 +386,17 @@ impl<'a> Batch<'a> {
                     batch.finish.0.push(id);
                     batch.finish.1.push(fence);
                 }
-                Outcome::Keep => {
+                Outcome::Keep { result } => {
                     batch.kept.0.push(id);
                     batch.kept.1.push(fence);
+                    batch.kept.2.push(result.as_deref());
+                }
+                Outcome::Join { step, kind } => {
+                    let j = &mut batch.joined;
+                    j.0.push(id);
+                    j.1.push(fence);
+                    j.2.push(step);
+                    j.3.push(kind);
                 }
                 Outcome::Wait {
                     step,
@@ -338,8 +443,11 @@ impl<'a> Batch<'a> {
     /// held their tasks.
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
         let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
-        let waited = &self.waited;
-        let common = failed.0.is_empty() && kept.0.is_empty() && waited.0.is_empty();
+        let (waited, joined) = (&self.waited, &self.joined);
+        let common = failed.0.is_empty()
+            && kept.0.is_empty()
+            && waited.0.is_empty()
+            && joined.0.is_empty();
         let sql = if common {
             FINISH_AND_NEXT
         } else {
@@ -368,7 +476,12 @@ impl<'a> Batch<'a> {
                 .bind(&waited.3)
                 .bind(&waited.4)
                 .bind(&waited.5)
-                .bind(&waited.6);
+                .bind(&waited.6)
+                .bind(&kept.2)
+                .bind(&joined.0)
+                .bind(&joined.1)
+                .bind(&joined.2)
+                .bind(&joined.3);
         }
         Ok(query.fetch_all(db).await?)
     }
@@ -534,7 +647,8 @@ const FIND: &str = "
 SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
             WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
             ELSE state END,
-       step::text, wakeup_at, tried, error, locked_by, lease_until, finished_at
+       step::text, wakeup_at, tried, error, locked_by, lease_until, finished_at,
+       parent_id, result::text
 FROM jetpack_tasks WHERE id = $1";
 
 /// Resumes a parked task (the state trigger does the rest).
@@ -550,6 +664,8 @@ type FoundRow = (
     Option<String>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<i64>,
+    Option<String>,
 );
 
 impl crate::Backend for Postgres {
@@ -560,8 +676,21 @@ impl crate::Backend for Postgres {
         Box::pin(async move {
             let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
             row.map(
-                |(state, step, wakeup_at, tried, error, locked_by, lease_until, finished_at)| {
+                |(
+                    state,
+                    step,
+                    wakeup_at,
+                    tried,
+                    error,
+                    locked_by,
+                    lease_until,
+                    finished_at,
+                    parent_id,
+                    result,
+                )| {
                     Ok(TaskRow {
+                        parent_id,
+                        result,
                         id,
                         state: TaskState::parse(&state)?,
                         step,
@@ -588,14 +717,21 @@ impl crate::Backend for Postgres {
         })
     }
 
-    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
+    fn cancel<'e, E>(
+        db: E,
+        id: i64,
+        reason: String,
+        descendants: bool,
+    ) -> BoxFuture<'e, Result<Cancel, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let state: Option<Option<String>> = sqlx::query_scalar("SELECT jetpack_cancel($1, $2)")
-                .bind(id)
-                .bind(reason)
+            let state: Option<Option<String>> =
+                sqlx::query_scalar("SELECT jetpack_cancel($1, $2, $3)")
+                    .bind(id)
+                    .bind(reason)
+                    .bind(descendants)
                 .fetch_optional(db)
                 .await?;
             Ok(Cancel::of(state.flatten().as_deref()))

@@ -95,6 +95,13 @@ macro_rules! lease {
     };
 }
 
+/// Whether a parent's join waits for the task (`Claimed::awaited`).
+macro_rules! awaited {
+    () => {
+        "coalesce(awaited <> 'done', 0)"
+    };
+}
+
 /// The tasks a claim takes, read in the claim's write transaction as one JSON
 /// array of `[id, step, tried, fence]` with the attempt and fence the claim
 /// gives them. Every row a statement returns is a hand-off from the
@@ -106,8 +113,10 @@ const CLAIM_READ: &str = concat!(
     next_attempt!(),
     ", ",
     next_fence!(),
-    ", wait_for, signal)) FROM (",
-    ready_tasks!("id, step, tried, fence, wait_for, signal"),
+    ", wait_for, signal, ",
+    awaited!(),
+    ")) FROM (",
+    ready_tasks!("id, step, tried, fence, wait_for, signal, awaited"),
     ")"
 );
 
@@ -124,7 +133,9 @@ const CLAIM_FEW: &str = concat!(
     lease!("?3", "?4"),
     " WHERE id IN (",
     ready_tasks!("id"),
-    ") RETURNING id, step, tried, fence, wait_for, signal"
+    ") RETURNING id, step, tried, fence, wait_for, signal, ",
+    awaited!(),
+    " AS awaited"
 );
 
 /// Finishes the attempts `?1` (a JSON array of `[id, fence]`), returning
@@ -169,7 +180,7 @@ macro_rules! waits {
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind,
                  state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' ELSE 'waiting' END,
-                 wait_for = u.name, wait_key = u.key, signal = NULL, tried = 0,
+                 wait_for = u.name, wait_key = u.key, signal = NULL, tried = 0, children_left = NULL,
                  locked_by = NULL, lease_until = NULL, updated_at = ",
             now!(),
             ", wakeup_at = CASE WHEN u.timeout IS NULL THEN '9999-12-31 00:00:00.000' ELSE ",
@@ -205,34 +216,86 @@ const EXPIRE_WAITS: &str = concat!(
     " ORDER BY wakeup_at LIMIT ?1)"
 );
 
-/// Keeps finished tasks (state `finished`) until the workers' cleanup:
-/// `$where` picks them.
+/// Keeps finished tasks (state `finished`) with their results until the
+/// workers' cleanup: `?1` is a JSON array of `[id, fence, result]`.
 macro_rules! keep {
-    ($where:literal) => {
+    ($fence:literal, $check:literal) => {
         concat!(
             "UPDATE jetpack_tasks SET state = 'finished', finished_at = ",
             now!(),
-            ", locked_by = NULL, lease_until = NULL, updated_at = ",
+            ", locked_by = NULL, lease_until = NULL, children_left = NULL, result = u.result,
+               updated_at = ",
             now!(),
-            " WHERE ",
-            $where
+            " FROM (SELECT value ->> 0 AS id, ",
+            $fence,
+            " value -> 2 AS result FROM json_each(?1)) AS u
+             WHERE jetpack_tasks.id = u.id",
+            $check
         )
     };
 }
 
-/// Keeps the finished tasks `?2` (a JSON array of ids) if every attempt still
-/// holds its task, else nothing.
-const KEEP_IF_HELD: &str = concat!(
-    keep!("id IN (SELECT value FROM json_each(?2)) AND "),
-    all_held!()
+/// [`keep!`] if every attempt still holds its task, else nothing.
+const KEEP_IF_HELD: &str = concat!(keep!("", ""), " AND ", all_held!());
+
+/// [`keep!`] for the attempts that still hold their tasks, returning them.
+const KEEP_MANY: &str = concat!(
+    keep!(
+        "value ->> 1 AS fence,",
+        " AND jetpack_tasks.fence = u.fence"
+    ),
+    " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
 );
 
-/// Keeps the finished attempts `?1` (a JSON array of `[id, fence]`) that still
-/// hold their tasks, returning them.
-const KEEP_MANY: &str = concat!(keep!(
-    "(id, fence) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-         RETURNING id, fence"
-));
+/// Tasks that begin to wait for their children: `?1` is a JSON array of `[id,
+/// fence, step, kind]` (see the PostgreSQL backend). SQLite reads the
+/// columns' old values in every expression of the update, hence the count
+/// three times.
+macro_rules! joins {
+    ($fence:literal, $check:literal) => {
+        concat!(
+            "UPDATE jetpack_tasks
+             SET step = u.step, kind = u.kind, tried = 0, children_left = ",
+            children!(),
+            ", state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' WHEN ",
+            children!(),
+            " > 0 THEN 'waiting' ELSE 'ready' END,
+                 wait_for = NULL, wait_key = NULL, signal = NULL,
+                 locked_by = NULL, lease_until = NULL, updated_at = ",
+            now!(),
+            ", wakeup_at = CASE WHEN ",
+            children!(),
+            " > 0 THEN '9999-12-31 00:00:00.000' ELSE ",
+            now!(),
+            " END FROM (SELECT value ->> 0 AS id, ",
+            $fence,
+            " value -> 2 AS step, value ->> 3 AS kind FROM json_each(?1)) AS u
+             WHERE jetpack_tasks.id = u.id",
+            $check
+        )
+    };
+}
+
+/// The awaited children of the task a [`joins!`] update writes that have not
+/// ended.
+macro_rules! children {
+    () => {
+        "(SELECT count(*) FROM jetpack_tasks c
+          WHERE c.parent_id = jetpack_tasks.id AND c.awaited IN ('wait', 'fail', 'error'))"
+    };
+}
+
+/// [`joins!`] if every attempt still holds its task, else nothing.
+const JOIN_IF_HELD: &str = concat!(joins!("", ""), " AND ", all_held!());
+
+/// [`joins!`] for the attempts that hold their tasks, returning them.
+const JOIN_MANY: &str = concat!(
+    joins!(
+        "value ->> 1 AS fence,",
+        " AND jetpack_tasks.fence = u.fence"
+    ),
+    " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
+);
 
 /// The start of an update that moves tasks to the next steps of `u`, up to
 /// the new `wakeup_at`.
@@ -241,7 +304,7 @@ macro_rules! to_next_step {
         concat!(
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-                 wait_for = NULL, signal = NULL, updated_at = ",
+                 wait_for = NULL, signal = NULL, children_left = NULL, updated_at = ",
             now!(),
             ", wakeup_at = "
         )
@@ -377,12 +440,15 @@ const NEXT_DUE: &str = concat!(
 
 /// Deletes up to `?3` tasks that finished more than `?1` µs ago (0 when this
 /// worker does not keep finished tasks) or were cancelled more than `?2` µs
-/// ago, oldest first.
+/// ago, oldest first; a child a parent's join counted stays until that join
+/// step has moved on (see the PostgreSQL backend).
 const CLEAN: &str = "DELETE FROM jetpack_tasks WHERE id IN (
-         SELECT id FROM jetpack_tasks
+         SELECT id FROM jetpack_tasks t
          WHERE state IN ('finished', 'cancelled')
            AND finished_at < strftime('%Y-%m-%d %H:%M:%f', 'now',
                (-(CASE state WHEN 'finished' THEN ?1 ELSE ?2 END) / 1000000.0) || ' seconds')
+           AND NOT (awaited IS 'done' AND EXISTS (
+               SELECT 1 FROM jetpack_tasks p WHERE p.id = t.parent_id AND p.children_left IS NOT NULL))
          ORDER BY finished_at
          LIMIT ?3)";
 
@@ -409,6 +475,70 @@ const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
 /// `INSERT_MANY` when every step is of kind `?2`: `?1` is an array of steps.
 const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
      SELECT ?2, value FROM json_each(?1) ORDER BY rowid";
+
+/// Inserts children of task `?2`, awaited by its join as `?3` says (NULL:
+/// detached): `?1` is an array of `[kind, step]` pairs, in array order.
+const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, parent_id, awaited)
+     SELECT value ->> 0, value -> 1, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
+
+/// Children of `?1` its step spawned awaited but will not join: detached.
+const DETACH_CHILDREN: &str = "UPDATE jetpack_tasks SET awaited = NULL
+     WHERE parent_id = ?1 AND awaited IN ('wait', 'fail', 'error')";
+
+/// The children of `?1` its join counted, of machine `?2` (every machine when
+/// NULL) or only child `?3`: id, state, result, error.
+const CHILD_RESULTS: &str = "SELECT id, state, result, error FROM jetpack_tasks
+     WHERE parent_id = ?1 AND awaited = 'done'
+       AND (?2 IS NULL OR substr(kind, 1, length(?2) + 1) = ?2 || '.')
+       AND (?3 IS NULL OR id = ?3)
+     ORDER BY id";
+
+/// Inserts children of task `parent` in the step's transaction.
+pub(crate) async fn insert_children(
+    db: &mut SqliteConnection,
+    parent: i64,
+    awaited: Option<&str>,
+    steps: Vec<Encoded>,
+) -> Result<Vec<i64>, Error> {
+    let pairs: Vec<String> = steps
+        .iter()
+        .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
+        .collect();
+    let done = sqlx::query(INSERT_CHILDREN)
+        .bind(format!("[{}]", pairs.join(",")))
+        .bind(parent)
+        .bind(awaited)
+        .execute(db)
+        .await?;
+    // Consecutive ids, as in `insert_many`.
+    let last = done.last_insert_rowid();
+    let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
+    Ok((last - n + 1..=last).collect())
+}
+
+/// Detaches the awaited children of `parent` (its step did not join them).
+pub(crate) async fn detach_children(db: &mut SqliteConnection, parent: i64) -> Result<(), Error> {
+    sqlx::query(DETACH_CHILDREN)
+        .bind(parent)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The results of the children of `parent` its join counted.
+pub(crate) async fn child_results(
+    pool: &SqlitePool,
+    parent: i64,
+    machine: Option<&str>,
+    child: Option<i64>,
+) -> Result<Vec<super::ChildRow>, Error> {
+    Ok(sqlx::query_as(CHILD_RESULTS)
+        .bind(parent)
+        .bind(machine)
+        .bind(child)
+        .fetch_all(pool)
+        .await?)
+}
 
 /// Jetpack's SQLite migrations, recorded in `_jetpack_migrations` (apart from
 /// the application's own `_sqlx_migrations`).
@@ -583,11 +713,23 @@ impl Batch {
         let (mut finished, mut kept, mut next, mut failed) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut waits, mut waiting) = (Vec::new(), Vec::new());
+        let (mut joins, mut joining) = (Vec::new(), Vec::new());
+        let mut keeps = Vec::new();
         let mut all_now = true;
         for &(id, fence, outcome) in done {
             match outcome {
                 Outcome::Finish => finished.push((id, fence)),
-                Outcome::Keep => kept.push((id, fence)),
+                Outcome::Keep { result } => {
+                    // The result is a JSON document already: spliced in as it is.
+                    let result = result.as_deref().unwrap_or("null");
+                    keeps.push(format!("[{id},{fence},{result}]"));
+                    kept.push((id, fence));
+                }
+                Outcome::Join { step, kind } => {
+                    let kind = serde_json::Value::from(kind.as_str());
+                    joins.push(format!("[{id},{fence},{step},{kind}]"));
+                    joining.push((id, fence));
+                }
                 Outcome::Wait {
                     step,
                     kind,
@@ -658,8 +800,14 @@ impl Batch {
             Statement {
                 if_held: KEEP_IF_HELD,
                 returning: KEEP_MANY,
-                items: None,
+                items: Some(format!("[{}]", keeps.join(","))),
                 attempts: kept,
+            },
+            Statement {
+                if_held: JOIN_IF_HELD,
+                returning: JOIN_MANY,
+                items: Some(format!("[{}]", joins.join(","))),
+                attempts: joining,
             },
             Statement {
                 if_held: next_if_held,
@@ -737,7 +885,7 @@ async fn claim_batch(
         .fetch_one(&mut *tx)
         .await?;
     #[allow(clippy::type_complexity)]
-    let claimed: Vec<(i64, String, i32, i64, Option<String>, Option<String>)> =
+    let claimed: Vec<(i64, String, i32, i64, Option<String>, Option<String>, u8)> =
         serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if claimed.is_empty() {
         tx.rollback().await?;
@@ -753,7 +901,8 @@ async fn claim_batch(
     tx.commit().await?;
     Ok(claimed
         .into_iter()
-        .map(|(id, step, tried, fence, wait_for, signal)| Claimed {
+        .map(|(id, step, tried, fence, wait_for, signal, awaited)| Claimed {
+            awaited: awaited != 0,
             id,
             step,
             tried,
@@ -990,7 +1139,7 @@ const FIND: &str = concat!(
     " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
     now!(),
     " THEN 'scheduled' ELSE state END,
-            step, wakeup_at, tried, error, locked_by, lease_until, finished_at
+            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result
      FROM jetpack_tasks WHERE id = ?1"
 );
 
@@ -1004,21 +1153,30 @@ type FoundRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    Option<i64>,
+    Option<String>,
 );
 
 /// Resumes a parked task (the table's triggers do the rest).
 const RESUME: &str = "UPDATE jetpack_tasks SET error = NULL WHERE id = ?1 AND state = 'parked'";
 
-/// Cancels task `?1` with reason `?2` when it is live, and returns its state
-/// either way, in one statement (so that it runs on any executor): a task that
-/// has ended is written unchanged. The table's trigger releases the lease and
-/// raises the fence.
+/// Cancels task `?1` with reason `?2` when it is live, and, when `?3`, its
+/// live descendants; returns the state of each task written, in one statement
+/// (so that it runs on any executor): task `?1` is written unchanged when it
+/// has ended. The table's trigger releases the leases and raises the fences.
 const CANCEL: &str = "
+WITH RECURSIVE family(id) AS (
+    SELECT ?1
+    UNION
+    SELECT c.id FROM jetpack_tasks c JOIN family f ON c.parent_id = f.id WHERE ?3
+)
 UPDATE jetpack_tasks
 SET state = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN 'cancelled' ELSE state END,
-    error = CASE WHEN state IN ('ready', 'waiting', 'parked') THEN ?2 ELSE error END
-WHERE id = ?1
-RETURNING state";
+    error = CASE WHEN state NOT IN ('ready', 'waiting', 'parked') THEN error
+                 WHEN id = ?1 THEN ?2
+                 ELSE 'an ancestor (task ' || ?1 || ') was cancelled: ' || ?2 END
+WHERE id IN family AND (id = ?1 OR state IN ('ready', 'waiting', 'parked'))
+RETURNING id, state";
 
 /// Sends signal `?3` with payload `?4` to task `?1` or key `?2`, in one
 /// statement (so that it runs on any executor): the row it inserts records
@@ -1105,7 +1263,18 @@ impl crate::Backend for Sqlite {
         Box::pin(async move {
             let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
             row.map(
-                |(state, step, wakeup_at, tried, error, locked_by, lease_until, finished_at)| {
+                |(
+                    state,
+                    step,
+                    wakeup_at,
+                    tried,
+                    error,
+                    locked_by,
+                    lease_until,
+                    finished_at,
+                    parent_id,
+                    result,
+                )| {
                     let time = |column: &str, text: &str| {
                         chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
                             .map(|t| t.and_utc())
@@ -1123,6 +1292,8 @@ impl crate::Backend for Sqlite {
                         locked_by,
                         lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
                         finished_at: finished_at.map(|t| time("finished_at", &t)).transpose()?,
+                        parent_id,
+                        result,
                     })
                 },
             )
@@ -1141,21 +1312,30 @@ impl crate::Backend for Sqlite {
         })
     }
 
-    fn cancel<'e, E>(db: E, id: i64, reason: String) -> BoxFuture<'e, Result<Cancel, Error>>
+    fn cancel<'e, E>(
+        db: E,
+        id: i64,
+        reason: String,
+        descendants: bool,
+    ) -> BoxFuture<'e, Result<Cancel, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let state: Option<String> = sqlx::query_scalar(CANCEL)
+            let written: Vec<(i64, String)> = sqlx::query_as(CANCEL)
                 .bind(id)
                 .bind(reason)
-                .fetch_optional(db)
+                .bind(descendants)
+                .fetch_all(db)
                 .await?;
-            let answer = Cancel::of(state.as_deref());
-            if answer == Cancel::Cancelled {
-                // A worker of this process may run it; workers of others find
-                // out at their next heartbeat.
-                let _ = local_cancels().send(id);
+            let state = written.iter().find(|(task, _)| *task == id);
+            let answer = Cancel::of(state.map(|(_, state)| state.as_str()));
+            for (task, state) in &written {
+                if state == "cancelled" && (*task != id || answer == Cancel::Cancelled) {
+                    // A worker of this process may run it; workers of others
+                    // find out at their next heartbeat.
+                    let _ = local_cancels().send(*task);
+                }
             }
             Ok(answer)
         })

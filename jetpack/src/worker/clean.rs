@@ -35,17 +35,16 @@ pub(super) async fn expire_waits(rt: Arc<Runtime>) {
 /// locks and little WAL at a time.
 const BATCH: usize = 1000;
 
-/// Every so often (a few times a minute, more often for short retention
-/// periods), deletes expired tasks in batches of [`BATCH`] until none are left.
+/// Every so often (every 2 s by default, half the shortest retention
+/// period), deletes expired tasks in batches of [`BATCH`] until none are left.
 /// Every worker does this; no leader is needed, since each batch skips the rows
 /// another worker is deleting.
 pub(super) async fn run(rt: Arc<Runtime>) {
     let keep = rt.config.retention;
-    let shortest = [keep.finished, Some(keep.cancelled), Some(keep.signals)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(keep.cancelled);
+    // Without a retention period for finished tasks, the children a join
+    // step has read are deleted within a couple of seconds.
+    let finished = keep.finished.unwrap_or(Duration::from_secs(4));
+    let shortest = finished.min(keep.cancelled).min(keep.signals);
     let every = (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(20));
     loop {
         tokio::time::sleep(every).await;

@@ -111,18 +111,32 @@ async fn attempt<T: Scheduler>(
             ))))
         }),
     };
+    let then = cx.take_then();
+    let result = match result {
+        // Children the step spawned for a join it did not return run detached.
+        Ok(Ok(done)) => match cx.settle_children(then.join && done.is_some()).await {
+            Ok(()) => Ok(Ok(done)),
+            Err(e) => Ok(Err(StepError::from(format!(
+                "cannot detach the children the step spawned: {e}"
+            )))),
+        },
+        other => other,
+    };
     let tx = cx.take_tx();
     let error = match result {
         Ok(Ok(None)) => {
             tracing::debug!("task finished");
-            let finish = if rt.config.retention.finished.is_some() {
-                Outcome::Keep
+            // A parent's join reads an awaited child's result from its row.
+            let finish = if task.awaited || rt.config.retention.finished.is_some() {
+                Outcome::Keep {
+                    result: then.output,
+                }
             } else {
                 Outcome::Finish
             };
             return (finish, tx);
         }
-        Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup, cx.take_wait()) {
+        Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup, then.wait, then.join) {
             Ok(outcome) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
                 return (outcome, tx);
@@ -153,12 +167,16 @@ fn next_step<T: Scheduler>(
     next: &T,
     wakeup: Wakeup,
     wait: Option<Wait>,
+    join: bool,
 ) -> Result<Outcome, StepError> {
     let step = serde_json::to_string(next)
         .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
     crate::store::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
     let kind = crate::machine::kind(next.machine_name(), next.step_name());
+    if join {
+        return Ok(Outcome::Join { step, kind });
+    }
     let Some(wait) = wait else {
         return Ok(Outcome::Next { step, kind, wakeup });
     };
@@ -221,15 +239,19 @@ async fn record(
         };
         let error = match result {
             Ok(true) => {
-                // A step due soon may be this worker's next job: look for it.
-                if matches!(
-                    *outcome,
-                    Outcome::Retry { .. }
-                        | Outcome::Next {
-                            wakeup: Wakeup::Now | Wakeup::Delay(_),
-                            ..
-                        }
-                ) {
+                // A step due soon may be this worker's next job, and so may
+                // the children a step spawned in its transaction: look.
+                if in_tx
+                    || matches!(
+                        *outcome,
+                        Outcome::Retry { .. }
+                            | Outcome::Join { .. }
+                            | Outcome::Next {
+                                wakeup: Wakeup::Now | Wakeup::Delay(_),
+                                ..
+                            }
+                    )
+                {
                     rt.wake.notify_one();
                 }
                 return;
