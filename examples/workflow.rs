@@ -1,6 +1,9 @@
-//! A workflow that waits for the world: an order reserves stock, waits for its
-//! payment, then for its delivery, each with a timeout; a third order is
-//! cancelled while it waits.
+//! A workflow with children and the world: an order reserves stock, starts
+//! a payment and a shipment as child tasks, joins their typed results, then
+//! waits for a "delivered" signal with a timeout. One order is delivered, one
+//! is late (its carrier is chased), one is cancelled with its family while it
+//! waits, and one has its card declined (the join reads the payment's error
+//! and releases the stock).
 //!
 //! ```text
 //! cargo run --example workflow                                  # SQLite, a temporary file
@@ -10,26 +13,23 @@
 //! What an operator sees at each stage, in SQL:
 //!
 //! ```sql
-//! SELECT id, state, step, wait_for, wait_key, wakeup_at AS deadline FROM jetpack_tasks;
-//! SELECT jetpack_signal(NULL, 'order-1', 'paid', '{"cents":4200}');   -- PostgreSQL
-//! UPDATE jetpack_tasks SET state = 'cancelled', error = 'customer withdrew' WHERE id = 3;
+//! -- every task of an order, its children by parent_id, their results
+//! SELECT id, parent_id, state, step, result, error FROM jetpack_tasks ORDER BY id;
+//! -- parents in a join, and how many children they still wait for
+//! SELECT id, step, children_left FROM jetpack_tasks WHERE children_left > 0;
+//! -- tasks waiting for a signal, and until when
+//! SELECT id, wait_for, wait_key, wakeup_at AS deadline FROM jetpack_tasks WHERE wait_for IS NOT NULL;
+//! SELECT jetpack_signal(NULL, 'order-1', 'delivered', '{"carrier":"DHL"}');   -- PostgreSQL
+//! SELECT jetpack_cancel(3, 'customer withdrew', true);   -- with its descendants
 //! ```
 
 use std::time::Duration;
 
 use jetpack::{
-    sqlx, Context, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait, Worker,
+    sqlx, Child, Context, NextStep, OnPark, Signal, SignalTo, Step, StepError, StepResult,
+    TaskState, Wait, Worker,
 };
 use serde::{Deserialize, Serialize};
-
-/// Signal `paid`: the payment provider's webhook sends it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Paid {
-    cents: u64,
-}
-impl Signal for Paid {
-    const NAME: &'static str = "paid";
-}
 
 /// Signal `delivered`: the carrier's tracking sends it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,17 +40,42 @@ impl Signal for Delivered {
     const NAME: &'static str = "delivered";
 }
 
+/// A child machine: charges the card, returns a receipt.
+#[derive(Debug, Serialize, Deserialize)]
+struct Charge {
+    order: u64,
+    cents: u64,
+    card: String,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    cents: u64,
+}
+jetpack::task!(Payment -> Receipt { Charge });
+
+/// A child machine: books the carrier, returns the tracking number.
+#[derive(Debug, Serialize, Deserialize)]
+struct BookCarrier {
+    order: u64,
+}
+jetpack::task!(Shipping -> String { BookCarrier });
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Reserve {
     order: u64,
+    card: String,
 }
+/// The join step: runs once both children have ended.
 #[derive(Debug, Serialize, Deserialize)]
-struct AwaitPayment {
+struct Fulfil {
     order: u64,
+    payment: Child<Payment>,
+    shipping: Child<Shipping>,
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct AwaitDelivery {
     order: u64,
+    tracking: String,
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct Release {
@@ -59,51 +84,90 @@ struct Release {
 #[derive(Debug, Serialize, Deserialize)]
 struct ChaseCarrier {
     order: u64,
+    tracking: String,
 }
 
 jetpack::task!(Purchase {
-    Reserve => [AwaitPayment],
-    AwaitPayment => [AwaitDelivery, Release],
+    Reserve => [Fulfil],
+    Fulfil => [AwaitDelivery, Release],
     AwaitDelivery => [ChaseCarrier],
     Release,
     ChaseCarrier,
 });
-jetpack::scheduler!(Tasks { Purchase });
+jetpack::scheduler!(Tasks {
+    Purchase,
+    Payment,
+    Shipping
+});
 
-/// How long a demo waits; a real shop would wait days.
-const PAYMENT_WINDOW: Duration = Duration::from_secs(30);
-const DELIVERY_WINDOW: Duration = Duration::from_secs(2);
+/// How long a demo waits for a delivery; a real shop would wait days.
+const DELIVERY_WINDOW: Duration = Duration::from_secs(3);
 
 fn key(order: u64) -> String {
     format!("order-{order}")
 }
 
 #[jetpack::async_trait]
-impl Step<Purchase> for Reserve {
+impl Step<Payment> for Charge {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
-        tracing::info!(
-            order = self.order,
-            "stock reserved; waiting for the payment"
-        );
-        let wait = Wait::signal::<Paid>()
-            .key(key(self.order))
-            .timeout(PAYMENT_WINDOW);
-        NextStep::wait(AwaitPayment { order: self.order }, wait)
+        if self.card == "declined" {
+            return Err(StepError::permanent("the card was declined"));
+        }
+        tracing::info!(order = self.order, cents = self.cents, "charged");
+        NextStep::finish(Receipt { cents: self.cents })
     }
 }
 
 #[jetpack::async_trait]
-impl Step<Purchase> for AwaitPayment {
+impl Step<Shipping> for BookCarrier {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        tracing::info!(order = self.order, "carrier booked");
+        NextStep::finish(format!("TRK-{}", self.order))
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Purchase> for Reserve {
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
-        let Some(paid) = cx.signal::<Paid>()? else {
-            tracing::warn!(order = self.order, "not paid in time");
-            return NextStep::now(Release { order: self.order });
+        tracing::info!(order = self.order, "stock reserved; paying and shipping");
+        let charge = Charge {
+            order: self.order,
+            cents: 4200,
+            card: self.card,
         };
-        tracing::info!(order = self.order, cents = paid.cents, "paid; shipping");
-        let wait = Wait::signal::<Delivered>()
-            .key(key(self.order))
-            .timeout(DELIVERY_WINDOW);
-        NextStep::wait(AwaitDelivery { order: self.order }, wait)
+        // Committed with this step's move: both children exist, or neither.
+        // A declined card parks the payment; the join reads that error.
+        let payment = cx.spawn(charge).on_park(OnPark::Result).await?;
+        let shipping = cx.spawn(BookCarrier { order: self.order }).await?;
+        NextStep::join(Fulfil {
+            order: self.order,
+            payment,
+            shipping,
+        })
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Purchase> for Fulfil {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let tracking: String = cx.result(&self.shipping).await??;
+        match cx.result(&self.payment).await? {
+            Ok(receipt) => {
+                tracing::info!(order = self.order, cents = receipt.cents, %tracking, "paid and shipped");
+                let wait = Wait::signal::<Delivered>()
+                    .key(key(self.order))
+                    .timeout(DELIVERY_WINDOW);
+                let next = AwaitDelivery {
+                    order: self.order,
+                    tracking,
+                };
+                NextStep::wait(next, wait)
+            }
+            Err(failed) => {
+                tracing::warn!(order = self.order, %failed, "not paid");
+                NextStep::now(Release { order: self.order })
+            }
+        }
     }
 }
 
@@ -115,7 +179,10 @@ impl Step<Purchase> for AwaitDelivery {
                 tracing::info!(order = self.order, carrier = %d.carrier, "delivered");
                 NextStep::none()
             }
-            None => NextStep::now(ChaseCarrier { order: self.order }),
+            None => NextStep::now(ChaseCarrier {
+                order: self.order,
+                tracking: self.tracking,
+            }),
         }
     }
 }
@@ -131,10 +198,7 @@ impl Step<Purchase> for Release {
 #[jetpack::async_trait]
 impl Step<Purchase> for ChaseCarrier {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
-        tracing::warn!(
-            order = self.order,
-            "no delivery in time: asking the carrier"
-        );
+        tracing::warn!(order = self.order, tracking = %self.tracking, "no delivery in time: asking the carrier");
         NextStep::none()
     }
 }
@@ -169,10 +233,19 @@ where
     jetpack::migrate(&pool).await?;
     // Order numbers of this run, so that reruns on one database do not meet.
     let base = u64::from(std::process::id()) * 10;
-    let (delivered, late, withdrawn) = (base + 1, base + 2, base + 3);
+    let (delivered, late, withdrawn, declined) = (base + 1, base + 2, base + 3, base + 4);
     let mut ids = Vec::new();
-    for order in [delivered, late, withdrawn] {
-        ids.push(jetpack::enqueue(&pool, Reserve { order }).await?);
+    for order in [delivered, late, withdrawn, declined] {
+        let card = if order == declined {
+            "declined"
+        } else {
+            "visa"
+        };
+        let reserve = Reserve {
+            order,
+            card: card.into(),
+        };
+        ids.push(jetpack::enqueue(&pool, reserve).await?);
     }
     let worker = Worker::<Tasks>::builder(pool.clone())
         .keep_finished(Duration::from_secs(3600))
@@ -180,23 +253,20 @@ where
     let stop = worker.shutdown_token();
     let running = tokio::spawn(worker.run());
 
-    for &id in &ids {
+    for &id in &ids[..3] {
         reaches(&pool, id, TaskState::Waiting).await?;
     }
-    show(&pool, &ids, "all three wait for their payment").await?;
+    reaches(&pool, ids[3], TaskState::Finished).await?;
+    show(
+        &pool,
+        ids[0],
+        "children joined: three wait for delivery, the declined one released its stock",
+    )
+    .await?;
 
-    // The payment provider's webhook, from any code (or SQL) that knows the order.
-    for order in [delivered, late] {
-        let sent = jetpack::signal(&pool, SignalTo::Key(key(order)), &Paid { cents: 4200 }).await?;
-        println!("paid order {order}: {sent:?}");
-    }
-    let cancelled = jetpack::cancel(&pool, ids[2], "the customer withdrew").await?;
+    let cancelled =
+        jetpack::cancel_with_descendants(&pool, ids[2], "the customer withdrew").await?;
     println!("cancelled order {withdrawn}: {cancelled:?}");
-    for &id in &ids[..2] {
-        reaches(&pool, id, TaskState::Waiting).await?;
-    }
-    show(&pool, &ids, "two wait for delivery, one is cancelled").await?;
-
     let to = SignalTo::Key(key(delivered));
     let sent = jetpack::signal(
         &pool,
@@ -207,32 +277,45 @@ where
     )
     .await?;
     println!("delivered order {delivered}: {sent:?}");
-    // The other one's delivery window passes: ChaseCarrier runs.
+    // The late one's delivery window passes: ChaseCarrier runs.
     for &id in &ids[..2] {
         reaches(&pool, id, TaskState::Finished).await?;
     }
-    show(&pool, &ids, "one delivered, one chased, one cancelled").await?;
+    show(
+        &pool,
+        ids[0],
+        "one delivered, one chased, one cancelled, one declined",
+    )
+    .await?;
 
     stop.cancel();
     running.await??;
     Ok(())
 }
 
-/// Prints the rows, as `SELECT id, state, step FROM jetpack_tasks` would.
+/// Prints the rows of this run (the orders and their children), as
+/// `SELECT id, parent_id, state, step, result, error FROM jetpack_tasks` would.
 async fn show<DB: jetpack::Backend>(
     pool: &sqlx::Pool<DB>,
-    ids: &[i64],
+    first: i64,
     stage: &str,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     for<'e> &'e sqlx::Pool<DB>: sqlx::Executor<'e, Database = DB>,
 {
     println!("\n-- {stage}");
-    for &id in ids {
+    println!(
+        "{:>6}  {:>6}  {:<9}  step / result / error",
+        "id", "parent", "state"
+    );
+    // Four orders and their eight children.
+    for id in first..first + 12 {
         if let Some(row) = jetpack::find(pool, id).await? {
+            let parent = row.parent_id.map(|p| p.to_string()).unwrap_or_default();
+            let result = row.result.map(|r| format!("  => {r}")).unwrap_or_default();
             let error = row.error.map(|e| format!("  ({e})")).unwrap_or_default();
             println!(
-                "{id:>6}  {:<9}  {}{error}",
+                "{id:>6}  {parent:>6}  {:<9}  {}{result}{error}",
                 format!("{:?}", row.state),
                 row.step
             );

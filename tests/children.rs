@@ -243,7 +243,16 @@ impl Step<Dorm> for Awake {
     }
 }
 
-jetpack::scheduler!(Tasks { Order, Payment, Shipping, Tree, Fanout, Leaves, Idle, Dorm });
+jetpack::scheduler!(Tasks {
+    Order,
+    Payment,
+    Shipping,
+    Tree,
+    Fanout,
+    Leaves,
+    Idle,
+    Dorm
+});
 
 conformance!(
     a_join_step_reads_each_childs_typed_result,
@@ -295,7 +304,11 @@ async fn fix_step(db: &Db, id: i64, step: &str) {
 /// What task `id`'s last step recorded, once it finished.
 async fn recorded(db: &Db, id: i64) -> Vec<String> {
     common::finished(db, id).await;
-    db.runs(id).await.into_iter().map(|(what, _)| what).collect()
+    db.runs(id)
+        .await
+        .into_iter()
+        .map(|(what, _)| what)
+        .collect()
 }
 
 async fn a_join_step_reads_each_childs_typed_result(db: TestDb) {
@@ -305,6 +318,24 @@ async fn a_join_step_reads_each_childs_typed_result(db: TestDb) {
     assert_eq!(recorded(&db, id).await, ["paid 500; 2 parcels"]);
     // The children are deleted once the join step has moved on.
     common::drained(&db, DEADLINE).await;
+    w.shutdown().await;
+
+    // Kept, the rows show each task's result: none for the parent, which
+    // finished with `NextStep::none()`.
+    let id = db.enqueue(place(false, "wait")).await;
+    let w = common::spawn(
+        db.worker::<Tasks>()
+            .keep_finished(Duration::from_secs(3600))
+            .build()
+            .unwrap(),
+    );
+    reaches(&db, id, TaskState::Finished).await;
+    assert_eq!(db.find(id).await.unwrap().result, None);
+    let kids = children(&db, id).await;
+    let payment = db.find(kids[0].0).await.unwrap().result.unwrap();
+    assert_eq!(common::json(&payment), common::json(r#"{"cents":500}"#));
+    let shipping = db.find(kids[1].0).await.unwrap().result;
+    assert_eq!(shipping.as_deref(), Some(r#""2 parcels""#));
     w.shutdown().await;
 }
 
@@ -324,7 +355,10 @@ async fn a_parked_child_leaves_its_parent_waiting(db: TestDb) {
     assert_eq!(row.error.as_deref(), Some("card declined"));
     let parent = db.find(id).await.unwrap();
     assert_eq!(parent.state, TaskState::Waiting, "the parent keeps waiting");
-    assert!(parent.locked_by.is_none(), "a waiting parent holds no lease");
+    assert!(
+        parent.locked_by.is_none(),
+        "a waiting parent holds no lease"
+    );
     let fixed = r#"{"Payment":{"Charge":{"cents":500,"declined":false}}}"#;
     fix_step(&db, payment, fixed).await;
     assert_eq!(recorded(&db, id).await, ["paid 500; 2 parcels"]);
@@ -341,7 +375,9 @@ async fn a_child_that_parks_can_park_its_parent(db: TestDb) {
     let payment = children(&db, id).await[0].0;
     let error = parent.error.unwrap_or_default();
     assert!(
-        error.contains(&format!("child task {payment} (Payment.Charge) parked: card declined")),
+        error.contains(&format!(
+            "child task {payment} (Payment.Charge) parked: card declined"
+        )),
         "{error}"
     );
     let fixed = r#"{"Payment":{"Charge":{"cents":7,"declined":false}}}"#;
@@ -407,16 +443,9 @@ async fn children_have_children(db: TestDb) {
 
 /// A cancelled child counts as ended: the join reads it as an error. A
 /// detached child is not waited for, and still names its parent.
-async fn a_cancelled_child_is_an_error_for_the_join_and_detached_ones_are_not_awaited(
-    db: TestDb,
-) {
+async fn a_cancelled_child_is_an_error_for_the_join_and_detached_ones_are_not_awaited(db: TestDb) {
     db.create_app_tables().await;
-    let id = db
-        .enqueue(Nap {
-            n: 2,
-            detached: 1,
-        })
-        .await;
+    let id = db.enqueue(Nap { n: 2, detached: 1 }).await;
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
     reaches(&db, id, TaskState::Waiting).await;
     let kids = children(&db, id).await;
@@ -448,14 +477,18 @@ async fn a_family_is_cancelled_together(db: TestDb) {
     // children, the four leaves for a ping.
     common::wait_for(DEADLINE, || async {
         let n = db
-            .scalar("SELECT count(*) FROM jetpack_tasks WHERE state = 'waiting'", None)
+            .scalar(
+                "SELECT count(*) FROM jetpack_tasks WHERE state = 'waiting'",
+                None,
+            )
             .await;
         Ok((n == 7).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("the tree did not grow: {e}"));
     assert_eq!(
-        db.cancel_with_descendants(root, "the customer withdrew").await,
+        db.cancel_with_descendants(root, "the customer withdrew")
+            .await,
         jetpack::Cancel::Cancelled
     );
     let live = db
@@ -514,8 +547,9 @@ async fn a_result_that_does_not_decode_parks_the_join(db: TestDb) {
     let parent = common::parked(&db, id).await;
     let error = parent.error.unwrap_or_default();
     assert!(
-        error.contains(&format!("the result of child task {shipping} of task {id} does not decode"))
-            && error.contains("String"),
+        error.contains(&format!(
+            "the result of child task {shipping} of task {id} does not decode"
+        )) && error.contains("String"),
         "{error}"
     );
     assert_eq!(recorded(&db, healthy).await, ["paid 500; 2 parcels"]);

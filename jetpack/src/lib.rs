@@ -26,8 +26,8 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use enqueue::{
-    cancel, cancel_with_descendants, delay, enqueue, enqueue_many, find, resume, schedule, signal, Backend, Cancel,
-    Delivery, SignalTo, TaskRow, TaskState,
+    cancel, cancel_with_descendants, delay, enqueue, enqueue_many, find, resume, schedule, signal,
+    Backend, Cancel, Delivery, SignalTo, TaskRow, TaskState,
 };
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
@@ -36,8 +36,8 @@ pub use machine::{
     StepOf, TaskOf,
 };
 pub use step::{
-    Child, ChildError, Context, NextStep, OnPark, Spawn, SpawnAll, RetryPolicy, Signal, Step, StepError, StepResult, StopReason, TestContext,
-    Tx, Wait, Wakeup,
+    Child, ChildError, Context, NextStep, OnPark, RetryPolicy, Signal, Spawn, SpawnAll, Step,
+    StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
 pub use worker::{Worker, WorkerBuilder};

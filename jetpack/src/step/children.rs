@@ -204,6 +204,9 @@ impl<'c, M: Machine> IntoFuture for Spawn<'c, M> {
 /// A child's result, as the join step reads it.
 type ChildResult<M> = Result<<M as Machine>::Output, ChildError>;
 
+/// The results of a join's children of one machine, by id.
+type ChildResults<M> = Vec<(Child<M>, ChildResult<M>)>;
+
 impl<'a> Context<'a> {
     /// Starts `task` (a step or a value of machine `M`) as a child of this
     /// task, in the step's transaction ([`Context::tx`]): it exists once this
@@ -258,9 +261,7 @@ impl<'a> Context<'a> {
 
     /// The results of every child of machine `M` this task's join waited
     /// for, by id: see [`result`](Self::result).
-    pub fn results<M: Machine>(
-        &self,
-    ) -> BoxFuture<'_, Result<Vec<(Child<M>, ChildResult<M>)>, StepError>> {
+    pub fn results<M: Machine>(&self) -> BoxFuture<'_, Result<ChildResults<M>, StepError>> {
         Box::pin(async move {
             let rows = self.child_rows(Some(M::NAME), None).await?;
             rows.into_iter()

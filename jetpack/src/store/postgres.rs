@@ -444,10 +444,8 @@ impl<'a> Batch<'a> {
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
         let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
         let (waited, joined) = (&self.waited, &self.joined);
-        let common = failed.0.is_empty()
-            && kept.0.is_empty()
-            && waited.0.is_empty()
-            && joined.0.is_empty();
+        let common =
+            failed.0.is_empty() && kept.0.is_empty() && waited.0.is_empty() && joined.0.is_empty();
         let sql = if common {
             FINISH_AND_NEXT
         } else {
@@ -732,8 +730,8 @@ impl crate::Backend for Postgres {
                     .bind(id)
                     .bind(reason)
                     .bind(descendants)
-                .fetch_optional(db)
-                .await?;
+                    .fetch_optional(db)
+                    .await?;
             Ok(Cancel::of(state.flatten().as_deref()))
         })
     }

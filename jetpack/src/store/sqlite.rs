@@ -228,7 +228,7 @@ macro_rules! keep {
             now!(),
             " FROM (SELECT value ->> 0 AS id, ",
             $fence,
-            " value -> 2 AS result FROM json_each(?1)) AS u
+            " nullif(value -> 2, 'null') AS result FROM json_each(?1)) AS u
              WHERE jetpack_tasks.id = u.id",
             $check
         )
@@ -901,15 +901,17 @@ async fn claim_batch(
     tx.commit().await?;
     Ok(claimed
         .into_iter()
-        .map(|(id, step, tried, fence, wait_for, signal, awaited)| Claimed {
-            awaited: awaited != 0,
-            id,
-            step,
-            tried,
-            fence,
-            wait_for,
-            signal,
-        })
+        .map(
+            |(id, step, tried, fence, wait_for, signal, awaited)| Claimed {
+                awaited: awaited != 0,
+                id,
+                step,
+                tried,
+                fence,
+                wait_for,
+                signal,
+            },
+        )
         .collect())
 }
 
