@@ -26,6 +26,9 @@
 //! 8. signal round trip into an idle worker: from the `jetpack::signal` call to the start
 //!    of the step that receives it, vs scenario 6's pickup from the enqueue call (measured
 //!    in the same run)
+//! 9. a parent with 10,000 children: from the enqueue of the parent to the end of its
+//!    join step, which reads every child's result (children/s), vs scenario 3's drain of
+//!    10,000 independent tasks
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,6 +36,21 @@ use std::time::{Duration, Instant};
 
 use jetpack::sqlx::{self, PgPool};
 use jetpack::{Context, NextStep, Signal, SignalTo, Step, StepResult, Wait};
+
+/// Spawns `n` children and joins them.
+#[derive(Debug, Serialize, Deserialize)]
+struct FanOut {
+    n: u32,
+}
+/// Reads every child's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct Joined {
+    n: u32,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Kid {
+    i: u32,
+}
 use jetpack_suite::{Db, TestDb};
 use serde::{Deserialize, Serialize};
 
@@ -72,12 +90,21 @@ impl Signal for Go {
 
 jetpack::task!(Bench { One, A => [B], B => [C], C, Probe });
 jetpack::task!(Signals { Await => [Woken], Woken });
-jetpack::scheduler!(Tasks { Bench, Signals });
+jetpack::task!(Fan { FanOut => [Joined], Joined });
+jetpack::task!(Kids -> u32 { Kid });
+jetpack::scheduler!(Tasks {
+    Bench,
+    Signals,
+    Fan,
+    Kids
+});
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 /// When the last probe step started (µs on the bench's clock).
 static STARTED_US: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// Set by scenario 9's join step.
+static JOINED: AtomicBool = AtomicBool::new(false);
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 fn now_us() -> i64 {
@@ -148,6 +175,51 @@ impl Step<Signals> for Woken {
         DONE.fetch_add(1, Ordering::Relaxed);
         NextStep::none()
     }
+}
+
+#[jetpack::async_trait]
+impl Step<Fan> for FanOut {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        cx.spawn_all((0..self.n).map(|i| Kid { i })).await?;
+        NextStep::join(Joined { n: self.n })
+    }
+}
+#[jetpack::async_trait]
+impl Step<Fan> for Joined {
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let results = cx.results::<Kids>().await?;
+        let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+        if ok != self.n as usize {
+            return Err(format!("{ok} of {} children finished", self.n).into());
+        }
+        JOINED.store(true, Ordering::Relaxed);
+        NextStep::none()
+    }
+}
+#[jetpack::async_trait]
+impl Step<Kids> for Kid {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::finish(self.i)
+    }
+}
+
+/// Scenario 9: children per second from the enqueue of a parent of `n`
+/// children to the end of its join step.
+async fn fan_out(db: &Db, n: u32) -> Result<f64, Error> {
+    JOINED.store(false, Ordering::Relaxed);
+    let worker = db.worker::<Tasks>().build()?;
+    let stop = worker.shutdown_token();
+    let running = tokio::spawn(worker.run());
+    warm_pool(db).await?;
+    let t = Instant::now();
+    db.enqueue(FanOut { n }).await;
+    while !JOINED.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    stop.cancel();
+    running.await??;
+    Ok(rate)
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -799,6 +871,7 @@ async fn bench(
     rows: &mut Vec<Row>,
 ) -> Result<(), Error> {
     let (mut s1, mut s2, mut s3, mut s4) = (vec![], vec![], vec![], vec![]);
+    let mut s9 = vec![];
     let (mut r1, mut r2) = (vec![], vec![]);
     let mut r3: Vec<Vec<f64>> = vec![vec![]; raw_loops(backend).len()];
     let (mut two, mut one) = (vec![], vec![]);
@@ -806,7 +879,7 @@ async fn bench(
     let mut costs = Vec::new();
     let (mut cpu3, mut raw_cpu3) = (vec![], vec![]);
     // Scenarios 4 and 7 are read against scenario 3.
-    let run3 = want.has(3) || want.has(4) || want.has(7);
+    let run3 = want.has(3) || want.has(4) || want.has(7) || want.has(9);
     for run in 0..runs {
         eprintln!("[{backend}] run {}/{runs}", run + 1);
         if want.has(1) {
@@ -863,6 +936,9 @@ async fn bench(
             f.db.enqueue_many((0..2000).map(|i| A { n: i })).await;
             analyze(&f.db).await?;
             s4.push(drain(&f.db, 6000).await?.rate);
+        }
+        if want.has(9) {
+            s9.push(fan_out(&fresh(backend).await?.db, 10_000).await?);
         }
         if want.has(5) {
             // Also with 50,000 tasks: at 10,000 each process's start-up
@@ -981,6 +1057,17 @@ async fn bench(
             let j = percentile(&from_commit, p);
             rows.push(row(backend, name, "ms", j, f64::NAN, "none", false));
         }
+    }
+    if want.has(9) {
+        rows.push(row(
+            backend,
+            "9 10,000 children, enqueue to join",
+            "children/s",
+            median(s9),
+            drain3,
+            "scenario 3",
+            true,
+        ));
     }
     if want.has(8) {
         let [pickup_from_call, _, _] = pickup(&fresh(backend).await?.db, 200).await?;

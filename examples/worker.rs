@@ -7,7 +7,9 @@
 //! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N] [--lease-ms N]
 //! ```
 //! `--enqueue N` first enqueues N three-step orders in one statement;
-//! `--until-empty` stops once no task is left (used by CI and the tests).
+//! `--until-empty` stops once no task is left (used by CI and the tests). It
+//! also runs fan-outs (`{"Batch":{"Split":{"parts":N}}}`): N child tasks whose
+//! results the parent's join step adds up, in its own transaction.
 //!
 //! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
 //! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
@@ -63,7 +65,59 @@ impl Step<Order> for Ship {
     }
 }
 
-jetpack::scheduler!(Tasks { Order });
+/// Spawns `parts` children and joins them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Split {
+    parts: u64,
+}
+/// Adds up the children's results: one ledger row, written with the move.
+#[derive(Debug, Serialize, Deserialize)]
+struct Tally;
+jetpack::task!(Batch { Split => [Tally], Tally });
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Part {
+    i: u64,
+}
+jetpack::task!(Parts -> u64 { Part });
+
+#[jetpack::async_trait]
+impl Step<Batch> for Split {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        cx.spawn_all((1..=self.parts).map(|i| Part { i })).await?;
+        NextStep::join(Tally)
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Batch> for Tally {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let mut sum = 0;
+        for (child, result) in cx.results::<Parts>().await? {
+            sum += result.map_err(|e| format!("child {}: {e}", child.id()))?;
+        }
+        let sum = i64::try_from(sum)?;
+        jetpack_suite::ledger_in_tx(cx, sum).await?;
+        NextStep::none()
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Parts> for Part {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        Db::of(cx).record_run(cx, "Part").await?;
+        NextStep::finish(self.i)
+    }
+}
+
+jetpack::scheduler!(Tasks {
+    Order,
+    Batch,
+    Parts
+});
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -94,6 +148,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None,
     )
     .await;
+    db.exec(
+        "CREATE TABLE IF NOT EXISTS ledger (task_id bigint, amount bigint)",
+        None,
+        None,
+    )
+    .await;
     if let Some(n) = value("--enqueue").transpose()? {
         let ids = db.enqueue_many((0..n).map(|order| Reserve { order })).await;
         tracing::info!(count = ids.len(), "enqueued orders");
@@ -114,7 +174,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let sql = "SELECT count(*) FROM jetpack_tasks
-                           WHERE kind LIKE 'Order.%' AND state IN ('ready', 'waiting', 'parked')";
+                           WHERE (kind LIKE 'Order.%' OR kind LIKE 'Batch.%' OR kind LIKE 'Parts.%')
+                             AND state IN ('ready', 'waiting', 'parked')";
                 // A database error (a restart, say) is not "empty": keep watching.
                 if matches!(db.try_scalar(sql, None).await, Ok(0)) {
                     stop.cancel();

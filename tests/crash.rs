@@ -11,6 +11,7 @@ use common::{conformance, enqueue_orders, run_counts, start_worker, worker_binar
 
 conformance!(
     kill_nine_under_load_loses_nothing,
+    kill_nine_during_fan_outs_and_joins_loses_nothing,
     sigterm_stops_gracefully_and_a_restart_resumes_exactly,
 );
 
@@ -33,6 +34,88 @@ fn signal(child: &tokio::process::Child, signal: &str) {
 }
 
 const STEPS_PER_ORDER: i64 = 3;
+
+/// Worker processes killed with SIGKILL while parents spawn thousands of
+/// children and join them: every child runs, no parent loses a child or gets
+/// one twice, and each join step's effect (a ledger row in its transaction,
+/// the sum of its children's results) happens exactly once.
+async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
+    const PARENTS: i64 = 3;
+    const PARTS: i64 = 2000;
+    const KILLS: usize = 10;
+    let sql = match &*db {
+        jetpack_suite::Db::Postgres(_) => {
+            "INSERT INTO jetpack_tasks (step)
+             SELECT jsonb_build_object('Batch', jsonb_build_object('Split', jsonb_build_object('parts', $1::bigint)))
+             FROM generate_series(1, 3)"
+        }
+        jetpack_suite::Db::Sqlite(_) => {
+            "INSERT INTO jetpack_tasks (step)
+             SELECT json_object('Batch', json_object('Split', json_object('parts', $1)))
+             FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"
+        }
+    };
+    assert_eq!(db.exec(sql, Some(PARTS), None).await, PARENTS as u64);
+    let binary = worker_binary();
+    let args = ["--until-empty", "--concurrency", "8", "--lease-ms", "1000"];
+    let mut workers = vec![
+        start_worker(&binary, &db.url, &args),
+        start_worker(&binary, &db.url, &args),
+    ];
+    let mut kills = 0;
+    while kills < KILLS {
+        tokio::time::sleep(Duration::from_millis(50 + clock_random(250))).await;
+        let victim = (kills + clock_random(2) as usize) % 2;
+        if let Ok(Some(status)) = workers[victim].try_wait() {
+            panic!(
+                "worker {victim} exited ({status}) before {KILLS} kills: the workload is too small"
+            );
+        }
+        workers[victim].start_kill().expect("SIGKILL a worker");
+        workers[victim]
+            .wait()
+            .await
+            .expect("reap the killed worker");
+        kills += 1;
+        workers[victim] = start_worker(&binary, &db.url, &args);
+    }
+    for mut worker in workers {
+        common::exits_cleanly(
+            &mut worker,
+            Duration::from_secs(300),
+            "the workers finish the fan-outs after the kills",
+        )
+        .await;
+    }
+    let live = db
+        .scalar(
+            "SELECT count(*) FROM jetpack_tasks WHERE state IN ('ready', 'waiting', 'parked')",
+            None,
+        )
+        .await;
+    assert_eq!(live, 0, "every parent and child ended");
+    let parts = db
+        .scalar(
+            "SELECT count(DISTINCT task_id) FROM runs WHERE step = 'Part'",
+            None,
+        )
+        .await;
+    assert_eq!(parts, PARENTS * PARTS, "every child ran");
+    let joins = db.scalar("SELECT count(*) FROM ledger", None).await;
+    assert_eq!(joins, PARENTS, "each join step's effect happened once");
+    let right = db
+        .scalar(
+            "SELECT count(*) FROM ledger WHERE amount = $1",
+            Some(PARTS * (PARTS + 1) / 2),
+        )
+        .await;
+    assert_eq!(right, PARENTS, "each join saw every child's result, once");
+    assert_eq!(
+        common::attempts_run_twice(&db).await,
+        0,
+        "no attempt ran twice"
+    );
+}
 
 async fn kill_nine_under_load_loses_nothing(db: TestDb) {
     const ORDERS: i64 = 5000;

@@ -70,6 +70,7 @@ CREATE FUNCTION jetpack_tell_parent() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     child record;
+    parent_state text;
 BEGIN
     IF TG_OP = 'DELETE' THEN
         child := OLD;
@@ -82,8 +83,11 @@ BEGIN
             state = CASE WHEN p.children_left = 1 AND p.state = 'waiting' THEN 'ready' ELSE p.state END,
             wakeup_at = CASE WHEN p.children_left = 1 AND p.state = 'waiting' THEN now() ELSE p.wakeup_at END,
             updated_at = now()
-        WHERE p.id = child.parent_id AND p.children_left > 0;
-        IF FOUND THEN
+        WHERE p.id = child.parent_id AND p.children_left > 0
+        RETURNING p.state INTO parent_state;
+        -- Only the last child's end wakes the workers (a notice per child
+        -- cost a third of the countdown).
+        IF parent_state = 'ready' THEN
             PERFORM pg_notify('jetpack', '');
         END IF;
     ELSIF child.awaited = 'fail' AND child.state = 'parked' THEN
