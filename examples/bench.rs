@@ -5,6 +5,7 @@
 //! cargo run --release --example bench -- [--backend postgres|sqlite|both] [--runs N]
 //!     [--scenario 1,2,…] [--json FILE]
 //! ```
+//! `BENCH_KEEP=1` runs the drains with `keep_finished` (finished rows kept, not deleted).
 //! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
 //! the bench creates and drops a database of its own); SQLite uses a temporary file.
 //!
@@ -89,8 +90,8 @@ impl Signal for Go {
 }
 
 jetpack::task!(Bench { One, A => [B], B => [C], C, Probe });
-jetpack::task!(Signals { Await => [Woken], Woken });
-jetpack::task!(Fan { FanOut => [Joined], Joined });
+jetpack::task!(Signals { Await => [wait Woken], Woken });
+jetpack::task!(Fan { FanOut => [join Joined], Joined });
 jetpack::task!(Kids -> u32 { Kid });
 jetpack::scheduler!(Tasks {
     Bench,
@@ -349,7 +350,8 @@ async fn batch_insert(db: &Db, n: u32) -> Result<(f64, f64), Error> {
 /// 1 while any task is left, else 0. Cheap however many are left: the drains
 /// poll it every few milliseconds, and a `count(*)` over the queue cost the
 /// server enough to weigh on the measurement (twice as much with two processes).
-const ANY_LEFT: &str = "SELECT count(*) FROM (SELECT 1 FROM jetpack_tasks LIMIT 1) AS one";
+const ANY_LEFT: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM jetpack_tasks WHERE state <> 'finished' LIMIT 1) AS one";
 
 async fn wait_empty(db: &Db) -> Result<(), Error> {
     while {
@@ -447,6 +449,9 @@ async fn drain(db: &Db, steps: usize) -> Result<Drained, Error> {
     if let Ok(n) = std::env::var("BENCH_CONCURRENCY") {
         let n: usize = n.parse()?;
         builder = builder.concurrency(n).batch_size(n);
+    }
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        builder = builder.keep_finished(Duration::from_secs(3600));
     }
     let worker = builder.build()?;
     let stop = worker.shutdown_token();

@@ -73,7 +73,7 @@ struct Split {
 /// Adds up the children's results: one ledger row, written with the move.
 #[derive(Debug, Serialize, Deserialize)]
 struct Tally;
-jetpack::task!(Batch { Split => [Tally], Tally });
+jetpack::task!(Batch { Split => [join Tally], Tally });
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Part {

@@ -88,8 +88,8 @@ struct ChaseCarrier {
 }
 
 jetpack::task!(Purchase {
-    Reserve => [Fulfil],
-    Fulfil => [AwaitDelivery, Release],
+    Reserve => [join Fulfil],
+    Fulfil => [wait AwaitDelivery, Release],
     AwaitDelivery => [ChaseCarrier],
     Release,
     ChaseCarrier,

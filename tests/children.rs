@@ -65,7 +65,7 @@ struct Joined {
     shipping: Child<Shipping>,
 }
 
-jetpack::task!(Order { Place => [Joined], Joined });
+jetpack::task!(Order { Place => [join Joined], Joined });
 
 #[jetpack::async_trait]
 impl Step<Order> for Place {
@@ -109,7 +109,7 @@ struct Grow {
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct Gather;
-jetpack::task!(Tree -> u64 { Grow => [Gather], Gather });
+jetpack::task!(Tree -> u64 { Grow => [join Gather, wait Gather], Gather });
 
 #[jetpack::async_trait]
 impl Step<Tree> for Grow {
@@ -145,7 +145,7 @@ struct Fan {
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct Sum;
-jetpack::task!(Fanout { Fan => [Sum], Sum });
+jetpack::task!(Fanout { Fan => [join Sum], Sum });
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Leaf {
@@ -191,7 +191,7 @@ impl Signal for Ping {
 struct Sleep;
 #[derive(Debug, Serialize, Deserialize)]
 struct Woke;
-jetpack::task!(Idle -> String { Sleep => [Woke], Woke });
+jetpack::task!(Idle -> String { Sleep => [wait Woke], Woke });
 
 #[jetpack::async_trait]
 impl Step<Idle> for Sleep {
@@ -216,7 +216,7 @@ struct Nap {
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct Awake;
-jetpack::task!(Dorm { Nap => [Awake], Awake });
+jetpack::task!(Dorm { Nap => [join Awake], Awake });
 
 #[jetpack::async_trait]
 impl Step<Dorm> for Nap {

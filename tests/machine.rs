@@ -116,6 +116,74 @@ fn mermaid_diagram() {
     assert!(payment.contains("    Charge --> Poll\n"), "{payment}");
 }
 
+// A workflow whose edges are joins and waits, as both macros declare them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Spawn;
+#[derive(Debug, Serialize, Deserialize)]
+struct Joined;
+#[derive(Debug, Serialize, Deserialize)]
+struct Delivered;
+#[derive(Debug, Serialize, Deserialize, Machine)]
+#[output(String)]
+enum Shop {
+    #[next(join Joined)]
+    Spawn(Spawn),
+    #[next(wait Delivered, join Delivered, Spawn)]
+    Joined(Joined),
+    Delivered(Delivered),
+}
+#[jetpack::async_trait]
+impl Step<Shop> for Spawn {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::join(Joined)
+    }
+}
+#[jetpack::async_trait]
+impl Step<Shop> for Joined {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::wait(Delivered, jetpack::Wait::signal::<Ping>())
+    }
+}
+#[jetpack::async_trait]
+impl Step<Shop> for Delivered {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::finish("done".into())
+    }
+}
+#[derive(Serialize, Deserialize)]
+struct Ping;
+impl jetpack::Signal for Ping {
+    const NAME: &'static str = "ping";
+}
+
+/// Join and wait edges are successors, marked in the graph and labelled in
+/// the diagram (a step reached both ways shows as a join).
+#[test]
+fn join_and_wait_edges() {
+    let graph = Shop::graph();
+    assert_eq!(
+        graph.edges(),
+        [
+            ("Spawn", "Joined"),
+            ("Joined", "Delivered"),
+            ("Joined", "Spawn")
+        ]
+    );
+    assert_eq!(graph.steps[0].joins, ["Joined"]);
+    assert_eq!(graph.steps[1].waits, ["Delivered"]);
+    assert_eq!(graph.steps[1].joins, ["Delivered"]);
+    let mermaid = graph.to_mermaid();
+    assert!(
+        mermaid.contains("    Spawn --> Joined: join children\n"),
+        "{mermaid}"
+    );
+    assert!(
+        mermaid.contains("    Joined --> Delivered: join children\n"),
+        "{mermaid}"
+    );
+    assert!(mermaid.contains("    Joined --> Spawn\n"), "{mermaid}");
+}
+
 #[test]
 fn stored_json_is_the_readable_form() {
     let step = ReadName {

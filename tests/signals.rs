@@ -39,7 +39,7 @@ struct Arrived;
 
 #[derive(Debug, Serialize, Deserialize, jetpack::Machine)]
 enum Parcel {
-    #[next(Arrived)]
+    #[next(wait Arrived)]
     Ship(Ship),
     Arrived(Arrived),
 }

@@ -22,7 +22,51 @@ pub struct StepVariant<'a> {
     pub variant: &'a Ident,
     pub ty: &'a Type,
     pub next: Vec<Ident>,
+    /// The successors marked `join`: reached by `NextStep::join`.
+    pub joins: Vec<Ident>,
+    /// The successors marked `wait`: reached by `NextStep::wait`.
+    pub waits: Vec<Ident>,
     pub initial: bool,
+}
+
+/// One entry of a `#[next(..)]` list: `Step`, `join Step` or `wait Step`.
+pub struct Successor {
+    pub how: Option<Ident>,
+    pub step: Ident,
+}
+
+impl Parse for Successor {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let first: Ident = input.parse()?;
+        if !input.peek(Ident) {
+            return Ok(Successor {
+                how: None,
+                step: first,
+            });
+        }
+        if first != "join" && first != "wait" {
+            return Err(syn::Error::new_spanned(
+                &first,
+                format!(
+                    "`{first}` is not a kind of transition: write `join Step` (the step after \
+                     a join of children), `wait Step` (the step after a wait for a signal) or `Step`"
+                ),
+            ));
+        }
+        Ok(Successor {
+            how: Some(first),
+            step: input.parse()?,
+        })
+    }
+}
+
+impl quote::ToTokens for Successor {
+    fn to_tokens(&self, tokens: &mut proc_macro2::TokenStream) {
+        if let Some(how) = &self.how {
+            how.to_tokens(tokens);
+        }
+        self.step.to_tokens(tokens);
+    }
 }
 
 impl<'a> Machine<'a> {
@@ -75,12 +119,32 @@ impl<'a> Machine<'a> {
                     continue;
                 }
             };
-            let mut next = Vec::new();
+            let (mut next, mut joins, mut waits) = (Vec::new(), Vec::new(), Vec::new());
             let mut initial = false;
             for attr in &variant.attrs {
                 if attr.path().is_ident("next") {
                     match parse_next(attr) {
-                        Ok(mut names) => next.append(&mut names),
+                        Ok(entries) => {
+                            for entry in entries {
+                                let how = entry.how.as_ref().map(Ident::to_string);
+                                let listed = |list: &Vec<Ident>| list.contains(&entry.step);
+                                // A step reached both ways (`join X, wait X`) is one
+                                // successor; the same entry twice is reported.
+                                let again = match how.as_deref() {
+                                    Some("join") => listed(&joins),
+                                    Some(_) => listed(&waits),
+                                    None => listed(&next) && !listed(&joins) && !listed(&waits),
+                                };
+                                match how.as_deref() {
+                                    Some("join") => joins.push(entry.step.clone()),
+                                    Some(_) => waits.push(entry.step.clone()),
+                                    None => {}
+                                }
+                                if again || !listed(&next) {
+                                    next.push(entry.step);
+                                }
+                            }
+                        }
                         Err(e) => errors.push(e),
                     }
                 } else if attr.path().is_ident("initial") {
@@ -94,6 +158,8 @@ impl<'a> Machine<'a> {
                 variant: &variant.ident,
                 ty,
                 next,
+                joins,
+                waits,
                 initial,
             });
         }
@@ -106,14 +172,14 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn parse_next(attr: &Attribute) -> syn::Result<Vec<Ident>> {
+fn parse_next(attr: &Attribute) -> syn::Result<Vec<Successor>> {
     let list = attr.meta.require_list().map_err(|_| {
         syn::Error::new_spanned(
             attr,
             "write the successors in parentheses: `#[next(StepA, StepB)]`",
         )
     })?;
-    let names = list.parse_args_with(Punctuated::<Ident, Token![,]>::parse_terminated)?;
+    let names = list.parse_args_with(Punctuated::<Successor, Token![,]>::parse_terminated)?;
     if names.is_empty() {
         return Err(syn::Error::new_spanned(
             attr,
@@ -128,7 +194,7 @@ pub struct TaskInput {
     pub vis: Visibility,
     pub ident: Ident,
     pub output: Option<Type>,
-    pub steps: Vec<(Ident, Vec<Ident>)>,
+    pub steps: Vec<(Ident, Vec<Successor>)>,
 }
 
 impl Parse for TaskInput {
@@ -151,7 +217,7 @@ impl Parse for TaskInput {
                 body.parse::<Token![=>]>()?;
                 let list;
                 bracketed!(list in body);
-                next = Punctuated::<Ident, Token![,]>::parse_terminated(&list)?
+                next = Punctuated::<Successor, Token![,]>::parse_terminated(&list)?
                     .into_iter()
                     .collect();
             }

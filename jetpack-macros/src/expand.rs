@@ -20,8 +20,10 @@ pub fn machine(m: &Machine) -> TokenStream {
     let nodes = m.steps.iter().enumerate().map(|(i, s)| {
         let name = s.variant.to_string();
         let next = s.next.iter().map(|n| n.to_string());
+        let joins = s.joins.iter().map(|n| n.to_string());
+        let waits = s.waits.iter().map(|n| n.to_string());
         let initial = s.initial || (!any_initial && i == 0);
-        quote!((#name, &[#(#next),*], #initial))
+        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial))
     });
     let name_arms = m.steps.iter().map(|s| {
         let v = s.variant;
@@ -56,6 +58,13 @@ pub fn machine(m: &Machine) -> TokenStream {
         let follows = next_tys
             .iter()
             .map(|next_ty| quote!(impl #p::Follows<#ty, #machine, (#(#next_tys,)*)> for #next_ty {}));
+        let ty_of = |n: &syn::Ident| m.steps.iter().find(|t| t.variant == n).map(|t| t.ty);
+        let joins = s.joins.iter().filter_map(ty_of).map(
+            |next_ty| quote!(impl #p::Joins<#ty, #machine> for #next_ty {}),
+        );
+        let waits = s.waits.iter().filter_map(ty_of).map(
+            |next_ty| quote!(impl #p::Awaits<#ty, #machine> for #next_ty {}),
+        );
         quote! {
             impl #p::StepOf for #ty {
                 type Machine = #machine;
@@ -80,6 +89,8 @@ pub fn machine(m: &Machine) -> TokenStream {
                 }
             }
             #(#follows)*
+            #(#joins)*
+            #(#waits)*
         }
     });
 

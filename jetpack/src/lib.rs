@@ -32,8 +32,8 @@ pub use enqueue::{
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
-    BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf, Scheduler, StepNode,
-    StepOf, TaskOf,
+    Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
+    Scheduler, StepNode, StepOf, TaskOf,
 };
 pub use step::{
     Child, ChildError, Context, NextStep, OnPark, RetryPolicy, Signal, Spawn, SpawnAll, Step,
@@ -65,8 +65,8 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::machine::{
-        tagged_json, BoxFuture, Follows, Graph, IntoTask, Machine, MachineResult, MemberOf,
-        Scheduler, StepOf, TaskOf,
+        tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult,
+        MemberOf, Scheduler, StepOf, TaskOf,
     };
     pub use crate::step::{Context, NextStep, RetryPolicy, Step, StepError, Wakeup};
     pub use serde;

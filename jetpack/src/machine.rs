@@ -86,6 +86,31 @@ pub enum InferFromReturnTypeToo {}
 impl<N: Into<M>, M, A> Follows<InferFromReturnType, M, A> for N {}
 impl<N: Into<M>, M, A> Follows<InferFromReturnTypeToo, M, A> for N {}
 
+/// `Self` is a step that step `From` of machine `M` may reach through a join
+/// of its children ([`NextStep::join`](crate::NextStep::join)): its `#[next(..)]`
+/// list names it as `join Self`. Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not declared as the join step of `{From}` in machine `{M}`",
+    label = "`{From}` may not join its children into `{Self}`",
+    note = "mark it in the `#[next(..)]` list of `{From}`: `#[next(join {Self})]` (in `task!`: `{From} => [join {Self}]`)"
+)]
+pub trait Joins<From, M> {}
+
+/// `Self` is a step that step `From` of machine `M` may reach through a wait
+/// for a signal ([`NextStep::wait`](crate::NextStep::wait)): its `#[next(..)]`
+/// list names it as `wait Self`. Implemented by `#[derive(Machine)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not declared as a step `{From}` waits for a signal to reach, in machine `{M}`",
+    label = "`{From}` may not wait to go on to `{Self}`",
+    note = "mark it in the `#[next(..)]` list of `{From}`: `#[next(wait {Self})]` (in `task!`: `{From} => [wait {Self}]`)"
+)]
+pub trait Awaits<From, M> {}
+
+impl<N, M> Joins<InferFromReturnType, M> for N {}
+impl<N, M> Joins<InferFromReturnTypeToo, M> for N {}
+impl<N, M> Awaits<InferFromReturnType, M> for N {}
+impl<N, M> Awaits<InferFromReturnTypeToo, M> for N {}
+
 /// A value that can be stored as a task: a step, a machine or a scheduler enum.
 pub trait IntoTask {
     /// The stored JSON form, e.g. `{"Greeter":{"ReadName":{"filename":"name.txt"}}}`.
@@ -192,25 +217,43 @@ pub struct Graph {
 
 /// One step of a [`Graph`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StepNode {
     /// The step's name.
     pub name: &'static str,
     /// The steps that may follow it; empty for a terminal step.
     pub next: Vec<&'static str>,
+    /// Those of `next` it reaches by joining its children (`join` in `#[next]`).
+    pub joins: Vec<&'static str>,
+    /// Those of `next` it reaches by waiting for a signal, or its timeout
+    /// (`wait` in `#[next]`).
+    pub waits: Vec<&'static str>,
     /// Whether a task normally starts here (`#[initial]`, or the first step).
     pub initial: bool,
 }
 
 impl Graph {
     #[doc(hidden)]
-    pub fn __new(machine: &'static str, steps: &[(&'static str, &[&'static str], bool)]) -> Self {
+    #[allow(clippy::type_complexity)]
+    pub fn __new(
+        machine: &'static str,
+        steps: &[(
+            &'static str,
+            &[&'static str],
+            &[&'static str],
+            &[&'static str],
+            bool,
+        )],
+    ) -> Self {
         Graph {
             machine,
             steps: steps
                 .iter()
-                .map(|&(name, next, initial)| StepNode {
+                .map(|&(name, next, joins, waits, initial)| StepNode {
                     name,
                     next: next.to_vec(),
+                    joins: joins.to_vec(),
+                    waits: waits.to_vec(),
                     initial,
                 })
                 .collect(),
@@ -244,7 +287,8 @@ impl Graph {
     }
 
     /// A Mermaid `stateDiagram-v2` of the machine: `[*]` enters the initial steps
-    /// and leaves the terminal ones.
+    /// and leaves the terminal ones; an edge reached by a join of children is
+    /// labelled `join children`, one reached by a wait `signal or timeout`.
     pub fn to_mermaid(&self) -> String {
         let mut out = String::from("stateDiagram-v2\n");
         let _ = writeln!(out, "    %% {}", self.machine);
@@ -253,8 +297,18 @@ impl Graph {
                 let _ = writeln!(out, "    [*] --> {}", step.name);
             }
         }
-        for (from, to) in self.edges() {
-            let _ = writeln!(out, "    {from} --> {to}");
+        for step in &self.steps {
+            for &to in &step.next {
+                let from = step.name;
+                let label = if step.joins.contains(&to) {
+                    ": join children"
+                } else if step.waits.contains(&to) {
+                    ": signal or timeout"
+                } else {
+                    ""
+                };
+                let _ = writeln!(out, "    {from} --> {to}{label}");
+            }
         }
         for step in self.terminal() {
             let _ = writeln!(out, "    {step} --> [*]");

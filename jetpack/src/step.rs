@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
-use crate::machine::{BoxFuture, Follows, Machine, MemberOf, StepOf};
+use crate::machine::{Awaits, BoxFuture, Follows, Joins, Machine, MemberOf, StepOf};
 use crate::Error;
 
 mod children;
@@ -209,7 +209,7 @@ impl<S: StepOf> NextStep<S> {
     /// struct Order { cents: u64 }
     /// #[derive(Debug, Serialize, Deserialize)]
     /// struct Paid { payment: Child<Payment> }
-    /// jetpack::task!(Shop { Order => [Paid], Paid });
+    /// jetpack::task!(Shop { Order => [join Paid], Paid });
     ///
     /// #[jetpack::async_trait]
     /// impl Step<Shop> for Order {
@@ -228,7 +228,10 @@ impl<S: StepOf> NextStep<S> {
     ///     }
     /// }
     /// ```
-    pub fn join<N: Follows<S, S::Machine, S::Successors>>(next: N) -> StepResult<S> {
+    pub fn join<N>(next: N) -> StepResult<S>
+    where
+        N: Follows<S, S::Machine, S::Successors> + Joins<S, S::Machine>,
+    {
         Ok(NextStep {
             next: Some((next.into(), Wakeup::Now)),
             wait: None,
@@ -279,7 +282,7 @@ impl<S: StepOf> NextStep<S> {
     ///
     /// # #[derive(Debug, Serialize, Deserialize)] struct Ship { order: u64 }
     /// # #[derive(Debug, Serialize, Deserialize)] struct Arrived { order: u64 }
-    /// # jetpack::task!(Order { Ship => [Arrived], Arrived });
+    /// # jetpack::task!(Order { Ship => [wait Arrived], Arrived });
     /// # #[jetpack::async_trait] impl Step<Order> for Arrived {
     /// #     async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() } }
     /// #[jetpack::async_trait]
@@ -292,7 +295,10 @@ impl<S: StepOf> NextStep<S> {
     ///     }
     /// }
     /// ```
-    pub fn wait<N: Follows<S, S::Machine, S::Successors>>(next: N, wait: Wait) -> StepResult<S> {
+    pub fn wait<N>(next: N, wait: Wait) -> StepResult<S>
+    where
+        N: Follows<S, S::Machine, S::Successors> + Awaits<S, S::Machine>,
+    {
         Ok(NextStep {
             next: Some((next.into(), Wakeup::Now)),
             wait: Some(wait),

@@ -12,6 +12,8 @@
 --                             the result the join step reads
 --                    'done'   counted: the child finished, was cancelled, or
 --                             parked under 'error'
+--                    ('ended' for an instant, inside the statement that
+--                    ends the child, until the trigger below counts it)
 --                  NULL when the parent does not wait for it (a detached
 --                  child), or the child belongs to an earlier join
 --   children_left  on a parent in a join: the awaited children not counted
@@ -29,7 +31,7 @@
 ALTER TABLE jetpack_tasks
     ADD COLUMN parent_id bigint,
     ADD COLUMN awaited text
-        CONSTRAINT jetpack_tasks_awaited_known CHECK (awaited IN ('wait', 'fail', 'error', 'done')),
+        CONSTRAINT jetpack_tasks_awaited_known CHECK (awaited IN ('wait', 'fail', 'error', 'ended', 'done')),
     ADD COLUMN children_left integer
         CONSTRAINT jetpack_tasks_children_left_not_negative CHECK (children_left >= 0),
     ADD COLUMN result jsonb;
@@ -46,22 +48,26 @@ ALTER TABLE jetpack_tasks ADD CONSTRAINT jetpack_tasks_waiting_for_something
 CREATE INDEX jetpack_tasks_children ON jetpack_tasks (parent_id) WHERE parent_id IS NOT NULL;
 
 -- A child's end counts for its parent's join: a finish or a cancel (or a
--- delete by hand), and a park under 'error'. Marked 'done' here, before the
--- row is written; the parent is told after the statement (below), so that a
--- statement that also changes the parent (a cancel of the whole family) does
--- not collide with it.
+-- delete by hand), and a park under 'error'. A worker's finish counts its
+-- children in the statement that writes it, for all the children of a parent
+-- in one flush at once, and sets `awaited` to 'done' itself. Any other end (a
+-- cancel, a hand edit) is marked 'ended' here, before the row is written, and
+-- the parent is told after the statement (below), so that a statement that
+-- also changes the parent (a cancel of the whole family) does not collide
+-- with it.
 CREATE FUNCTION jetpack_child_ended() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.state IN ('finished', 'cancelled') OR (NEW.state = 'parked' AND NEW.awaited = 'error') THEN
-        NEW.awaited := 'done';
+        NEW.awaited := 'ended';
     END IF;
     RETURN NEW;
 END
 $$;
 
 CREATE TRIGGER jetpack_tasks_child_ended BEFORE UPDATE OF state ON jetpack_tasks
-FOR EACH ROW WHEN (OLD.awaited IN ('wait', 'fail', 'error') AND NEW.state IS DISTINCT FROM OLD.state)
+FOR EACH ROW WHEN (OLD.awaited IN ('wait', 'fail', 'error') AND NEW.state IS DISTINCT FROM OLD.state
+                   AND NEW.awaited IS NOT DISTINCT FROM OLD.awaited)
 EXECUTE FUNCTION jetpack_child_ended();
 
 -- Tells the parent: one child fewer (its join step is ready after the last),
@@ -77,7 +83,7 @@ BEGIN
     ELSE
         child := NEW;
     END IF;
-    IF TG_OP = 'DELETE' OR child.awaited = 'done' THEN
+    IF TG_OP = 'DELETE' OR child.awaited = 'ended' THEN
         UPDATE jetpack_tasks p
         SET children_left = p.children_left - 1,
             state = CASE WHEN p.children_left = 1 AND p.state = 'waiting' THEN 'ready' ELSE p.state END,
@@ -90,6 +96,9 @@ BEGIN
         IF parent_state = 'ready' THEN
             PERFORM pg_notify('jetpack', '');
         END IF;
+        IF TG_OP = 'UPDATE' THEN
+            UPDATE jetpack_tasks SET awaited = 'done' WHERE id = child.id;
+        END IF;
     ELSIF child.awaited = 'fail' AND child.state = 'parked' THEN
         UPDATE jetpack_tasks p
         SET error = format('child task %s (%s) parked: %s', child.id, child.kind, child.error)
@@ -101,8 +110,7 @@ $$;
 
 CREATE TRIGGER jetpack_tasks_tell_parent AFTER UPDATE OF state ON jetpack_tasks
 FOR EACH ROW WHEN (NEW.parent_id IS NOT NULL AND NEW.state IS DISTINCT FROM OLD.state
-                   AND ((NEW.awaited = 'done' AND OLD.awaited IS DISTINCT FROM 'done')
-                        OR (NEW.awaited = 'fail' AND NEW.state = 'parked')))
+                   AND (NEW.awaited = 'ended' OR (NEW.awaited = 'fail' AND NEW.state = 'parked')))
 EXECUTE FUNCTION jetpack_tell_parent();
 
 CREATE TRIGGER jetpack_tasks_child_deleted AFTER DELETE ON jetpack_tasks

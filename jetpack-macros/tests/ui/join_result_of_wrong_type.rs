@@ -21,7 +21,7 @@ struct Paid {
 }
 #[derive(Debug, Serialize, Deserialize)]
 struct Cancelled;
-jetpack::task!(Shop { Order => [Paid], Paid, Cancelled });
+jetpack::task!(Shop { Order => [join Paid], Paid, Cancelled });
 
 #[jetpack::async_trait]
 impl Step<Shop> for Order {
