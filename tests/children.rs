@@ -263,6 +263,7 @@ conformance!(
     a_cancelled_child_is_an_error_for_the_join_and_detached_ones_are_not_awaited,
     a_family_is_cancelled_together,
     a_result_that_does_not_decode_parks_the_join,
+    a_task_set_to_waiting_by_hand_is_refused_or_goes_on,
     ten_thousand_children_join_once,
 );
 
@@ -553,6 +554,68 @@ async fn a_result_that_does_not_decode_parks_the_join(db: TestDb) {
         "{error}"
     );
     assert_eq!(recorded(&db, healthy).await, ["paid 500; 2 parcels"]);
+    w.shutdown().await;
+}
+
+/// A row set to `waiting` by hand, waiting for neither a signal nor children,
+/// would wait forever: PostgreSQL refuses it; on SQLite (which cannot add the
+/// check to its table) the workers' timeout sweep finds it due and runs it.
+async fn a_task_set_to_waiting_by_hand_is_refused_or_goes_on(db: TestDb) {
+    db.create_app_tables().await;
+    let id = db.enqueue(place(false, "wait")).await;
+    let edit = "UPDATE jetpack_tasks SET state = 'waiting' WHERE id = $1";
+    match &*db {
+        Db::Postgres(_) => {
+            let refused = db.try_exec(edit, Some(id), None).await;
+            let error = refused.expect_err("PostgreSQL refuses a wait for nothing");
+            assert!(
+                error.to_string().contains("jetpack_tasks_waiting_for_something"),
+                "{error}"
+            );
+        }
+        Db::Sqlite(_) => assert_eq!(db.exec(edit, Some(id), None).await, 1),
+    }
+    let w = common::spawn(db.worker::<Tasks>().build().unwrap());
+    assert_eq!(recorded(&db, id).await, ["paid 500; 2 parcels"]);
+    w.shutdown().await;
+}
+
+/// PostgreSQL: every connection of the database killed, again and again,
+/// while a parent's 3,000 children run and another task waits for a signal:
+/// the workers reconnect, the join step runs once with every result, and the
+/// signal sent afterwards is delivered.
+#[tokio::test]
+async fn connections_killed_during_a_fan_out_and_a_wait_lose_nothing() {
+    let db = TestDb::postgres().await;
+    db.create_app_tables().await;
+    let parent = db.enqueue(Fan { n: 3000 }).await;
+    let sleeper = db.enqueue(Sleep).await;
+    let w = common::spawn(db.worker::<Tasks>().build().unwrap());
+    reaches(&db, parent, TaskState::Waiting).await;
+    for _ in 0..5 {
+        db.scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            None,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reaches(&db, sleeper, TaskState::Waiting).await;
+    assert_eq!(
+        db.signal(jetpack::SignalTo::Task(sleeper), &Ping).await,
+        jetpack::Delivery::Delivered
+    );
+    common::finished(&db, sleeper).await;
+    common::wait_for(Duration::from_secs(60), || async {
+        Ok(db.find(parent).await.is_none().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the fan-out did not finish: {e}"));
+    assert_eq!(
+        db.runs(parent).await,
+        [("3000 children, sum 4501500".to_string(), 1)]
+    );
     w.shutdown().await;
 }
 

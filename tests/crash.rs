@@ -35,24 +35,24 @@ fn signal(child: &tokio::process::Child, signal: &str) {
 
 const STEPS_PER_ORDER: i64 = 3;
 
-/// Worker processes killed with SIGKILL while parents spawn thousands of
-/// children and join them: every child runs, no parent loses a child or gets
-/// one twice, and each join step's effect (a ledger row in its transaction,
-/// the sum of its children's results) happens exactly once.
+/// Worker processes killed with SIGKILL while a parent's 10,000 children run
+/// and are counted: every child runs, the parent loses none and counts none
+/// twice, and its join step's effect (a ledger row in its transaction, the sum
+/// of its children's results) happens exactly once.
 async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
-    const PARENTS: i64 = 3;
-    const PARTS: i64 = 2000;
+    const PARENTS: i64 = 1;
+    const PARTS: i64 = 10_000;
     const KILLS: usize = 10;
     let sql = match &*db {
         jetpack_suite::Db::Postgres(_) => {
             "INSERT INTO jetpack_tasks (step)
              SELECT jsonb_build_object('Batch', jsonb_build_object('Split', jsonb_build_object('parts', $1::bigint)))
-             FROM generate_series(1, 3)"
+             FROM generate_series(1, 1)"
         }
         jetpack_suite::Db::Sqlite(_) => {
             "INSERT INTO jetpack_tasks (step)
              SELECT json_object('Batch', json_object('Split', json_object('parts', $1)))
-             FROM (SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"
+             FROM (SELECT 1)"
         }
     };
     assert_eq!(db.exec(sql, Some(PARTS), None).await, PARENTS as u64);

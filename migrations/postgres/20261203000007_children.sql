@@ -43,7 +43,7 @@ SET error = 'the task was waiting for neither a signal nor children (was state s
             || 'clear error to run its step'
 WHERE state = 'waiting' AND wait_for IS NULL;
 ALTER TABLE jetpack_tasks ADD CONSTRAINT jetpack_tasks_waiting_for_something
-    CHECK (state <> 'waiting' OR wait_for IS NOT NULL OR children_left > 0);
+    CHECK (state <> 'waiting' OR wait_for IS NOT NULL OR coalesce(children_left, 0) > 0);
 
 CREATE INDEX jetpack_tasks_children ON jetpack_tasks (parent_id) WHERE parent_id IS NOT NULL;
 
@@ -197,6 +197,8 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER jetpack_tasks_join_began AFTER UPDATE OF children_left ON jetpack_tasks
+-- (`UPDATE OF state`: a join sets it, and a move to a next step, which sets
+-- `children_left` to NULL, does not, so moves do not even test this trigger.)
+CREATE TRIGGER jetpack_tasks_join_began AFTER UPDATE OF state ON jetpack_tasks
 FOR EACH ROW WHEN (OLD.children_left IS NULL AND NEW.children_left IS NOT NULL)
 EXECUTE FUNCTION jetpack_join_began();

@@ -79,7 +79,9 @@ END;
 
 -- A join that begins retires the children an earlier join of the same task
 -- counted (kept while finished tasks are kept).
-CREATE TRIGGER jetpack_tasks_join_began AFTER UPDATE OF children_left ON jetpack_tasks
+-- (`UPDATE OF state`: a join sets it, and a move to a next step, which sets
+-- `children_left` to NULL, does not, so moves do not even test this trigger.)
+CREATE TRIGGER jetpack_tasks_join_began AFTER UPDATE OF state ON jetpack_tasks
 WHEN OLD.children_left IS NULL AND NEW.children_left IS NOT NULL
 BEGIN
     UPDATE jetpack_tasks SET awaited = NULL WHERE parent_id = NEW.id AND awaited = 'done';
