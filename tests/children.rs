@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, Db, TestDb, DEADLINE};
+use common::{conformance, reaches, Db, TestDb, DEADLINE};
 use jetpack::{
     Child, ChildError, Context, NextStep, OnPark, Signal, Step, StepError, StepResult, TaskState,
     Wait,
@@ -273,14 +273,6 @@ fn place(declined: bool, on_park: &str) -> Place {
         declined,
         on_park: on_park.into(),
     }
-}
-
-async fn reaches(db: &Db, id: i64, want: TaskState) {
-    common::wait_for(DEADLINE, || async {
-        Ok((db.find(id).await.map(|r| r.state) == Some(want)).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("task {id} did not become {want:?}: {e}"));
 }
 
 /// The children of `parent`, by id: (id, kind).
@@ -569,7 +561,9 @@ async fn a_task_set_to_waiting_by_hand_is_refused_or_goes_on(db: TestDb) {
             let refused = db.try_exec(edit, Some(id), None).await;
             let error = refused.expect_err("PostgreSQL refuses a wait for nothing");
             assert!(
-                error.to_string().contains("jetpack_tasks_waiting_for_something"),
+                error
+                    .to_string()
+                    .contains("jetpack_tasks_waiting_for_something"),
                 "{error}"
             );
         }

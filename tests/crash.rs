@@ -35,6 +35,32 @@ fn signal(child: &tokio::process::Child, signal: &str) {
 
 const STEPS_PER_ORDER: i64 = 3;
 
+/// Kills one of the two `workers` with SIGKILL every 50–300 ms, `kills` times,
+/// each time starting a new one in its place.
+async fn kill_and_restart(
+    workers: &mut [tokio::process::Child],
+    kills: usize,
+    binary: &std::path::Path,
+    url: &str,
+    args: &[&str],
+) {
+    for kill in 0..kills {
+        tokio::time::sleep(Duration::from_millis(50 + clock_random(250))).await;
+        let victim = (kill + clock_random(2) as usize) % workers.len();
+        if let Ok(Some(status)) = workers[victim].try_wait() {
+            panic!(
+                "worker {victim} exited ({status}) before {kills} kills: the workload is too small"
+            );
+        }
+        workers[victim].start_kill().expect("SIGKILL a worker"); // tokio sends SIGKILL
+        workers[victim]
+            .wait()
+            .await
+            .expect("reap the killed worker");
+        workers[victim] = start_worker(binary, url, args);
+    }
+}
+
 /// Worker processes killed with SIGKILL while a parent's 10,000 children run
 /// and are counted: every child runs, the parent loses none and counts none
 /// twice, and its join step's effect (a ledger row in its transaction, the sum
@@ -62,23 +88,7 @@ async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
         start_worker(&binary, &db.url, &args),
         start_worker(&binary, &db.url, &args),
     ];
-    let mut kills = 0;
-    while kills < KILLS {
-        tokio::time::sleep(Duration::from_millis(50 + clock_random(250))).await;
-        let victim = (kills + clock_random(2) as usize) % 2;
-        if let Ok(Some(status)) = workers[victim].try_wait() {
-            panic!(
-                "worker {victim} exited ({status}) before {KILLS} kills: the workload is too small"
-            );
-        }
-        workers[victim].start_kill().expect("SIGKILL a worker");
-        workers[victim]
-            .wait()
-            .await
-            .expect("reap the killed worker");
-        kills += 1;
-        workers[victim] = start_worker(&binary, &db.url, &args);
-    }
+    kill_and_restart(&mut workers, KILLS, &binary, &db.url, &args).await;
     for mut worker in workers {
         common::exits_cleanly(
             &mut worker,
@@ -135,23 +145,7 @@ async fn kill_nine_under_load_loses_nothing(db: TestDb) {
         start_worker(&binary, &db.url, &args),
     ];
 
-    let mut kills = 0;
-    while kills < KILLS {
-        tokio::time::sleep(Duration::from_millis(50 + clock_random(250))).await;
-        let victim = (kills + clock_random(2) as usize) % 2;
-        if let Ok(Some(status)) = workers[victim].try_wait() {
-            panic!(
-                "worker {victim} exited ({status}) before {KILLS} kills: the workload is too small"
-            );
-        }
-        workers[victim].start_kill().expect("SIGKILL a worker"); // tokio sends SIGKILL
-        workers[victim]
-            .wait()
-            .await
-            .expect("reap the killed worker");
-        kills += 1;
-        workers[victim] = start_worker(&binary, &db.url, &args);
-    }
+    kill_and_restart(&mut workers, KILLS, &binary, &db.url, &args).await;
     let started = Instant::now();
     for mut worker in workers {
         common::exits_cleanly(

@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use common::{conformance, new_key, Db, TestDb, DEADLINE};
+use common::{conformance, new_key, reaches, Db, TestDb, DEADLINE};
 use jetpack::{Cancel, Context, NextStep, Step, StepResult, StopReason, TaskState};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -102,15 +102,6 @@ conformance!(
 
 async fn state(db: &Db, id: i64) -> Option<TaskState> {
     db.find(id).await.map(|row| row.state)
-}
-
-/// Waits until task `id` is in `state`.
-async fn reaches(db: &Db, id: i64, want: TaskState) {
-    common::wait_for(DEADLINE, || async {
-        Ok((state(db, id).await == Some(want)).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("task {id} did not become {want:?}: {e}"));
 }
 
 async fn find_tells_every_state_apart(db: TestDb) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, Db, TestDb, DEADLINE};
+use common::{conformance, reaches, Db, TestDb, DEADLINE};
 use jetpack::{Context, Delivery, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait};
 use serde::{Deserialize, Serialize};
 
@@ -122,14 +122,6 @@ async fn send(db: &Db, to: SignalTo, signal: &impl Signal) -> Delivery {
         Db::Sqlite(p) => jetpack::signal(p, to, signal).await,
     }
     .expect("signal")
-}
-
-async fn reaches(db: &Db, id: i64, want: TaskState) {
-    common::wait_for(DEADLINE, || async {
-        Ok((db.find(id).await.map(|r| r.state) == Some(want)).then_some(()))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("task {id} did not become {want:?}: {e}"));
 }
 
 /// What task `id`'s `Arrived` step recorded, once it has.

@@ -61,6 +61,15 @@ pub async fn finished(db: &Db, id: i64) {
     .unwrap_or_else(|e| panic!("task {id} did not finish: {e}"));
 }
 
+/// Waits until task `id` is in state `want` (as `find` tells it).
+pub async fn reaches(db: &Db, id: i64, want: jetpack::TaskState) {
+    wait_for(DEADLINE, || async {
+        Ok((db.find(id).await.map(|r| r.state) == Some(want)).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("task {id} did not become {want:?}: {e}"));
+}
+
 /// Waits until the queue is empty: every task finished.
 pub async fn drained(db: &Db, within: Duration) {
     wait_for(within, || async {
