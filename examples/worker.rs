@@ -9,7 +9,9 @@
 //! `--enqueue N` first enqueues N three-step orders in one statement;
 //! `--until-empty` stops once no task is left (used by CI and the tests). It
 //! also runs fan-outs (`{"Batch":{"Split":{"parts":N}}}`): N child tasks whose
-//! results the parent's join step adds up, in its own transaction.
+//! results the parent's join step adds up, in its own transaction; and parcels
+//! (`{"Parcel":{"Dispatch":{"order":N}}}`) that wait for a `delivered` signal
+//! sent to the key `order-N`, then record it in their transaction.
 //!
 //! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
 //! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
@@ -113,10 +115,50 @@ impl Step<Parts> for Part {
     }
 }
 
+/// Signal `delivered`, sent to `order-N`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Delivered {
+    carrier: String,
+}
+impl jetpack::Signal for Delivered {
+    const NAME: &'static str = "delivered";
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Dispatch {
+    order: u64,
+}
+#[derive(Debug, Serialize, Deserialize)]
+struct Received {
+    order: u64,
+}
+jetpack::task!(Parcel { Dispatch => [wait Received], Received });
+
+#[jetpack::async_trait]
+impl Step<Parcel> for Dispatch {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        let wait = jetpack::Wait::signal::<Delivered>().key(format!("order-{}", self.order));
+        NextStep::wait(Received { order: self.order }, wait)
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Parcel> for Received {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let delivered = cx.signal::<Delivered>()?.ok_or("no signal")?;
+        tracing::debug!(order = self.order, carrier = %delivered.carrier, "delivered");
+        jetpack_suite::ledger_in_tx(cx, 1).await?;
+        NextStep::none()
+    }
+}
+
 jetpack::scheduler!(Tasks {
     Order,
     Batch,
-    Parts
+    Parts,
+    Parcel
 });
 
 #[tokio::main]
@@ -174,7 +216,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let sql = "SELECT count(*) FROM jetpack_tasks
-                           WHERE (kind LIKE 'Order.%' OR kind LIKE 'Batch.%' OR kind LIKE 'Parts.%')
+                           WHERE (kind LIKE 'Order.%' OR kind LIKE 'Batch.%' OR kind LIKE 'Parts.%'
+                                  OR kind LIKE 'Parcel.%')
                              AND state IN ('ready', 'waiting', 'parked')";
                 // A database error (a restart, say) is not "empty": keep watching.
                 if matches!(db.try_scalar(sql, None).await, Ok(0)) {

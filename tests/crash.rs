@@ -61,13 +61,25 @@ async fn kill_and_restart(
     }
 }
 
+/// The `worker` example's signal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Delivered {
+    carrier: String,
+}
+impl jetpack::Signal for Delivered {
+    const NAME: &'static str = "delivered";
+}
+
 /// Worker processes killed with SIGKILL while a parent's 10,000 children run
-/// and are counted: every child runs, the parent loses none and counts none
-/// twice, and its join step's effect (a ledger row in its transaction, the sum
-/// of its children's results) happens exactly once.
+/// and are counted, and while parcels wait for signals sent meanwhile: every
+/// child runs, the parent loses none and counts none twice, and its join
+/// step's effect (a ledger row in its transaction, the sum of its children's
+/// results) happens exactly once; every signal reaches its parcel, whose
+/// step records it once.
 async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
     const PARENTS: i64 = 1;
     const PARTS: i64 = 10_000;
+    const PARCELS: i64 = 100;
     const KILLS: usize = 10;
     let sql = match &*db {
         jetpack_suite::Db::Postgres(_) => {
@@ -82,13 +94,33 @@ async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
         }
     };
     assert_eq!(db.exec(sql, Some(PARTS), None).await, PARENTS as u64);
+    let parcels =
+        (1..=PARCELS).map(|order| format!(r#"{{"Parcel":{{"Dispatch":{{"order":{order}}}}}}}"#));
+    for parcel in parcels {
+        db.insert_raw(&parcel).await.expect("a parcel");
+    }
     let binary = worker_binary();
     let args = ["--until-empty", "--concurrency", "8", "--lease-ms", "1000"];
     let mut workers = vec![
         start_worker(&binary, &db.url, &args),
         start_worker(&binary, &db.url, &args),
     ];
-    kill_and_restart(&mut workers, KILLS, &binary, &db.url, &args).await;
+    // Signals go out during the kills: some before their parcel waits (kept),
+    // some to a waiting parcel.
+    let signals = async {
+        for order in 1..=PARCELS {
+            let to = jetpack::SignalTo::Key(format!("order-{order}"));
+            let carrier = Delivered {
+                carrier: "DHL".into(),
+            };
+            db.signal(to, &carrier).await;
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    };
+    tokio::join!(
+        kill_and_restart(&mut workers, KILLS, &binary, &db.url, &args),
+        signals
+    );
     for mut worker in workers {
         common::exits_cleanly(
             &mut worker,
@@ -111,8 +143,22 @@ async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
         )
         .await;
     assert_eq!(parts, PARENTS * PARTS, "every child ran");
-    let joins = db.scalar("SELECT count(*) FROM ledger", None).await;
+    let joins = db
+        .scalar("SELECT count(*) FROM ledger WHERE amount <> 1", None)
+        .await;
     assert_eq!(joins, PARENTS, "each join step's effect happened once");
+    let received = db
+        .scalar(
+            "SELECT count(*) FROM ledger WHERE amount = 1 AND task_id IN
+             (SELECT task_id FROM ledger WHERE amount = 1 GROUP BY task_id HAVING count(*) = 1)",
+            None,
+        )
+        .await;
+    assert_eq!(received, PARCELS, "each parcel recorded its signal once");
+    let kept = db
+        .scalar("SELECT count(*) FROM jetpack_signals", None)
+        .await;
+    assert_eq!(kept, 0, "every signal was taken by its wait");
     let right = db
         .scalar(
             "SELECT count(*) FROM ledger WHERE amount = $1",
