@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, reaches, Db, TestDb, DEADLINE};
+use common::{conformance, reaches, recorded, Db, TestDb, DEADLINE};
 use jetpack::{
     Child, ChildError, Context, NextStep, OnPark, Signal, Step, StepError, StepResult, TaskState,
     Wait,
@@ -292,16 +292,6 @@ async fn fix_step(db: &Db, id: i64, step: &str) {
         Db::Sqlite(_) => "UPDATE jetpack_tasks SET step = $2, error = NULL WHERE id = $1",
     };
     assert_eq!(db.exec(sql, Some(id), Some(step)).await, 1);
-}
-
-/// What task `id`'s last step recorded, once it finished.
-async fn recorded(db: &Db, id: i64) -> Vec<String> {
-    common::finished(db, id).await;
-    db.runs(id)
-        .await
-        .into_iter()
-        .map(|(what, _)| what)
-        .collect()
 }
 
 async fn a_join_step_reads_each_childs_typed_result(db: TestDb) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, reaches, Db, TestDb, DEADLINE};
+use common::{conformance, reaches, recorded, Db, TestDb, DEADLINE};
 use jetpack::{Context, Delivery, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait};
 use serde::{Deserialize, Serialize};
 
@@ -124,16 +124,6 @@ async fn send(db: &Db, to: SignalTo, signal: &impl Signal) -> Delivery {
     .expect("signal")
 }
 
-/// What task `id`'s `Arrived` step recorded, once it has.
-async fn arrived(db: &Db, id: i64) -> Vec<String> {
-    common::finished(db, id).await;
-    db.runs(id)
-        .await
-        .into_iter()
-        .map(|(what, _)| what)
-        .collect()
-}
-
 async fn a_signal_wakes_the_waiting_task(db: TestDb) {
     db.create_app_tables().await;
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
@@ -164,9 +154,9 @@ async fn a_signal_wakes_the_waiting_task(db: TestDb) {
             false
         }
     };
-    assert_eq!(arrived(&db, by_id).await, ["DHL"]);
+    assert_eq!(recorded(&db, by_id).await, ["DHL"]);
     assert_eq!(
-        arrived(&db, by_key).await,
+        recorded(&db, by_key).await,
         ["UPS"],
         "sent by SQL: {sql_sent}"
     );
@@ -194,8 +184,8 @@ async fn a_signal_sent_early_is_kept_for_the_wait(db: TestDb) {
     );
     let by_key = db.enqueue(ship(Some("order-9"), None)).await;
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
-    assert_eq!(arrived(&db, by_id).await, ["DHL"], "the oldest first");
-    assert_eq!(arrived(&db, by_key).await, ["UPS"]);
+    assert_eq!(recorded(&db, by_id).await, ["DHL"], "the oldest first");
+    assert_eq!(recorded(&db, by_key).await, ["UPS"]);
     w.shutdown().await;
     let kept = db
         .scalar(
@@ -252,7 +242,7 @@ async fn a_wait_times_out(db: TestDb) {
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
     reaches(&db, cancelled, TaskState::Waiting).await;
     assert_eq!(db.cancel(cancelled, "no").await, jetpack::Cancel::Cancelled);
-    assert_eq!(arrived(&db, id).await, ["timeout"]);
+    assert_eq!(recorded(&db, id).await, ["timeout"]);
     let to = SignalTo::Key("order-2".into());
     assert_eq!(send(&db, to, &delivered("DHL")).await, Delivery::Kept);
     w.shutdown().await;
@@ -289,7 +279,7 @@ async fn a_signal_racing_its_timeout_has_one_winner(db: TestDb) {
         .filter(|(_, a)| *a == Delivery::Delivered)
         .count();
     for (id, answer) in answers {
-        let got = arrived(&db, id).await;
+        let got = recorded(&db, id).await;
         match answer {
             Delivery::Delivered => assert_eq!(got, ["DHL"], "task {id}"),
             // Timed out: waiting for a later wait, or finished already.
@@ -329,6 +319,6 @@ async fn a_payload_that_does_not_decode_parks_the_task(db: TestDb) {
         )),
         "{error}"
     );
-    assert_eq!(arrived(&db, good).await, ["DHL"]);
+    assert_eq!(recorded(&db, good).await, ["DHL"]);
     w.shutdown().await;
 }

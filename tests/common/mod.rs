@@ -70,6 +70,16 @@ pub async fn reaches(db: &Db, id: i64, want: jetpack::TaskState) {
     .unwrap_or_else(|e| panic!("task {id} did not become {want:?}: {e}"));
 }
 
+/// What task `id`'s steps recorded in `runs`, once it finished.
+pub async fn recorded(db: &Db, id: i64) -> Vec<String> {
+    finished(db, id).await;
+    db.runs(id)
+        .await
+        .into_iter()
+        .map(|(what, _)| what)
+        .collect()
+}
+
 /// Waits until the queue is empty: every task finished.
 pub async fn drained(db: &Db, within: Duration) {
     wait_for(within, || async {
