@@ -184,18 +184,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Db::Postgres(pool) => jetpack::migrate(pool).await?,
         Db::Sqlite(pool) => jetpack::migrate(pool).await?,
     }
-    db.exec(
+    for table in [
         "CREATE TABLE IF NOT EXISTS runs (task_id bigint, step text, attempt int, at_us bigint)",
-        None,
-        None,
-    )
-    .await;
-    db.exec(
         "CREATE TABLE IF NOT EXISTS ledger (task_id bigint, amount bigint)",
-        None,
-        None,
-    )
-    .await;
+    ] {
+        // Two workers starting at once on a fresh PostgreSQL database may both
+        // create it: the loser's statement fails, and once more finds it there.
+        if db.try_exec(table, None, None).await.is_err() {
+            db.exec(table, None, None).await;
+        }
+    }
     if let Some(n) = value("--enqueue").transpose()? {
         let ids = db.enqueue_many((0..n).map(|order| Reserve { order })).await;
         tracing::info!(count = ids.len(), "enqueued orders");

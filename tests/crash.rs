@@ -94,6 +94,13 @@ async fn kill_nine_during_fan_outs_and_joins_loses_nothing(db: TestDb) {
         }
     };
     assert_eq!(db.exec(sql, Some(PARTS), None).await, PARENTS as u64);
+    // The workers' tables, before two workers race to create them.
+    for table in [
+        "CREATE TABLE runs (task_id bigint, step text, attempt int, at_us bigint)",
+        "CREATE TABLE ledger (task_id bigint, amount bigint)",
+    ] {
+        db.exec(table, None, None).await;
+    }
     let parcels =
         (1..=PARCELS).map(|order| format!(r#"{{"Parcel":{{"Dispatch":{{"order":{order}}}}}}}"#));
     for parcel in parcels {
