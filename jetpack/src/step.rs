@@ -568,6 +568,24 @@ pub(crate) struct Shared {
     pub(crate) pool: Box<dyn Any + Send + Sync>,
     pub(crate) database: &'static str,
     pub(crate) shutdown: CancellationToken,
+    /// A [`TestContext`] without a pool records the children a step spawns
+    /// here (`kind`, step JSON, awaited) instead of inserting them.
+    pub(crate) spawned: Option<std::sync::Mutex<Vec<Spawned>>>,
+}
+
+/// A child a step spawned under a [`TestContext`] without a pool: see
+/// [`TestContext::spawned`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Spawned {
+    /// The id the step was given for it.
+    pub id: i64,
+    /// Its `kind`, `"Machine.Step"`.
+    pub kind: String,
+    /// Its step as stored, `{"Machine":{"Step":{..}}}`.
+    pub step: String,
+    /// Whether the step's join waits for it (not `.detached()`).
+    pub awaited: bool,
 }
 
 /// What a running step knows about its task and its worker.
@@ -859,6 +877,7 @@ impl TestContext {
                 pool: Box::new(()),
                 database: "no database (a TestContext without a pool)",
                 shutdown: CancellationToken::new(),
+                spawned: Some(std::sync::Mutex::new(Vec::new())),
             },
             stop: Stop::default(),
             signal: None,
@@ -891,11 +910,53 @@ impl TestContext {
         self
     }
 
-    /// The pool [`Context::pool`] and [`Context::tx`] use.
+    /// The pool [`Context::pool`] and [`Context::tx`] use. With a pool, the
+    /// children a step spawns are inserted (in its transaction, rolled back
+    /// when the context is dropped); without one, they are recorded: see
+    /// [`spawned`](Self::spawned).
     pub fn pool<DB: sqlx::Database>(mut self, pool: sqlx::Pool<DB>) -> Self {
         self.shared.pool = Box::new(pool);
         self.shared.database = DB::NAME;
+        self.shared.spawned = None;
         self
+    }
+
+    /// The children the step spawned, in order, when the context has no pool.
+    /// They were given the ids 1001, 1002 and so on.
+    ///
+    /// ```
+    /// # use jetpack::{Context, NextStep, Step, StepResult, TestContext};
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Charge { cents: u64 }
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Order;
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Paid;
+    /// # jetpack::task!(Payment { Charge });
+    /// # jetpack::task!(Shop { Order => [join Paid], Paid });
+    /// # #[jetpack::async_trait] impl Step<Payment> for Charge {
+    /// #     async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() } }
+    /// # #[jetpack::async_trait] impl Step<Shop> for Paid {
+    /// #     async fn step(self, _: &Context<'_>) -> StepResult<Self> { NextStep::none() } }
+    /// #[jetpack::async_trait]
+    /// impl Step<Shop> for Order {
+    ///     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+    ///         cx.spawn(Charge { cents: 500 }).await?;
+    ///         NextStep::join(Paid)
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let test = TestContext::new();
+    /// let next = Order.step(&test.context()).await.unwrap();
+    /// assert!(next.is_join());
+    /// let spawned = test.spawned();
+    /// assert_eq!(spawned[0].kind, "Payment.Charge");
+    /// assert_eq!(spawned[0].step, r#"{"Payment":{"Charge":{"cents":500}}}"#);
+    /// # }
+    /// ```
+    pub fn spawned(&self) -> Vec<Spawned> {
+        self.shared
+            .spawned
+            .as_ref()
+            .map(|spawned| lock(spawned).clone())
+            .unwrap_or_default()
     }
 
     /// The token [`Context::shutdown`] returns: cancel it to test how a step

@@ -216,7 +216,9 @@ impl<'a> Context<'a> {
     ///
     /// The child's row has `parent_id` set to this task's id. Spawning opens
     /// the step's transaction, so the step's outcome is written with it, not
-    /// in the worker's batches.
+    /// in the worker's batches. Under a [`TestContext`](crate::TestContext)
+    /// without a pool, children are recorded instead
+    /// ([`TestContext::spawned`](crate::TestContext::spawned)).
     pub fn spawn<T: TaskOf>(&self, task: T) -> Spawn<'_, T::Machine> {
         Spawn {
             inner: self.spawn_all([task]),
@@ -308,6 +310,21 @@ impl<'a> Context<'a> {
         tasks: Vec<Encoded>,
         awaited: Option<&'static str>,
     ) -> Result<Vec<i64>, Error> {
+        if let Some(spawned) = &self.shared.spawned {
+            // A TestContext without a pool: recorded, not inserted.
+            let mut spawned = super::lock(spawned);
+            let first = 1001 + i64::try_from(spawned.len()).unwrap_or(0);
+            let ids: Vec<i64> = (first..).take(tasks.len()).collect();
+            for (&id, task) in ids.iter().zip(&tasks) {
+                spawned.push(super::Spawned {
+                    id,
+                    kind: task.kind(),
+                    step: task.json.clone(),
+                    awaited: awaited.is_some(),
+                });
+            }
+            return Ok(ids);
+        }
         let mut slot = self.tx.lock().await;
         let tx = match &mut *slot {
             Some(tx) => tx,

@@ -631,6 +631,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                     pool: self.pool,
                     database: self.database,
                     shutdown: self.shutdown,
+                    spawned: None,
                 },
                 config: self.config,
                 kinds: T::kinds(),
