@@ -602,7 +602,7 @@ pub struct Context<'a> {
     /// What the step returned besides its next step.
     then: std::sync::Mutex<Then>,
     /// Whether the step spawned children its join is to wait for.
-    spawned: std::sync::atomic::AtomicBool,
+    awaits_children: std::sync::atomic::AtomicBool,
     /// The signal the task waited for, `(name, payload)`: the payload is
     /// `None` when the wait timed out.
     signal: Option<(String, Option<String>)>,
@@ -656,7 +656,7 @@ impl<'a> Context<'a> {
             stop,
             tx: Mutex::new(None),
             then: std::sync::Mutex::new(Then::default()),
-            spawned: std::sync::atomic::AtomicBool::new(false),
+            awaits_children: std::sync::atomic::AtomicBool::new(false),
             signal: None,
         }
     }

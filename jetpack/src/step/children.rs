@@ -332,7 +332,7 @@ impl<'a> Context<'a> {
         };
         let ids = crate::store::insert_children(&mut **tx, self.task_id, awaited, tasks).await?;
         if awaited.is_some() {
-            self.spawned.store(true, Ordering::Relaxed);
+            self.awaits_children.store(true, Ordering::Relaxed);
         }
         Ok(ids)
     }
@@ -340,7 +340,7 @@ impl<'a> Context<'a> {
     /// After the step returned: children it spawned awaited are detached
     /// unless it joins them.
     pub(crate) async fn settle_children(&self, joins: bool) -> Result<(), Error> {
-        if joins || !self.spawned.load(Ordering::Relaxed) {
+        if joins || !self.awaits_children.load(Ordering::Relaxed) {
             return Ok(());
         }
         let mut slot = self.tx.lock().await;
