@@ -30,6 +30,8 @@
 //! 9. a parent with 10,000 children: from the enqueue of the parent to the end of its
 //!    join step, which reads every child's result (children/s), vs scenario 3's drain of
 //!    10,000 independent tasks
+//! 10. enqueue one at a time with a unique key, half of them taken (`Enqueue::unique_key`,
+//!     one transaction each) vs `enqueue` one at a time without, alternated in blocks
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -311,6 +313,34 @@ async fn single_inserts(db: &Db, n: u32) -> Result<(f64, f64), Error> {
         raw += t.elapsed();
     }
     Ok((n as f64 / jet.as_secs_f64(), n as f64 / raw.as_secs_f64()))
+}
+
+/// Scenario 10: rows/s of keyed enqueues, one at a time (the second half finds
+/// the keys of the first taken), and of plain enqueues, in alternating blocks.
+async fn keyed_inserts(db: &Db, n: u32) -> Result<(f64, f64), Error> {
+    const BLOCK: u32 = 100;
+    let (mut keyed, mut plain) = (Duration::ZERO, Duration::ZERO);
+    let mut created = 0;
+    for block in 0..n.div_ceil(BLOCK) {
+        let rows = BLOCK.min(n - block * BLOCK);
+        let t = Instant::now();
+        for i in block * BLOCK..block * BLOCK + rows {
+            let key = format!("key-{}", i % (n / 2));
+            let e = jetpack::Enqueue::new(One { n: i }).unique_key(key);
+            created += usize::from(db.run(e).await?.is_created());
+        }
+        keyed += t.elapsed();
+        let t = Instant::now();
+        for i in 0..rows {
+            db.enqueue(One { n: i }).await;
+        }
+        plain += t.elapsed();
+    }
+    assert_eq!(created, (n / 2) as usize, "half the keys were taken");
+    Ok((
+        n as f64 / keyed.as_secs_f64(),
+        n as f64 / plain.as_secs_f64(),
+    ))
 }
 
 /// The raw reference's batch insert of `steps`.
@@ -877,6 +907,7 @@ async fn bench(
 ) -> Result<(), Error> {
     let (mut s1, mut s2, mut s3, mut s4) = (vec![], vec![], vec![], vec![]);
     let mut s9 = vec![];
+    let (mut s10, mut r10) = (vec![], vec![]);
     let (mut r1, mut r2) = (vec![], vec![]);
     let mut r3: Vec<Vec<f64>> = vec![vec![]; raw_loops(backend).len()];
     let (mut two, mut one) = (vec![], vec![]);
@@ -945,6 +976,12 @@ async fn bench(
         if want.has(9) {
             s9.push(fan_out(&fresh(backend).await?.db, 10_000).await?);
         }
+        if want.has(10) {
+            let f = fresh(backend).await?;
+            let (j, r) = keyed_inserts(&f.db, 2000).await?;
+            s10.push(j);
+            r10.push(r);
+        }
         if want.has(5) {
             // Also with 50,000 tasks: at 10,000 each process's start-up
             // (exec, connections, first statements) weighs on the ratio.
@@ -977,6 +1014,17 @@ async fn bench(
             median(s1),
             median(r1),
             "raw single-row INSERT",
+            true,
+        ));
+    }
+    if want.has(10) {
+        rows.push(row(
+            backend,
+            "10 enqueue with a unique key",
+            "rows/s",
+            median(s10),
+            median(r10),
+            "enqueue without a key",
             true,
         ));
     }

@@ -117,6 +117,19 @@ impl Db {
         both!(self, p => jetpack::enqueue_many(p, tasks).await).expect("enqueue_many")
     }
 
+    /// `Enqueue::run`.
+    pub async fn run(&self, e: jetpack::Enqueue) -> Result<jetpack::Enqueued, jetpack::Error> {
+        both!(self, p => e.run(p).await)
+    }
+
+    /// `jetpack::enqueue_all`.
+    pub async fn enqueue_all(
+        &self,
+        items: Vec<jetpack::Enqueue>,
+    ) -> Result<Vec<jetpack::Enqueued>, jetpack::Error> {
+        both!(self, p => jetpack::enqueue_all(p, items).await)
+    }
+
     /// `jetpack::delay`.
     pub async fn delay(&self, task: impl IntoTask, delay: Duration) -> Result<i64, jetpack::Error> {
         both!(self, p => jetpack::delay(p, task, delay).await)

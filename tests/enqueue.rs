@@ -258,7 +258,9 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
             let plan: Vec<String> = sqlx::query_scalar(
                 "EXPLAIN SELECT id FROM jetpack_tasks
                  WHERE state = 'ready' AND wakeup_at <= now() AND kind = ANY('{Greeter.SayHello}')
-                 ORDER BY wakeup_at LIMIT 16 FOR UPDATE SKIP LOCKED",
+                   AND timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute') <= now()
+                 ORDER BY timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')
+                 LIMIT 16 FOR UPDATE SKIP LOCKED",
             )
             .fetch_all(pool)
             .await
@@ -270,7 +272,12 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
                 "EXPLAIN QUERY PLAN SELECT id FROM jetpack_tasks
                  WHERE state = 'ready' AND wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
                    AND kind IN (SELECT value FROM json_each('[\"Greeter.SayHello\"]'))
-                 ORDER BY wakeup_at LIMIT 16",
+                   AND CASE WHEN priority = 0 THEN wakeup_at
+                       ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END
+                       <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+                 ORDER BY CASE WHEN priority = 0 THEN wakeup_at
+                          ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END
+                 LIMIT 16",
             )
             .fetch_all(pool)
             .await

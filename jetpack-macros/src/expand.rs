@@ -34,6 +34,10 @@ pub fn machine(m: &Machine) -> TokenStream {
         let (v, ty) = (s.variant, s.ty);
         quote!(Self::#v(_) => #p::RetryPolicy::of::<#ty, #machine>())
     });
+    let priority_arms = m.steps.iter().map(|s| {
+        let (v, ty) = (s.variant, s.ty);
+        quote!(Self::#v(_) => <#ty as #p::Step<#machine>>::PRIORITY)
+    });
     let run_arms = m.steps.iter().map(|s| {
         let (v, ty) = (s.variant, s.ty);
         quote! {
@@ -87,7 +91,14 @@ pub fn machine(m: &Machine) -> TokenStream {
                 fn kind(&self) -> (&'static str, &'static str) {
                     (#machine_name, #name)
                 }
+                fn priority(&self) -> u8 {
+                    <#ty as #p::Step<#machine>>::PRIORITY
+                }
             }
+            const _: () = ::std::assert!(
+                <#ty as #p::Step<#machine>>::PRIORITY <= #p::MAX_PRIORITY,
+                "a step's PRIORITY must be 0 to 10",
+            );
             #(#follows)*
             #(#joins)*
             #(#waits)*
@@ -131,6 +142,9 @@ pub fn machine(m: &Machine) -> TokenStream {
                 }
                 fn kind(&self) -> (&'static str, &'static str) {
                     (#machine_name, #p::Machine::step_name(self))
+                }
+                fn priority(&self) -> u8 {
+                    match self { #(#priority_arms,)* }
                 }
             }
 
@@ -183,6 +197,9 @@ pub fn scheduler(s: &SchedulerInput) -> TokenStream {
                 }
                 fn kind(&self) -> (&'static str, &'static str) {
                     (#p::Scheduler::machine_name(self), #p::Scheduler::step_name(self))
+                }
+                fn priority(&self) -> u8 {
+                    match self { #(Self::#ms(m) => #p::IntoTask::priority(m),)* }
                 }
             }
 

@@ -41,6 +41,11 @@ pub enum Error {
     #[error("recording step outcomes failed: {0}")]
     Completion(String),
 
+    /// An enqueue option is out of range: a priority above the maximum, an
+    /// empty or too long key, a throttle window of zero. Nothing was stored.
+    #[error("invalid enqueue: {0}")]
+    InvalidEnqueue(String),
+
     /// A worker setting is out of range.
     #[error("invalid worker setting: {0}")]
     Config(String),

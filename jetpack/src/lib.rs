@@ -26,8 +26,9 @@ mod worker;
 
 pub use async_trait::async_trait;
 pub use enqueue::{
-    cancel, cancel_with_descendants, delay, enqueue, enqueue_many, find, resume, schedule, signal,
-    Backend, Cancel, Delivery, SignalTo, TaskRow, TaskState,
+    cancel, cancel_with_descendants, delay, enqueue, enqueue_all, enqueue_many, find, resume,
+    schedule, signal, Backend, Cancel, Delivery, Enqueue, Enqueued, OnConflict, SignalTo, TaskRow,
+    TaskState, MAX_PRIORITY,
 };
 pub use error::Error;
 pub use jetpack_macros::{scheduler, task, Machine};
@@ -64,6 +65,7 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 /// What the macros' generated code names. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::enqueue::MAX_PRIORITY;
     pub use crate::machine::{
         tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult,
         MemberOf, Scheduler, StepOf, TaskOf,

@@ -118,6 +118,10 @@ pub trait IntoTask {
 
     /// The `kind` column: `(machine, step)`, e.g. `("Greeter", "ReadName")`.
     fn kind(&self) -> (&'static str, &'static str);
+
+    /// The priority the task starts with unless its enqueue says otherwise:
+    /// its step's [`Step::PRIORITY`](crate::Step::PRIORITY).
+    fn priority(&self) -> u8;
 }
 
 /// A value that starts a task of one machine: one of its steps, or the

@@ -79,6 +79,12 @@ pub trait Step<M: Machine>: MemberOf<M> + StepOf + Sized + Send + Sync + 'static
     /// `None`, the default, lets it run as long as it needs (its lease is kept
     /// alive by the worker's heartbeat).
     const TIMEOUT: Option<Duration> = None;
+    /// The priority of a task enqueued (or spawned) at this step, unless the
+    /// enqueue gives one ([`Enqueue::priority`](crate::Enqueue::priority)): 0
+    /// (the default) to [`MAX_PRIORITY`](crate::MAX_PRIORITY), higher first.
+    /// A task keeps its priority from step to step. A value above the maximum
+    /// does not compile.
+    const PRIORITY: u8 = 0;
 
     /// Runs the step and says what comes next.
     async fn step(self, cx: &Context<'_>) -> StepResult<Self>;

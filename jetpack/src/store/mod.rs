@@ -1069,9 +1069,14 @@ mod tests {
         let plan = async {
             for rows in [10_000, 200_000] {
                 sqlx::query("TRUNCATE jetpack_tasks").execute(&pool).await?;
+                // Every priority, and a tenth scheduled within the head
+                // start of the highest.
                 sqlx::query(
-                    r#"INSERT INTO jetpack_tasks (step, kind)
-                       SELECT '{"M":{"A":null}}', 'M.A' FROM generate_series(1, $1)"#,
+                    r#"INSERT INTO jetpack_tasks (step, kind, priority, wakeup_at)
+                       SELECT '{"M":{"A":null}}', 'M.A', i % 11,
+                              now() + CASE WHEN i % 10 = 0 THEN (i % 600) * interval '1 second'
+                                           ELSE -(i % 600) * interval '1 second' END
+                       FROM generate_series(1, $1) i"#,
                 )
                 .bind(rows)
                 .execute(&pool)

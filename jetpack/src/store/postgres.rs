@@ -10,7 +10,10 @@ use sqlx::{Executor, PgConnection};
 use chrono::{DateTime, Utc};
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
-use crate::enqueue::{one_kind, Cancel, Delivery, Encoded, SignalTo, TaskRow, TaskState};
+use crate::enqueue::{
+    one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
+    TaskRow, TaskState, Window,
+};
 use crate::machine::BoxFuture;
 use crate::step::Wakeup;
 use crate::Error;
@@ -18,8 +21,17 @@ use crate::Error;
 /// The channel Jetpack's triggers notify and its workers listen on.
 pub(crate) const CHANNEL: &str = "jetpack";
 
+/// The order in which ready tasks are claimed: `wakeup_at` less the task's
+/// head start of `priority` minutes, as the ready index has it.
+macro_rules! claim_order {
+    () => {
+        "timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')"
+    };
+}
+
 /// Claims up to `$1` ready tasks of the kinds `$2` for worker `$3` with a lease
-/// of `$4` µs.
+/// of `$4` µs, in [`claim_order!`]: a due task's order is at most now, which
+/// bounds the index scan.
 ///
 /// The inner query locks the rows and returns their physical addresses
 /// (`ctid`); the update then reads exactly those row versions (a TID scan), with
@@ -34,7 +46,8 @@ pub(crate) const CHANNEL: &str = "jetpack";
 /// `tried` and `fence` saturate: a value written by hand at the integer's
 /// maximum would otherwise overflow and fail every claim. (The worker parks a
 /// task whose `tried` is beyond its attempts, or whose fence is at the maximum.)
-pub(super) const CLAIM: &str = "
+pub(super) const CLAIM: &str = concat!(
+    "
 UPDATE jetpack_tasks t
 SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854775806) + 1,
     locked_by = $3,
@@ -42,12 +55,17 @@ SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854
 WHERE t.ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
     WHERE state = 'ready' AND error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
-      AND (lease_until IS NULL OR lease_until <= now())
-    ORDER BY wakeup_at
+      AND (lease_until IS NULL OR lease_until <= now()) AND ",
+    claim_order!(),
+    " <= now()
+    ORDER BY ",
+    claim_order!(),
+    "
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
 RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
-    coalesce(t.awaited <> 'done', false) AS awaited";
+    coalesce(t.awaited <> 'done', false) AS awaited"
+);
 
 /// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
 macro_rules! finished {
@@ -241,10 +259,26 @@ WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL";
 /// When the next task becomes due. Leases that have not expired yet are left
 /// out (finding their minimum would read every held row); the worker's poll
 /// interval bounds how late an expiring lease is noticed.
-const NEXT_DUE: &str = "
+///
+/// The ready index is in [`claim_order!`], which is at most `wakeup_at`: the
+/// first task in that order is due at some time `w`, and the task due first
+/// is among those whose order is at most `w` (the subquery), a range of at
+/// most ten minutes of prioritized tasks.
+const NEXT_DUE: &str = concat!(
+    "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
-WHERE state = 'ready' AND error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())";
+WHERE state = 'ready' AND error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())
+  AND ",
+    claim_order!(),
+    " <= (
+    SELECT wakeup_at FROM jetpack_tasks
+    WHERE state = 'ready' AND error IS NULL AND kind = ANY($1)
+      AND (lease_until IS NULL OR lease_until <= now())
+    ORDER BY ",
+    claim_order!(),
+    " LIMIT 1)"
+);
 
 /// Makes up to `$1` waiting tasks whose deadline passed ready, with no
 /// signal. A signal sent meanwhile waits for the row and then finds the task
@@ -282,28 +316,74 @@ DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED))";
 
+/// Inserts step `$1` of kind `$2` and priority `$5`, due after `$3` µs or at
+/// `$4`; with unique key `$6`, only if no live task holds it.
 const INSERT: &str = "
-INSERT INTO jetpack_tasks (step, kind, wakeup_at)
-VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'))
+INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key)
+VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'), $5, $6)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked')
+DO NOTHING
 RETURNING id";
 
 const INSERT_MANY: &str = "
-INSERT INTO jetpack_tasks (step, kind)
-SELECT s::jsonb, k FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
+INSERT INTO jetpack_tasks (step, kind, priority)
+SELECT s::jsonb, k, p FROM unnest($1::text[], $2::text[], $3::smallint[]) WITH ORDINALITY AS u(s, k, p, n)
+ORDER BY n
 RETURNING id";
 
-/// `INSERT_MANY` when every step is of kind `$2`.
+/// `INSERT_MANY` when every step is of kind `$2` (so of priority `$3`).
 const INSERT_MANY_OF_KIND: &str = "
-INSERT INTO jetpack_tasks (step, kind)
-SELECT s::jsonb, $2 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
+INSERT INTO jetpack_tasks (step, kind, priority)
+SELECT s::jsonb, $2, $3 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
 RETURNING id";
 
-/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds), awaited by its join
-/// as `$4` says (NULL: detached), returning their ids in order.
+/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds, `$5` priorities),
+/// awaited by its join as `$4` says (NULL: detached), returning their ids in
+/// order.
 const INSERT_CHILDREN: &str = "
-INSERT INTO jetpack_tasks (step, kind, parent_id, awaited)
-SELECT s::jsonb, k, $3, $4 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, k, n) ORDER BY n
+INSERT INTO jetpack_tasks (step, kind, parent_id, awaited, priority)
+SELECT s::jsonb, k, $3, $4, p FROM unnest($1::text[], $2::text[], $5::smallint[])
+    WITH ORDINALITY AS u(s, k, p, n) ORDER BY n
 RETURNING id";
+
+/// The live task holding unique key `$1`, locked, and whether it has not
+/// started.
+const HOLDER: &str = "
+SELECT id, state = 'ready' AND (lease_until IS NULL OR lease_until <= now())
+FROM jetpack_tasks
+WHERE unique_key = $1 AND state IN ('ready', 'waiting', 'parked')
+FOR UPDATE";
+
+/// Replaces the step of task `$1` (`$2`, of kind `$3`), due after `$4` µs or
+/// at `$5`, with priority `$6`: a new attempt count, and a new fence, so that
+/// an attempt whose lease expired cannot write over it. Wakes the workers
+/// (the task may be due sooner).
+const REPLACE: &str = "
+WITH replaced AS (
+    UPDATE jetpack_tasks
+    SET step = $2::text::jsonb, kind = $3, priority = $6, tried = 0,
+        wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond'),
+        fence = least(fence, 9223372036854775806) + 1, locked_by = NULL, lease_until = NULL,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id
+)
+SELECT count(*) FROM replaced, LATERAL (SELECT pg_notify('jetpack', '')) n";
+
+/// Takes the unique key from task `$1`.
+const DETACH: &str = "UPDATE jetpack_tasks SET unique_key = NULL WHERE id = $1";
+
+/// Takes throttle `$1`'s window for `$2` µs if it is free; a row if it was.
+const TAKE_WINDOW: &str = "
+INSERT INTO jetpack_throttles AS w (key, until) VALUES ($1, now() + $2 * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until, task_id = NULL WHERE w.until <= now()
+RETURNING key";
+
+/// The task that took throttle `$1`'s window.
+const WINDOW_TASK: &str = "SELECT task_id FROM jetpack_throttles WHERE key = $1";
+
+/// Records task `$2` as the one that took throttle `$1`'s window.
+const SET_WINDOW_TASK: &str = "UPDATE jetpack_throttles SET task_id = $2 WHERE key = $1";
 
 /// Children of `$1` its step spawned awaited but will not join: detached.
 const DETACH_CHILDREN: &str = "
@@ -327,12 +407,14 @@ pub(crate) async fn insert_children(
     steps: Vec<Encoded>,
 ) -> Result<Vec<i64>, Error> {
     let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
+    let priorities: Vec<i16> = steps.iter().map(|s| i16::from(s.priority)).collect();
     let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
     Ok(sqlx::query_scalar(INSERT_CHILDREN)
         .bind(json)
         .bind(kinds)
         .bind(parent)
         .bind(awaited)
+        .bind(priorities)
         .fetch_all(db)
         .await?)
 }
@@ -670,7 +752,7 @@ SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now
             WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
             ELSE state END,
        step::text, wakeup_at, tried, error, locked_by, lease_until, finished_at,
-       parent_id, result::text
+       parent_id, result::text, priority, unique_key
 FROM jetpack_tasks WHERE id = $1";
 
 /// Resumes a parked task (the state trigger does the rest).
@@ -687,6 +769,8 @@ type FoundRow = (
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
     Option<i64>,
+    Option<String>,
+    i16,
     Option<String>,
 );
 
@@ -709,10 +793,14 @@ impl crate::Backend for Postgres {
                     finished_at,
                     parent_id,
                     result,
+                    priority,
+                    unique_key,
                 )| {
                     Ok(TaskRow {
                         parent_id,
                         result,
+                        priority: u8::try_from(priority).unwrap_or(u8::MAX),
+                        unique_key,
                         id,
                         state: TaskState::parse(&state)?,
                         step,
@@ -804,9 +892,18 @@ impl crate::Backend for Postgres {
                 .bind(kind)
                 .bind(delay)
                 .bind(at)
+                .bind(i16::from(step.priority))
+                .bind(None::<String>)
                 .fetch_one(db)
                 .await?)
         })
+    }
+
+    fn enqueue_all(
+        db: &mut PgConnection,
+        tasks: Vec<NewTask>,
+    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>> {
+        Box::pin(store_all(db, tasks))
     }
 
     fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
@@ -817,16 +914,87 @@ impl crate::Backend for Postgres {
             // Usually all steps are of one kind: bound once, not once per row.
             let query = if one_kind(&steps) {
                 let kind = steps.first().map(Encoded::kind).unwrap_or_default();
+                let priority = steps.first().map_or(0, |s| i16::from(s.priority));
                 let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
                 sqlx::query_scalar(INSERT_MANY_OF_KIND)
                     .bind(json)
                     .bind(kind)
+                    .bind(priority)
             } else {
                 let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
+                let priorities: Vec<i16> = steps.iter().map(|s| i16::from(s.priority)).collect();
                 let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
-                sqlx::query_scalar(INSERT_MANY).bind(json).bind(kinds)
+                sqlx::query_scalar(INSERT_MANY)
+                    .bind(json)
+                    .bind(kinds)
+                    .bind(priorities)
             };
             Ok(query.fetch_all(db).await?)
         })
+    }
+}
+
+#[async_trait]
+impl KeyedStatements for PgConnection {
+    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error> {
+        Ok(sqlx::query_scalar(INSERT)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at)
+            .bind(i16::from(task.step.priority))
+            .bind(&task.unique_key)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error> {
+        Ok(sqlx::query_as(HOLDER)
+            .bind(key)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error> {
+        sqlx::query(REPLACE)
+            .bind(id)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at)
+            .bind(i16::from(task.step.priority))
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, id: i64) -> Result<(), Error> {
+        sqlx::query(DETACH).bind(id).execute(self).await?;
+        Ok(())
+    }
+
+    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error> {
+        let taken: Option<String> = sqlx::query_scalar(TAKE_WINDOW)
+            .bind(key)
+            .bind(window)
+            .fetch_optional(&mut *self)
+            .await?;
+        if taken.is_some() {
+            return Ok(Window::Taken);
+        }
+        let task: Option<Option<i64>> = sqlx::query_scalar(WINDOW_TASK)
+            .bind(key)
+            .fetch_optional(self)
+            .await?;
+        Ok(Window::Held(task.flatten()))
+    }
+
+    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error> {
+        sqlx::query(SET_WINDOW_TASK)
+            .bind(key)
+            .bind(id)
+            .execute(self)
+            .await?;
+        Ok(())
     }
 }

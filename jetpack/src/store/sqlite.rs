@@ -19,7 +19,10 @@ use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
 use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
-use crate::enqueue::{one_kind, Cancel, Delivery, Encoded, SignalTo, TaskRow, TaskState};
+use crate::enqueue::{
+    one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
+    TaskRow, TaskState, Window,
+};
 use crate::machine::BoxFuture;
 use crate::step::Wakeup;
 use crate::Error;
@@ -40,8 +43,19 @@ macro_rules! now {
     };
 }
 
+/// The order in which ready tasks are claimed: `wakeup_at` less the task's
+/// head start of `priority` minutes, as the ready index has it (a task of
+/// priority 0 by `wakeup_at` itself, with no date arithmetic).
+macro_rules! claim_order {
+    () => {
+        "CASE WHEN priority = 0 THEN wakeup_at
+         ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END"
+    };
+}
+
 /// `columns` of the ready tasks a claim takes: up to `?1` of the kinds `?2`
-/// (a JSON array), oldest first.
+/// (a JSON array), in [`claim_order!`]. A due task's order is at most now,
+/// which bounds the index scan.
 macro_rules! ready_tasks {
     ($columns:literal) => {
         concat!(
@@ -52,9 +66,13 @@ macro_rules! ready_tasks {
             now!(),
             " AND (lease_until IS NULL OR lease_until <= ",
             now!(),
-            ") AND kind IN (SELECT value FROM json_each(?2))
-             ORDER BY wakeup_at
-             LIMIT ?1"
+            ") AND kind IN (SELECT value FROM json_each(?2)) AND ",
+            claim_order!(),
+            " <= ",
+            now!(),
+            " ORDER BY ",
+            claim_order!(),
+            " LIMIT ?1"
         )
     };
 }
@@ -435,7 +453,15 @@ const NEXT_DUE: &str = concat!(
      WHERE state = 'ready' AND error IS NULL AND kind IN (SELECT value FROM json_each(?1))
        AND (lease_until IS NULL OR lease_until <= ",
     now!(),
-    ")"
+    ") AND ",
+    claim_order!(),
+    " <= (SELECT wakeup_at FROM jetpack_tasks
+          WHERE state = 'ready' AND error IS NULL AND kind IN (SELECT value FROM json_each(?1))
+            AND (lease_until IS NULL OR lease_until <= ",
+    now!(),
+    ") ORDER BY ",
+    claim_order!(),
+    " LIMIT 1)"
 );
 
 /// Deletes up to `?3` tasks that finished more than `?1` µs ago (0 when this
@@ -458,28 +484,75 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
+/// Inserts step `?1` of kind `?2` and priority `?5`, due after `?3` µs or at
+/// `?4`; with unique key `?6`, only if no live task holds it.
 const INSERT: &str = concat!(
-    "INSERT INTO jetpack_tasks (step, kind, wakeup_at) VALUES (?1, ?2, coalesce(?4, ",
+    "INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key)
+     VALUES (?1, ?2, coalesce(?4, ",
     now!("?3"),
-    ")) RETURNING id"
+    "), ?5, ?6)
+     ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked')
+     DO NOTHING
+     RETURNING id"
 );
+
+/// The live task holding unique key `?1`, and whether it has not started.
+/// (The enqueue's transaction holds the write lock since its insert.)
+const HOLDER: &str = concat!(
+    "SELECT id, state = 'ready' AND (lease_until IS NULL OR lease_until <= ",
+    now!(),
+    ") FROM jetpack_tasks
+     WHERE unique_key = ?1 AND state IN ('ready', 'waiting', 'parked')"
+);
+
+/// Replaces the step of task `?1` (`?2`, of kind `?3`), due after `?4` µs or
+/// at `?5`, with priority `?6`, as on PostgreSQL.
+const REPLACE: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET step = ?2, kind = ?3, priority = ?6, tried = 0, wakeup_at = coalesce(?5, ",
+    now!("?4"),
+    "), fence = min(fence, 9007199254740990) + 1, locked_by = NULL, lease_until = NULL,
+         updated_at = ",
+    now!(),
+    " WHERE id = ?1"
+);
+
+/// Takes the unique key from task `?1`.
+const DETACH: &str = "UPDATE jetpack_tasks SET unique_key = NULL WHERE id = ?1";
+
+/// Takes throttle `?1`'s window for `?2` µs if it is free; a row if it was.
+const TAKE_WINDOW: &str = concat!(
+    "INSERT INTO jetpack_throttles (key, until) VALUES (?1, ",
+    now!("?2"),
+    ") ON CONFLICT (key) DO UPDATE SET until = excluded.until, task_id = NULL
+     WHERE jetpack_throttles.until <= ",
+    now!(),
+    " RETURNING key"
+);
+
+/// The task that took throttle `?1`'s window.
+const WINDOW_TASK: &str = "SELECT task_id FROM jetpack_throttles WHERE key = ?1";
+
+/// Records task `?2` as the one that took throttle `?1`'s window.
+const SET_WINDOW_TASK: &str = "UPDATE jetpack_throttles SET task_id = ?2 WHERE key = ?1";
 
 /// Inserts `?1`, an array of `[kind, step]` pairs, in array order.
 ///
 /// `ORDER BY rowid`, not `key`: json_each's rowid follows the document order
 /// and json_each reports that order as its own, so SQLite sorts nothing
 /// (ordered by `key`, it sorted every batch: 1.6 ms of 19 for 10,000 rows).
-const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step)
-     SELECT value ->> 0, value -> 1 FROM json_each(?1) ORDER BY rowid";
+const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step, priority)
+     SELECT value ->> 0, value -> 1, value ->> 2 FROM json_each(?1) ORDER BY rowid";
 
-/// `INSERT_MANY` when every step is of kind `?2`: `?1` is an array of steps.
-const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step)
-     SELECT ?2, value FROM json_each(?1) ORDER BY rowid";
+/// `INSERT_MANY` when every step is of kind `?2` (so of priority `?3`): `?1`
+/// is an array of steps.
+const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step, priority)
+     SELECT ?2, value, ?3 FROM json_each(?1) ORDER BY rowid";
 
 /// Inserts children of task `?2`, awaited by its join as `?3` says (NULL:
-/// detached): `?1` is an array of `[kind, step]` pairs, in array order.
-const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, parent_id, awaited)
-     SELECT value ->> 0, value -> 1, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
+/// detached): `?1` is an array of `[kind, step, priority]`, in array order.
+const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, priority, parent_id, awaited)
+     SELECT value ->> 0, value -> 1, value ->> 2, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
 
 /// Children of `?1` its step spawned awaited but will not join: detached.
 const DETACH_CHILDREN: &str = "UPDATE jetpack_tasks SET awaited = NULL
@@ -493,6 +566,19 @@ const CHILD_RESULTS: &str = "SELECT id, state, result, error FROM jetpack_tasks
        AND (?3 IS NULL OR id = ?3)
      ORDER BY id";
 
+/// `steps` as one JSON array of `[kind, step, priority]`: each step is a JSON
+/// document already.
+fn triples(steps: &[Encoded]) -> String {
+    let triples: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            let kind = serde_json::Value::from(s.kind());
+            format!("[{kind},{},{}]", s.json, s.priority)
+        })
+        .collect();
+    format!("[{}]", triples.join(","))
+}
+
 /// Inserts children of task `parent` in the step's transaction.
 pub(crate) async fn insert_children(
     db: &mut SqliteConnection,
@@ -500,12 +586,8 @@ pub(crate) async fn insert_children(
     awaited: Option<&str>,
     steps: Vec<Encoded>,
 ) -> Result<Vec<i64>, Error> {
-    let pairs: Vec<String> = steps
-        .iter()
-        .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
-        .collect();
     let done = sqlx::query(INSERT_CHILDREN)
-        .bind(format!("[{}]", pairs.join(",")))
+        .bind(triples(&steps))
         .bind(parent)
         .bind(awaited)
         .execute(db)
@@ -1141,7 +1223,8 @@ const FIND: &str = concat!(
     " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
     now!(),
     " THEN 'scheduled' ELSE state END,
-            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result
+            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
+            priority, unique_key
      FROM jetpack_tasks WHERE id = ?1"
 );
 
@@ -1156,6 +1239,8 @@ type FoundRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
+    i64,
     Option<String>,
 );
 
@@ -1219,10 +1304,23 @@ impl crate::Backend for Sqlite {
                 .bind(kind)
                 .bind(delay)
                 .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
+                .bind(step.priority)
+                .bind(None::<String>)
                 .fetch_one(db)
                 .await?;
             LOCAL_WAKE.notify_waiters();
             Ok(id)
+        })
+    }
+
+    fn enqueue_all(
+        db: &mut SqliteConnection,
+        tasks: Vec<NewTask>,
+    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>> {
+        Box::pin(async move {
+            let done = store_all(db, tasks).await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(done)
         })
     }
 
@@ -1238,13 +1336,13 @@ impl crate::Backend for Sqlite {
                 let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
                 let array = format!("[{}]", json.join(","));
                 let kind = steps.first().map(Encoded::kind).unwrap_or_default();
-                sqlx::query(INSERT_MANY_OF_KIND).bind(array).bind(kind)
+                let priority = steps.first().map_or(0, |s| s.priority);
+                sqlx::query(INSERT_MANY_OF_KIND)
+                    .bind(array)
+                    .bind(kind)
+                    .bind(priority)
             } else {
-                let pairs: Vec<String> = steps
-                    .iter()
-                    .map(|s| format!("[{},{}]", serde_json::Value::from(s.kind()), s.json))
-                    .collect();
-                sqlx::query(INSERT_MANY).bind(format!("[{}]", pairs.join(",")))
+                sqlx::query(INSERT_MANY).bind(triples(&steps))
             };
             let done = query.execute(db).await?;
             // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
@@ -1276,6 +1374,8 @@ impl crate::Backend for Sqlite {
                     finished_at,
                     parent_id,
                     result,
+                    priority,
+                    unique_key,
                 )| {
                     let time = |column: &str, text: &str| {
                         chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
@@ -1296,6 +1396,8 @@ impl crate::Backend for Sqlite {
                         finished_at: finished_at.map(|t| time("finished_at", &t)).transpose()?,
                         parent_id,
                         result,
+                        priority: u8::try_from(priority).unwrap_or(u8::MAX),
+                        unique_key,
                     })
                 },
             )
@@ -1613,6 +1715,71 @@ mod tests {
             .fetch_one(&pool)
             .await?;
         assert_eq!(kind, "M.F", "the insert trigger derives kind");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyedStatements for SqliteConnection {
+    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error> {
+        Ok(sqlx::query_scalar(INSERT)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
+            .bind(task.step.priority)
+            .bind(&task.unique_key)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error> {
+        Ok(sqlx::query_as(HOLDER)
+            .bind(key)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error> {
+        sqlx::query(REPLACE)
+            .bind(id)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
+            .bind(task.step.priority)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, id: i64) -> Result<(), Error> {
+        sqlx::query(DETACH).bind(id).execute(self).await?;
+        Ok(())
+    }
+
+    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error> {
+        let taken: Option<String> = sqlx::query_scalar(TAKE_WINDOW)
+            .bind(key)
+            .bind(window)
+            .fetch_optional(&mut *self)
+            .await?;
+        if taken.is_some() {
+            return Ok(Window::Taken);
+        }
+        let task: Option<Option<i64>> = sqlx::query_scalar(WINDOW_TASK)
+            .bind(key)
+            .fetch_optional(self)
+            .await?;
+        Ok(Window::Held(task.flatten()))
+    }
+
+    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error> {
+        sqlx::query(SET_WINDOW_TASK)
+            .bind(key)
+            .bind(id)
+            .execute(self)
+            .await?;
         Ok(())
     }
 }

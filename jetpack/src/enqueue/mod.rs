@@ -1,8 +1,14 @@
-//! Putting tasks into the table: [`enqueue`], [`delay`], [`schedule`], [`enqueue_many`].
+//! Putting tasks into the table: [`enqueue`], [`delay`], [`schedule`],
+//! [`enqueue_many`], and [`Enqueue`] with its options.
 //!
 //! Each takes any sqlx executor: a pool, a connection, or your own open
 //! transaction (`&mut *tx`), so a task enqueued in a transaction that rolls back
 //! never exists.
+
+mod options;
+
+pub use options::{enqueue_all, Enqueue, Enqueued, NewTask, OnConflict, MAX_PRIORITY};
+pub(crate) use options::{store_all, KeyedStatements, Window};
 
 use std::time::Duration;
 
@@ -58,6 +64,12 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn enqueue_all(
+        db: &mut Self::Connection,
+        tasks: Vec<NewTask>,
+    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>>;
 }
 
 mod sealed {
@@ -98,6 +110,10 @@ pub struct TaskRow {
     /// What the task returned when it finished ([`NextStep::finish`](crate::NextStep::finish)),
     /// as JSON: kept on a finished task that is kept.
     pub result: Option<String>,
+    /// The task's priority, 0 to [`MAX_PRIORITY`], higher first.
+    pub priority: u8,
+    /// The task's unique key ([`Enqueue::unique_key`]), if it has one.
+    pub unique_key: Option<String>,
 }
 
 /// What a task is doing, as [`find`] tells it.
@@ -345,6 +361,8 @@ pub struct Encoded {
     pub(crate) json: String,
     /// `(machine, step)`; stored as "machine.step".
     kind: (&'static str, &'static str),
+    /// The task's priority: its step's, unless the enqueue gave one.
+    pub(crate) priority: u8,
 }
 
 impl Encoded {
@@ -353,15 +371,20 @@ impl Encoded {
     }
 }
 
-/// Whether all `steps` are of one kind.
+/// Whether all `steps` are of one kind (and so of one priority).
 pub(crate) fn one_kind(steps: &[Encoded]) -> bool {
     steps.windows(2).all(|w| w[0].kind == w[1].kind)
 }
 
 pub(crate) fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
     let kind = task.kind();
+    let priority = task.priority();
     let json = task.into_step_json().map_err(Error::Serialize)?;
-    Ok(Encoded { json, kind })
+    Ok(Encoded {
+        json,
+        kind,
+        priority,
+    })
 }
 
 /// Enqueues a task to run as soon as a worker is free; returns its id.

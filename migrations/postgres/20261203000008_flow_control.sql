@@ -1,0 +1,71 @@
+-- Flow control: priorities, unique keys and throttles.
+--
+--   priority    0 to 10, higher first: a task of priority p is claimed as if it
+--               had become due p minutes earlier (a head start), so a task waits
+--               behind higher-priority work that arrived at most 10 minutes
+--               after it, and the claim stays one index scan. Kept from step to
+--               step; set at enqueue, or by the first step's `Step::PRIORITY`.
+--   unique_key  at most one live task (ready, running, waiting or parked) per
+--               key: a second enqueue with the key finds the first (or replaces
+--               its step, for a debounce). A finished or cancelled task frees it.
+--
+-- HOT claims: a claim writes neither column, nor any column the indexes below
+-- read (wakeup_at, priority, state, unique_key).
+ALTER TABLE jetpack_tasks
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0
+        CONSTRAINT jetpack_tasks_priority_0_to_10 CHECK (priority BETWEEN 0 AND 10),
+    ADD COLUMN unique_key text
+        CONSTRAINT jetpack_tasks_unique_key_1_to_1024_bytes
+        CHECK (octet_length(unique_key) BETWEEN 1 AND 1024);
+
+-- The claim's predicate and order: ready tasks by wakeup_at less the head
+-- start. (`timezone` twice: the arithmetic on UTC timestamps is immutable, as
+-- an index needs, and gives the same instant as wakeup_at - priority minutes.)
+DROP INDEX jetpack_tasks_ready;
+CREATE INDEX jetpack_tasks_ready
+ON jetpack_tasks ((timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')))
+WHERE state = 'ready';
+
+CREATE UNIQUE INDEX jetpack_tasks_unique_key ON jetpack_tasks (unique_key)
+WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked');
+
+-- Throttles: at most one task per key and window. An enqueue that takes the
+-- window (a new row, or one whose window has passed) creates its task and
+-- records its id; one within the window is answered with that id.
+CREATE TABLE jetpack_throttles (
+    key      text PRIMARY KEY CONSTRAINT jetpack_throttles_key_1_to_1024_bytes
+             CHECK (octet_length(key) BETWEEN 1 AND 1024),
+    task_id  bigint,
+    until    timestamptz NOT NULL
+);
+
+-- Enqueue from SQL with a priority and a unique key: returns the new task's
+-- id, or the id of the live task that holds the key.
+--   SELECT jetpack_enqueue('{"Mail":{"Digest":{"user":7}}}', now(), 5, 'digest-7');
+DROP FUNCTION jetpack_enqueue(jsonb, timestamptz);
+CREATE FUNCTION jetpack_enqueue(
+    step jsonb, run_at timestamptz DEFAULT now(), priority integer DEFAULT 0,
+    unique_key text DEFAULT NULL
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    found bigint;
+BEGIN
+    LOOP
+        INSERT INTO jetpack_tasks (step, wakeup_at, priority, unique_key) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked')
+        DO NOTHING
+        RETURNING id INTO found;
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+        -- The task that holds the key; should it have ended in between, try again.
+        SELECT t.id INTO found FROM jetpack_tasks t
+        WHERE t.unique_key = $4 AND t.state IN ('ready', 'waiting', 'parked');
+        IF found IS NOT NULL THEN
+            RETURN found;
+        END IF;
+    END LOOP;
+END
+$$;
