@@ -11,7 +11,10 @@
 //! also runs fan-outs (`{"Batch":{"Split":{"parts":N}}}`): N child tasks whose
 //! results the parent's join step adds up, in its own transaction; and parcels
 //! (`{"Parcel":{"Dispatch":{"order":N}}}`) that wait for a `delivered` signal
-//! sent to the key `order-N`, then record it in their transaction.
+//! sent to the key `order-N`, then record it in their transaction; and calls
+//! to a partner (`{"Partner":{"Call":{"ms":100,"tenant":null}}}`) of which at
+//! most 4 run at once across every worker (per tenant, when given), each
+//! recording when it ran in the table `spans`.
 //!
 //! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
 //! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
@@ -154,11 +157,39 @@ impl Step<Parcel> for Received {
     }
 }
 
+/// A call to a partner's API, which allows 4 at once (per tenant, if given).
+#[derive(Debug, Serialize, Deserialize)]
+struct Call {
+    ms: u64,
+    tenant: Option<u64>,
+}
+jetpack::task!(Partner { Call });
+
+#[jetpack::async_trait]
+impl Step<Partner> for Call {
+    const RETRY_LIMIT: i32 = 5;
+    const CONCURRENCY: Option<u32> = Some(4);
+    fn concurrency_key(&self) -> Option<String> {
+        self.tenant.map(|t| format!("tenant-{t}"))
+    }
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        let start = jetpack::chrono::Utc::now().timestamp_micros();
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        let end = jetpack::chrono::Utc::now().timestamp_micros();
+        let scope = self.concurrency_key().unwrap_or_default();
+        Db::of(cx)
+            .record_span(cx.task_id(), &scope, start, end)
+            .await?;
+        NextStep::none()
+    }
+}
+
 jetpack::scheduler!(Tasks {
     Order,
     Batch,
     Parts,
-    Parcel
+    Parcel,
+    Partner
 });
 
 #[tokio::main]
@@ -187,6 +218,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for table in [
         "CREATE TABLE IF NOT EXISTS runs (task_id bigint, step text, attempt int, at_us bigint)",
         "CREATE TABLE IF NOT EXISTS ledger (task_id bigint, amount bigint)",
+        "CREATE TABLE IF NOT EXISTS spans (task_id bigint, scope text, start_us bigint, end_us bigint)",
     ] {
         // Two workers starting at once on a fresh PostgreSQL database may both
         // create it: the loser's statement fails, and once more finds it there.
@@ -215,7 +247,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let sql = "SELECT count(*) FROM jetpack_tasks
                            WHERE (kind LIKE 'Order.%' OR kind LIKE 'Batch.%' OR kind LIKE 'Parts.%'
-                                  OR kind LIKE 'Parcel.%')
+                                  OR kind LIKE 'Parcel.%' OR kind LIKE 'Partner.%')
                              AND state IN ('ready', 'waiting', 'parked')";
                 // A database error (a restart, say) is not "empty": keep watching.
                 if matches!(db.try_scalar(sql, None).await, Ok(0)) {

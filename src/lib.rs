@@ -254,6 +254,7 @@ impl Db {
         };
         for sql in [
             runs,
+            "CREATE TABLE spans (task_id bigint, scope text, start_us bigint, end_us bigint)",
             "CREATE TABLE world (key text PRIMARY KEY)",
             "CREATE TABLE ledger (task_id bigint, amount bigint)",
         ] {
@@ -295,6 +296,32 @@ impl Db {
     pub async fn ledger(&self, id: i64) -> Vec<i64> {
         let sql = "SELECT amount FROM ledger WHERE task_id = $1";
         both!(self, p => sqlx::query_scalar(sql).bind(id).fetch_all(p).await).expect("read ledger")
+    }
+
+    /// Records that task `id` ran under concurrency `scope` from `start_us`
+    /// to `end_us` (wall clock) in the `spans` table.
+    pub async fn record_span(
+        &self,
+        id: i64,
+        scope: &str,
+        start_us: i64,
+        end_us: i64,
+    ) -> Result<(), sqlx::Error> {
+        let sql = "INSERT INTO spans (task_id, scope, start_us, end_us) VALUES ($1, $2, $3, $4)";
+        both!(self, p => sqlx::query(sql)
+            .bind(id)
+            .bind(scope)
+            .bind(start_us)
+            .bind(end_us)
+            .execute(p)
+            .await
+            .map(|_| ()))
+    }
+
+    /// Every recorded span: (task id, scope, start µs, end µs).
+    pub async fn spans(&self) -> Vec<(i64, String, i64, i64)> {
+        let sql = "SELECT task_id, scope, start_us, end_us FROM spans ORDER BY start_us";
+        both!(self, p => sqlx::query_as(sql).fetch_all(p).await).expect("read spans")
     }
 
     /// Whether `key` is in the world table.
@@ -537,3 +564,28 @@ pub mod readme {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The most spans of `spans` (start, end) that overlap at any instant, and
+/// their mean overlap over the time from the first start to the last end.
+pub fn overlap(spans: &[(i64, i64)]) -> (usize, f64) {
+    let mut events: Vec<(i64, i32)> = spans
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // An end before a start at the same instant: touching spans do not overlap.
+    events.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in events {
+        now += delta;
+        most = most.max(now);
+    }
+    let busy: i64 = spans.iter().map(|&(start, end)| end - start).sum();
+    let first = spans.iter().map(|s| s.0).min().unwrap_or(0);
+    let last = spans.iter().map(|s| s.1).max().unwrap_or(0);
+    let mean = if last > first {
+        busy as f64 / (last - first) as f64
+    } else {
+        0.0
+    };
+    (usize::try_from(most).unwrap_or(0), mean)
+}

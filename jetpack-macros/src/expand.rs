@@ -23,7 +23,9 @@ pub fn machine(m: &Machine) -> TokenStream {
         let joins = s.joins.iter().map(|n| n.to_string());
         let waits = s.waits.iter().map(|n| n.to_string());
         let initial = s.initial || (!any_initial && i == 0);
-        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial))
+        let ty = s.ty;
+        let concurrency = quote!(<#ty as #p::Step<#machine>>::CONCURRENCY);
+        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency))
     });
     let name_arms = m.steps.iter().map(|s| {
         let v = s.variant;
@@ -37,6 +39,16 @@ pub fn machine(m: &Machine) -> TokenStream {
     let priority_arms = m.steps.iter().map(|s| {
         let (v, ty) = (s.variant, s.ty);
         quote!(Self::#v(_) => <#ty as #p::Step<#machine>>::PRIORITY)
+    });
+    let scope_arms = m.steps.iter().map(|s| {
+        let (v, ty) = (s.variant, s.ty);
+        let name = v.to_string();
+        quote!(Self::#v(step) => #p::limit_scope(
+            #machine_name,
+            #name,
+            <#ty as #p::Step<#machine>>::CONCURRENCY,
+            || <#ty as #p::Step<#machine>>::concurrency_key(step),
+        ))
     });
     let run_arms = m.steps.iter().map(|s| {
         let (v, ty) = (s.variant, s.ty);
@@ -94,10 +106,22 @@ pub fn machine(m: &Machine) -> TokenStream {
                 fn priority(&self) -> u8 {
                     <#ty as #p::Step<#machine>>::PRIORITY
                 }
+                fn limit_scope(&self) -> ::std::result::Result<::std::option::Option<::std::string::String>, ::std::string::String> {
+                    #p::limit_scope(
+                        #machine_name,
+                        #name,
+                        <#ty as #p::Step<#machine>>::CONCURRENCY,
+                        || <#ty as #p::Step<#machine>>::concurrency_key(self),
+                    )
+                }
             }
             const _: () = ::std::assert!(
                 <#ty as #p::Step<#machine>>::PRIORITY <= #p::MAX_PRIORITY,
                 "a step's PRIORITY must be 0 to 10",
+            );
+            const _: () = ::std::assert!(
+                !::std::matches!(<#ty as #p::Step<#machine>>::CONCURRENCY, ::std::option::Option::Some(0)),
+                "a step's CONCURRENCY must be None or at least Some(1)",
             );
             #(#follows)*
             #(#joins)*
@@ -145,6 +169,9 @@ pub fn machine(m: &Machine) -> TokenStream {
                 }
                 fn priority(&self) -> u8 {
                     match self { #(#priority_arms,)* }
+                }
+                fn limit_scope(&self) -> ::std::result::Result<::std::option::Option<::std::string::String>, ::std::string::String> {
+                    match self { #(#scope_arms,)* }
                 }
             }
 
@@ -200,6 +227,9 @@ pub fn scheduler(s: &SchedulerInput) -> TokenStream {
                 }
                 fn priority(&self) -> u8 {
                     match self { #(Self::#ms(m) => #p::IntoTask::priority(m),)* }
+                }
+                fn limit_scope(&self) -> ::std::result::Result<::std::option::Option<::std::string::String>, ::std::string::String> {
+                    match self { #(Self::#ms(m) => #p::IntoTask::limit_scope(m),)* }
                 }
             }
 

@@ -67,8 +67,8 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 pub mod __private {
     pub use crate::enqueue::MAX_PRIORITY;
     pub use crate::machine::{
-        tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult,
-        MemberOf, Scheduler, StepOf, TaskOf,
+        limit_scope, tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine,
+        MachineResult, MemberOf, Scheduler, StepOf, TaskOf,
     };
     pub use crate::step::{Context, NextStep, RetryPolicy, Step, StepError, Wakeup};
     pub use serde;

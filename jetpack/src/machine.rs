@@ -122,6 +122,12 @@ pub trait IntoTask {
     /// The priority the task starts with unless its enqueue says otherwise:
     /// its step's [`Step::PRIORITY`](crate::Step::PRIORITY).
     fn priority(&self) -> u8;
+
+    /// The scope of its step's concurrency limit
+    /// ([`Step::CONCURRENCY`](crate::Step::CONCURRENCY)): `None` when the
+    /// step is not limited; an error for a key that cannot be stored.
+    #[doc(hidden)]
+    fn limit_scope(&self) -> Result<Option<String>, String>;
 }
 
 /// A value that starts a task of one machine: one of its steps, or the
@@ -144,7 +150,7 @@ pub trait TaskOf: IntoTask + Send + 'static {
     label = "not declared by `jetpack::scheduler!`",
     note = "declare one with every machine the worker runs, `jetpack::scheduler!(Tasks {{ {Self} }});`, and use `Worker::<Tasks>`"
 )]
-pub trait Scheduler: Serialize + DeserializeOwned + Send + 'static {
+pub trait Scheduler: Serialize + DeserializeOwned + IntoTask + Send + 'static {
     /// The graphs of all machines.
     fn graphs() -> Vec<Graph>;
     /// The machine this value is in.
@@ -174,6 +180,34 @@ pub trait Scheduler: Serialize + DeserializeOwned + Send + 'static {
 /// The `kind` column's value for step `step` of machine `machine`.
 pub(crate) fn kind(machine: &str, step: &str) -> String {
     format!("{machine}.{step}")
+}
+
+/// The longest concurrency key, in bytes.
+pub(crate) const MAX_LIMIT_KEY: usize = 1024;
+
+/// The `limit_scope` of a step of `machine.step` whose step type allows
+/// `concurrency` at once: `None` for an unlimited step, the kind for a step
+/// limited as a whole, `kind/key` for one limited per key. An empty key, one
+/// with NUL, or one longer than 1024 bytes is refused.
+#[doc(hidden)]
+pub fn limit_scope(
+    machine: &str,
+    step: &str,
+    concurrency: Option<u32>,
+    key: impl FnOnce() -> Option<String>,
+) -> Result<Option<String>, String> {
+    if concurrency.is_none() {
+        return Ok(None);
+    }
+    let kind = kind(machine, step);
+    match key() {
+        None => Ok(Some(kind)),
+        Some(key) if key.is_empty() || key.contains('\0') || key.len() > MAX_LIMIT_KEY => Err(format!(
+            "the concurrency key of a {kind} step must be 1 to {MAX_LIMIT_KEY} bytes without NUL, not {} bytes",
+            key.len()
+        )),
+        Some(key) => Ok(Some(format!("{kind}/{key}"))),
+    }
 }
 
 #[doc(hidden)]
@@ -234,6 +268,9 @@ pub struct StepNode {
     pub waits: Vec<&'static str>,
     /// Whether a task normally starts here (`#[initial]`, or the first step).
     pub initial: bool,
+    /// How many steps of this type may run at once across all workers
+    /// ([`Step::CONCURRENCY`](crate::Step::CONCURRENCY)); `None`: no limit.
+    pub concurrency: Option<u32>,
 }
 
 impl Graph {
@@ -247,19 +284,23 @@ impl Graph {
             &[&'static str],
             &[&'static str],
             bool,
+            Option<u32>,
         )],
     ) -> Self {
         Graph {
             machine,
             steps: steps
                 .iter()
-                .map(|&(name, next, joins, waits, initial)| StepNode {
-                    name,
-                    next: next.to_vec(),
-                    joins: joins.to_vec(),
-                    waits: waits.to_vec(),
-                    initial,
-                })
+                .map(
+                    |&(name, next, joins, waits, initial, concurrency)| StepNode {
+                        name,
+                        next: next.to_vec(),
+                        joins: joins.to_vec(),
+                        waits: waits.to_vec(),
+                        initial,
+                        concurrency,
+                    },
+                )
                 .collect(),
         }
     }

@@ -85,6 +85,19 @@ pub trait Step<M: Machine>: MemberOf<M> + StepOf + Sized + Send + Sync + 'static
     /// A task keeps its priority from step to step. A value above the maximum
     /// does not compile.
     const PRIORITY: u8 = 0;
+    /// At most this many steps of this type run at once, across every worker
+    /// of every process on the database (per key, when
+    /// [`concurrency_key`](Step::concurrency_key) gives one). `None`, the
+    /// default: no limit. `Some(0)` does not compile.
+    const CONCURRENCY: Option<u32> = None;
+
+    /// The key a [`CONCURRENCY`](Step::CONCURRENCY) limit counts under, e.g.
+    /// a tenant's id: steps of different keys are limited apart. Computed
+    /// when the step is stored (enqueued, spawned, or returned as the next
+    /// step). `None`, the default: one limit for the step type.
+    fn concurrency_key(&self) -> Option<String> {
+        None
+    }
 
     /// Runs the step and says what comes next.
     async fn step(self, cx: &Context<'_>) -> StepResult<Self>;

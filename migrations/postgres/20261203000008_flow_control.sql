@@ -1,4 +1,4 @@
--- Flow control: priorities, unique keys and throttles.
+-- Flow control: priorities, unique keys, throttles and concurrency limits.
 --
 --   priority    0 to 10, higher first: a task of priority p is claimed as if it
 --               had become due p minutes earlier (a head start), so a task waits
@@ -8,15 +8,25 @@
 --   unique_key  at most one live task (ready, running, waiting or parked) per
 --               key: a second enqueue with the key finds the first (or replaces
 --               its step, for a debounce). A finished or cancelled task frees it.
+--   limit_scope the step's concurrency limit (`Step::CONCURRENCY`), when it has
+--               one: its kind, or "kind/key" for a limit per key. Written by
+--               Jetpack with the step; a row written by hand without it is given
+--               it by the first worker that claims it. Such tasks are claimed
+--               apart (the index `jetpack_tasks_limited`), and at most the limit
+--               of them hold live leases at once: see `jetpack_holders`.
 --
--- HOT claims: a claim writes neither column, nor any column the indexes below
--- read (wakeup_at, priority, state, unique_key).
+-- HOT claims: a claim writes none of these columns, nor any column the indexes
+-- below read (wakeup_at, priority, state, unique_key, limit_scope); a move to a
+-- step of no limit writes limit_scope NULL over NULL.
 ALTER TABLE jetpack_tasks
     ADD COLUMN priority smallint NOT NULL DEFAULT 0
         CONSTRAINT jetpack_tasks_priority_0_to_10 CHECK (priority BETWEEN 0 AND 10),
     ADD COLUMN unique_key text
         CONSTRAINT jetpack_tasks_unique_key_1_to_1024_bytes
-        CHECK (octet_length(unique_key) BETWEEN 1 AND 1024);
+        CHECK (octet_length(unique_key) BETWEEN 1 AND 1024),
+    ADD COLUMN limit_scope text
+        CONSTRAINT jetpack_tasks_limit_scope_of_its_kind
+        CHECK (limit_scope = kind OR starts_with(limit_scope, kind || '/'));
 
 -- The claim's predicate and order: ready tasks by wakeup_at less the head
 -- start. (`timezone` twice: the arithmetic on UTC timestamps is immutable, as
@@ -24,7 +34,24 @@ ALTER TABLE jetpack_tasks
 DROP INDEX jetpack_tasks_ready;
 CREATE INDEX jetpack_tasks_ready
 ON jetpack_tasks ((timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')))
-WHERE state = 'ready';
+WHERE state = 'ready' AND limit_scope IS NULL;
+
+-- Ready tasks of limited steps, by scope and then in claim order.
+CREATE INDEX jetpack_tasks_limited
+ON jetpack_tasks (limit_scope, (timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')))
+WHERE state = 'ready' AND limit_scope IS NOT NULL;
+
+-- The attempts of limited steps, as their claims took them: an attempt holds
+-- its scope's share while its task still has that fence and a live lease.
+-- Claims of limited steps take turns (an advisory lock), drop the attempts
+-- that no longer hold, and count the rest; so a crashed worker's share comes
+-- back when its lease expires, and nothing needs to free it.
+CREATE TABLE jetpack_holders (
+    task_id  bigint PRIMARY KEY,
+    fence    bigint NOT NULL,
+    scope    text NOT NULL
+);
+CREATE INDEX jetpack_holders_scope ON jetpack_holders (scope);
 
 CREATE UNIQUE INDEX jetpack_tasks_unique_key ON jetpack_tasks (unique_key)
 WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked');

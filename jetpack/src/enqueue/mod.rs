@@ -363,6 +363,8 @@ pub struct Encoded {
     kind: (&'static str, &'static str),
     /// The task's priority: its step's, unless the enqueue gave one.
     pub(crate) priority: u8,
+    /// The scope of its step's concurrency limit, if it has one.
+    pub(crate) scope: Option<String>,
 }
 
 impl Encoded {
@@ -371,19 +373,22 @@ impl Encoded {
     }
 }
 
-/// Whether all `steps` are of one kind (and so of one priority).
+/// Whether all `steps` are of one kind (and so of one priority), with no
+/// concurrency scope.
 pub(crate) fn one_kind(steps: &[Encoded]) -> bool {
-    steps.windows(2).all(|w| w[0].kind == w[1].kind)
+    steps.windows(2).all(|w| w[0].kind == w[1].kind) && steps.iter().all(|s| s.scope.is_none())
 }
 
 pub(crate) fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
     let kind = task.kind();
     let priority = task.priority();
+    let scope = task.limit_scope().map_err(Error::InvalidEnqueue)?;
     let json = task.into_step_json().map_err(Error::Serialize)?;
     Ok(Encoded {
         json,
         kind,
         priority,
+        scope,
     })
 }
 

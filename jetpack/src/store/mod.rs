@@ -31,6 +31,10 @@ pub(crate) struct Claimed {
     /// Whether a parent's join waits for this task: its finish is then kept,
     /// with its result, for the join step to read.
     pub awaited: bool,
+    /// The scope of its concurrency limit, as the row has it: always `None`
+    /// from [`Store::claim`], which takes only tasks without one.
+    #[sqlx(default)]
+    pub scope: Option<String>,
 }
 
 /// What happens to a claimed task when its attempt ends.
@@ -41,6 +45,8 @@ pub(crate) enum Outcome {
         step: String,
         kind: String,
         wakeup: Wakeup,
+        /// The scope of the step's concurrency limit, if it has one.
+        scope: Option<String>,
     },
     /// Wait for signal `name` (addressed to the task and to `key`) for at
     /// most `timeout`, then move to `step`.
@@ -50,9 +56,14 @@ pub(crate) enum Outcome {
         name: &'static str,
         key: Option<String>,
         timeout: Option<Duration>,
+        scope: Option<String>,
     },
     /// Wait for the task's awaited children to end, then move to `step`.
-    Join { step: String, kind: String },
+    Join {
+        step: String,
+        kind: String,
+        scope: Option<String>,
+    },
     /// Finished: the row is deleted.
     Finish,
     /// Finished, and kept (state `finished`) with its `result` (JSON) until
@@ -112,6 +123,26 @@ pub(crate) trait Store: Send + Sync + 'static {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error>;
+
+    /// Claims up to `limit` ready tasks of limited steps, of the kinds
+    /// `limits` names with how many of each may run at once (per scope):
+    /// never more than that many attempts hold live leases in a scope.
+    async fn claim_limited(
+        &self,
+        limit: usize,
+        limits: &[(String, u32)],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error>;
+
+    /// Gives a task claimed without a concurrency scope (a row written by
+    /// hand) its `scope`, and releases it to the claims of limited steps
+    /// (not counted as an attempt).
+    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error>;
+
+    /// Takes the concurrency scope from the live tasks of `kinds`, whose
+    /// steps have no limit; how many.
+    async fn unscope(&self, kinds: &[String]) -> Result<u64, Error>;
 
     /// Records the outcomes of attempts `(id, fence, outcome)`, all in one
     /// transaction; returns, in order, whether each attempt still held its task
@@ -409,6 +440,7 @@ mod tests {
             step: r#"{"M":{"B":null}}"#.into(),
             kind: "M.B".into(),
             wakeup,
+            scope: None,
         }
     }
 

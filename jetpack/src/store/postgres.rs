@@ -54,8 +54,8 @@ SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854
     lease_until = now() + $4 * interval '1 microsecond', updated_at = now()
 WHERE t.ctid = ANY(ARRAY(
     SELECT ctid FROM jetpack_tasks
-    WHERE state = 'ready' AND error IS NULL AND wakeup_at <= now() AND kind = ANY($2)
-      AND (lease_until IS NULL OR lease_until <= now()) AND ",
+    WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL AND wakeup_at <= now()
+      AND kind = ANY($2) AND (lease_until IS NULL OR lease_until <= now()) AND ",
     claim_order!(),
     " <= now()
     ORDER BY ",
@@ -66,6 +66,91 @@ WHERE t.ctid = ANY(ARRAY(
 RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
     coalesce(t.awaited <> 'done', false) AS awaited"
 );
+
+/// Claims of limited steps take turns, across every process: this lock,
+/// held to the end of the claim's transaction.
+const LIMITS_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('jetpack limits'))";
+
+/// Forgets the attempts of limited steps that no longer hold their tasks
+/// (finished, failed, moved on, released, or whose lease expired).
+const DROP_HOLDERS: &str = "
+DELETE FROM jetpack_holders h
+WHERE NOT EXISTS (
+    SELECT 1 FROM jetpack_tasks t
+    WHERE t.id = h.task_id AND t.fence = h.fence AND t.locked_by IS NOT NULL
+      AND t.lease_until > now())";
+
+/// Claims up to `$1` ready tasks of the limited kinds `$2` (each allowing
+/// `$3` at once) for worker `$4` with a lease of `$5` µs, and records the
+/// attempts as holders of their scopes.
+///
+/// Every scope with ready tasks is found by one index probe each (a loose
+/// index scan of `jetpack_tasks_limited`); each gets as many of its due tasks
+/// as its limit leaves free, in claim order; the earliest of all of them are
+/// claimed. Run after [`LIMITS_LOCK`] and [`DROP_HOLDERS`], in their
+/// transaction, so that the holders it counts are exactly the live ones.
+const CLAIM_LIMITED: &str = concat!(
+    "
+WITH RECURSIVE scopes AS (
+    (SELECT limit_scope AS scope FROM jetpack_tasks
+     WHERE state = 'ready' AND limit_scope IS NOT NULL ORDER BY limit_scope LIMIT 1)
+    UNION ALL
+    SELECT (SELECT limit_scope FROM jetpack_tasks
+            WHERE state = 'ready' AND limit_scope > s.scope ORDER BY limit_scope LIMIT 1)
+    FROM scopes s WHERE s.scope IS NOT NULL
+), limits AS (
+    SELECT * FROM unnest($2::text[], $3::integer[]) AS l(kind, n)
+), held AS (
+    SELECT scope, count(*)::integer AS n FROM jetpack_holders GROUP BY scope
+), picked AS (
+    SELECT c.ctid FROM scopes s
+    JOIN limits l ON l.kind = split_part(s.scope, '/', 1)
+    LEFT JOIN held h ON h.scope = s.scope
+    CROSS JOIN LATERAL (
+        SELECT t.ctid, ",
+    claim_order!(),
+    " AS ord FROM jetpack_tasks t
+        WHERE t.state = 'ready' AND t.limit_scope = s.scope AND t.error IS NULL
+          AND t.wakeup_at <= now() AND (t.lease_until IS NULL OR t.lease_until <= now())
+          AND ",
+    claim_order!(),
+    " <= now()
+        ORDER BY ",
+    claim_order!(),
+    "
+        LIMIT greatest(l.n - coalesce(h.n, 0), 0)
+    ) c
+    ORDER BY c.ord
+    LIMIT $1
+), claimed AS (
+    UPDATE jetpack_tasks t
+    SET tried = least(t.tried, 2147483646) + 1, fence = least(t.fence, 9223372036854775806) + 1,
+        locked_by = $4,
+        lease_until = now() + $5 * interval '1 microsecond', updated_at = now()
+    WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM picked))
+    RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
+        coalesce(t.awaited <> 'done', false) AS awaited, t.limit_scope AS scope
+), holding AS (
+    INSERT INTO jetpack_holders (task_id, fence, scope)
+    SELECT id, fence, scope FROM claimed
+    ON CONFLICT (task_id) DO UPDATE SET fence = EXCLUDED.fence, scope = EXCLUDED.scope
+)
+SELECT * FROM claimed"
+);
+
+/// Gives task `$1` (attempt `$2`), claimed without a concurrency scope,
+/// its scope `$3` and back to the claims, as a release does.
+const RESCOPE: &str = "
+UPDATE jetpack_tasks
+SET limit_scope = $3, locked_by = NULL, lease_until = NULL, tried = greatest(tried - 1, 0),
+    updated_at = now()
+WHERE id = $1 AND fence = $2";
+
+/// Takes the concurrency scope from live tasks of the kinds `$1`, which have
+/// no limit (any more).
+const UNSCOPE: &str = "
+UPDATE jetpack_tasks SET limit_scope = NULL
+WHERE limit_scope IS NOT NULL AND kind = ANY($1) AND state IN ('ready', 'waiting', 'parked')";
 
 /// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
 macro_rules! finished {
@@ -79,24 +164,38 @@ macro_rules! finished {
     };
 }
 
-/// The tasks moved to next steps (`$3`…`$8`), returning their attempts.
+/// The tasks moved to next steps (`$3`…`$8`, and the scopes of their
+/// concurrency limits in `$scopes`, or none), returning their attempts.
 ///
 /// A next step due now keeps the row's `wakeup_at` when that has passed: it is
 /// due either way, a workflow under way keeps its place ahead of newer tasks,
-/// and with no indexed column changed the update can be HOT.
+/// and with no indexed column changed the update can be HOT (a step of no
+/// limit writes `limit_scope` NULL over NULL).
 macro_rules! moved {
     () => {
-        "moved AS (
+        moved!("NULL::text", "", "")
+    };
+    ($scope:literal, $scopes:literal, $alias:literal) => {
+        concat!(
+            "moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
         updated_at = now(), wait_for = NULL, signal = NULL, children_left = NULL,
+        limit_scope = ",
+            $scope,
+            ",
         wakeup_at = CASE WHEN u.at IS NULL AND u.delay = 0 AND t.wakeup_at <= now() THEN t.wakeup_at
                          ELSE coalesce(u.at, now() + u.delay * interval '1 microsecond') END
-    FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[])
-        AS u(id, fence, step, delay, at, kind)
+    FROM unnest($3::bigint[], $4::bigint[], $5::text[], $6::bigint[], $7::timestamptz[], $8::text[]",
+            $scopes,
+            ")
+        AS u(id, fence, step, delay, at, kind",
+            $alias,
+            ")
     WHERE t.id = u.id AND t.fence = u.fence
     RETURNING t.id, t.fence
 )"
+        )
     };
 }
 
@@ -180,10 +279,11 @@ macro_rules! waited {
     SET step = w.step::jsonb, kind = w.kind,
         state = CASE WHEN t.state = 'parked' THEN 'parked' ELSE 'waiting' END,
         wait_for = w.name, wait_key = w.key, signal = NULL, tried = 0, children_left = NULL,
+        limit_scope = w.scope,
         locked_by = NULL, lease_until = NULL, updated_at = now(),
         wakeup_at = coalesce(now() + w.timeout * interval '1 microsecond', '9999-12-31 00:00:00+00')
     FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
-                $21::bigint[]) AS w(id, fence, step, kind, name, key, timeout)
+                $21::bigint[], $28::text[]) AS w(id, fence, step, kind, name, key, timeout, scope)
     WHERE t.id = w.id AND t.fence = w.fence
     RETURNING t.id, t.fence
 )"
@@ -200,12 +300,13 @@ macro_rules! joined {
     () => {
         "joined AS (
     UPDATE jetpack_tasks t
-    SET step = j.step::jsonb, kind = j.kind, tried = 0, children_left = c.n,
+    SET step = j.step::jsonb, kind = j.kind, tried = 0, children_left = c.n, limit_scope = j.scope,
         state = CASE WHEN t.state = 'parked' THEN 'parked' WHEN c.n > 0 THEN 'waiting' ELSE 'ready' END,
         wait_for = NULL, wait_key = NULL, signal = NULL,
         locked_by = NULL, lease_until = NULL, updated_at = now(),
         wakeup_at = CASE WHEN c.n > 0 THEN '9999-12-31 00:00:00+00' ELSE now() END
-    FROM unnest($23::bigint[], $24::bigint[], $25::text[], $26::text[]) AS j(id, fence, step, kind)
+    FROM unnest($23::bigint[], $24::bigint[], $25::text[], $26::text[], $29::text[])
+        AS j(id, fence, step, kind, scope)
     CROSS JOIN LATERAL (
         SELECT count(*)::integer AS n FROM jetpack_tasks c
         WHERE c.parent_id = j.id AND c.awaited IN ('wait', 'fail', 'error')
@@ -223,7 +324,7 @@ const EVERY_OUTCOME: &str = concat!(
     "WITH ",
     finished!(),
     ", ",
-    moved!(),
+    moved!("u.scope", ", $27::text[]", ", scope"),
     ", ",
     failed!(),
     ", ",
@@ -268,12 +369,13 @@ const NEXT_DUE: &str = concat!(
     "
 SELECT extract(epoch FROM min(wakeup_at) - now())::float8
 FROM jetpack_tasks
-WHERE state = 'ready' AND error IS NULL AND kind = ANY($1) AND (lease_until IS NULL OR lease_until <= now())
+WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL AND kind = ANY($1)
+  AND (lease_until IS NULL OR lease_until <= now())
   AND ",
     claim_order!(),
     " <= (
     SELECT wakeup_at FROM jetpack_tasks
-    WHERE state = 'ready' AND error IS NULL AND kind = ANY($1)
+    WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL AND kind = ANY($1)
       AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY ",
     claim_order!(),
@@ -316,34 +418,37 @@ DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED))";
 
-/// Inserts step `$1` of kind `$2` and priority `$5`, due after `$3` µs or at
-/// `$4`; with unique key `$6`, only if no live task holds it.
+/// Inserts step `$1` of kind `$2`, priority `$5` and concurrency scope `$7`,
+/// due after `$3` µs or at `$4`; with unique key `$6`, only if no live task
+/// holds it.
 const INSERT: &str = "
-INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key)
-VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'), $5, $6)
+INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key, limit_scope)
+VALUES ($1::text::jsonb, $2, coalesce($4, now() + $3 * interval '1 microsecond'), $5, $6, $7)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked')
 DO NOTHING
 RETURNING id";
 
 const INSERT_MANY: &str = "
-INSERT INTO jetpack_tasks (step, kind, priority)
-SELECT s::jsonb, k, p FROM unnest($1::text[], $2::text[], $3::smallint[]) WITH ORDINALITY AS u(s, k, p, n)
+INSERT INTO jetpack_tasks (step, kind, priority, limit_scope)
+SELECT s::jsonb, k, p, c FROM unnest($1::text[], $2::text[], $3::smallint[], $4::text[])
+    WITH ORDINALITY AS u(s, k, p, c, n)
 ORDER BY n
 RETURNING id";
 
-/// `INSERT_MANY` when every step is of kind `$2` (so of priority `$3`).
+/// `INSERT_MANY` when every step is of kind `$2` (so of priority `$3`), with
+/// no concurrency scope.
 const INSERT_MANY_OF_KIND: &str = "
 INSERT INTO jetpack_tasks (step, kind, priority)
 SELECT s::jsonb, $2, $3 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
 RETURNING id";
 
-/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds, `$5` priorities),
-/// awaited by its join as `$4` says (NULL: detached), returning their ids in
-/// order.
+/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds, `$5` priorities, `$6`
+/// concurrency scopes), awaited by its join as `$4` says (NULL: detached),
+/// returning their ids in order.
 const INSERT_CHILDREN: &str = "
-INSERT INTO jetpack_tasks (step, kind, parent_id, awaited, priority)
-SELECT s::jsonb, k, $3, $4, p FROM unnest($1::text[], $2::text[], $5::smallint[])
-    WITH ORDINALITY AS u(s, k, p, n) ORDER BY n
+INSERT INTO jetpack_tasks (step, kind, parent_id, awaited, priority, limit_scope)
+SELECT s::jsonb, k, $3, $4, p, c FROM unnest($1::text[], $2::text[], $5::smallint[], $6::text[])
+    WITH ORDINALITY AS u(s, k, p, c, n) ORDER BY n
 RETURNING id";
 
 /// The live task holding unique key `$1`, locked, and whether it has not
@@ -354,14 +459,14 @@ FROM jetpack_tasks
 WHERE unique_key = $1 AND state IN ('ready', 'waiting', 'parked')
 FOR UPDATE";
 
-/// Replaces the step of task `$1` (`$2`, of kind `$3`), due after `$4` µs or
-/// at `$5`, with priority `$6`: a new attempt count, and a new fence, so that
+/// Replaces the step of task `$1` (`$2`, of kind `$3`, concurrency scope
+/// `$7`), due after `$4` µs or at `$5`, with priority `$6`: a new attempt count, and a new fence, so that
 /// an attempt whose lease expired cannot write over it. Wakes the workers
 /// (the task may be due sooner).
 const REPLACE: &str = "
 WITH replaced AS (
     UPDATE jetpack_tasks
-    SET step = $2::text::jsonb, kind = $3, priority = $6, tried = 0,
+    SET step = $2::text::jsonb, kind = $3, priority = $6, tried = 0, limit_scope = $7,
         wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond'),
         fence = least(fence, 9223372036854775806) + 1, locked_by = NULL, lease_until = NULL,
         updated_at = now()
@@ -408,13 +513,15 @@ pub(crate) async fn insert_children(
 ) -> Result<Vec<i64>, Error> {
     let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
     let priorities: Vec<i16> = steps.iter().map(|s| i16::from(s.priority)).collect();
-    let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
+    let scopes: Vec<Option<&str>> = steps.iter().map(|s| s.scope.as_deref()).collect();
+    let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
     Ok(sqlx::query_scalar(INSERT_CHILDREN)
         .bind(json)
         .bind(kinds)
         .bind(parent)
         .bind(awaited)
         .bind(priorities)
+        .bind(scopes)
         .fetch_all(db)
         .await?)
 }
@@ -468,9 +575,18 @@ struct Batch<'a> {
         Vec<&'a str>,
     ),
     #[allow(clippy::type_complexity)]
+    /// The concurrency scopes of the next steps, and whether any has one.
+    next_scopes: (Vec<Option<&'a str>>, bool),
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
     kept: (Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
-    joined: (Vec<i64>, Vec<i64>, Vec<&'a str>, Vec<&'a str>),
+    #[allow(clippy::type_complexity)]
+    joined: (
+        Vec<i64>,
+        Vec<i64>,
+        Vec<&'a str>,
+        Vec<&'a str>,
+        Vec<Option<&'a str>>,
+    ),
     #[allow(clippy::type_complexity)]
     waited: (
         Vec<i64>,
@@ -480,6 +596,7 @@ struct Batch<'a> {
         Vec<&'a str>,
         Vec<Option<&'a str>>,
         Vec<Option<i64>>,
+        Vec<Option<&'a str>>,
     ),
 }
 
@@ -497,12 +614,13 @@ impl<'a> Batch<'a> {
                     batch.kept.1.push(fence);
                     batch.kept.2.push(result.as_deref());
                 }
-                Outcome::Join { step, kind } => {
+                Outcome::Join { step, kind, scope } => {
                     let j = &mut batch.joined;
                     j.0.push(id);
                     j.1.push(fence);
                     j.2.push(step);
                     j.3.push(kind);
+                    j.4.push(scope.as_deref());
                 }
                 Outcome::Wait {
                     step,
@@ -510,6 +628,7 @@ impl<'a> Batch<'a> {
                     name,
                     key,
                     timeout,
+                    scope,
                 } => {
                     let w = &mut batch.waited;
                     w.0.push(id);
@@ -519,8 +638,14 @@ impl<'a> Batch<'a> {
                     w.4.push(name);
                     w.5.push(key.as_deref());
                     w.6.push(timeout.map(micros).transpose()?);
+                    w.7.push(scope.as_deref());
                 }
-                Outcome::Next { step, kind, wakeup } => {
+                Outcome::Next {
+                    step,
+                    kind,
+                    wakeup,
+                    scope,
+                } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let next = &mut batch.next;
                     next.0.push(id);
@@ -529,6 +654,8 @@ impl<'a> Batch<'a> {
                     next.3.push(delay);
                     next.4.push(at);
                     next.5.push(kind);
+                    batch.next_scopes.0.push(scope.as_deref());
+                    batch.next_scopes.1 |= scope.is_some();
                 }
                 Outcome::Retry { delay } => batch.fail(id, fence, micros(*delay)?, None),
                 Outcome::Park { error } => batch.fail(id, fence, 0, Some(error)),
@@ -550,8 +677,13 @@ impl<'a> Batch<'a> {
     async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
         let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
         let (waited, joined) = (&self.waited, &self.joined);
-        let common =
-            failed.0.is_empty() && kept.0.is_empty() && waited.0.is_empty() && joined.0.is_empty();
+        // The common statement writes no concurrency scope (NULL): the
+        // others carry them.
+        let common = failed.0.is_empty()
+            && kept.0.is_empty()
+            && waited.0.is_empty()
+            && joined.0.is_empty()
+            && !self.next_scopes.1;
         let sql = if common {
             FINISH_AND_NEXT
         } else {
@@ -585,7 +717,10 @@ impl<'a> Batch<'a> {
                 .bind(&joined.0)
                 .bind(&joined.1)
                 .bind(&joined.2)
-                .bind(&joined.3);
+                .bind(&joined.3)
+                .bind(&self.next_scopes.0)
+                .bind(&waited.7)
+                .bind(&joined.4);
         }
         Ok(query.fetch_all(db).await?)
     }
@@ -623,6 +758,47 @@ impl Store for PgStore {
             .bind(micros(lease)?)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn claim_limited(
+        &self,
+        limit: usize,
+        limits: &[(String, u32)],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let (kinds, ns): (Vec<&str>, Vec<i32>) = limits
+            .iter()
+            .map(|(kind, n)| (kind.as_str(), i32::try_from(*n).unwrap_or(i32::MAX)))
+            .unzip();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(LIMITS_LOCK).execute(&mut *tx).await?;
+        sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
+        let claimed = sqlx::query_as(CLAIM_LIMITED)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(kinds)
+            .bind(ns)
+            .bind(owner)
+            .bind(micros(lease)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {
+        sqlx::query(RESCOPE)
+            .bind(id)
+            .bind(fence)
+            .bind(scope)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn unscope(&self, kinds: &[String]) -> Result<u64, Error> {
+        let done = sqlx::query(UNSCOPE).bind(kinds).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
@@ -894,6 +1070,7 @@ impl crate::Backend for Postgres {
                 .bind(at)
                 .bind(i16::from(step.priority))
                 .bind(None::<String>)
+                .bind(step.scope)
                 .fetch_one(db)
                 .await?)
         })
@@ -923,11 +1100,13 @@ impl crate::Backend for Postgres {
             } else {
                 let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
                 let priorities: Vec<i16> = steps.iter().map(|s| i16::from(s.priority)).collect();
+                let scopes: Vec<Option<String>> = steps.iter().map(|s| s.scope.clone()).collect();
                 let json: Vec<String> = steps.into_iter().map(|s| s.json).collect();
                 sqlx::query_scalar(INSERT_MANY)
                     .bind(json)
                     .bind(kinds)
                     .bind(priorities)
+                    .bind(scopes)
             };
             Ok(query.fetch_all(db).await?)
         })
@@ -944,6 +1123,7 @@ impl KeyedStatements for PgConnection {
             .bind(task.at)
             .bind(i16::from(task.step.priority))
             .bind(&task.unique_key)
+            .bind(&task.step.scope)
             .fetch_optional(self)
             .await?)
     }
@@ -963,6 +1143,7 @@ impl KeyedStatements for PgConnection {
             .bind(task.delay)
             .bind(task.at)
             .bind(i16::from(task.step.priority))
+            .bind(&task.step.scope)
             .execute(self)
             .await?;
         Ok(())

@@ -62,7 +62,7 @@ macro_rules! ready_tasks {
             "SELECT ",
             $columns,
             " FROM jetpack_tasks
-             WHERE state = 'ready' AND error IS NULL AND wakeup_at <= ",
+             WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL AND wakeup_at <= ",
             now!(),
             " AND (lease_until IS NULL OR lease_until <= ",
             now!(),
@@ -156,6 +156,85 @@ const CLAIM_FEW: &str = concat!(
     " AS awaited"
 );
 
+/// Forgets the attempts of limited steps that no longer hold their tasks (see
+/// the PostgreSQL backend).
+const DROP_HOLDERS: &str = concat!(
+    "DELETE FROM jetpack_holders WHERE NOT EXISTS (
+         SELECT 1 FROM jetpack_tasks t
+         WHERE t.id = jetpack_holders.task_id AND t.fence = jetpack_holders.fence
+           AND t.locked_by IS NOT NULL AND t.lease_until > ",
+    now!(),
+    ")"
+);
+
+/// Every scope with ready tasks of the limited kinds `?1` (a JSON array of
+/// `[kind, limit]`), with how many more attempts its limit allows: one index
+/// probe per scope (a loose index scan of `jetpack_tasks_limited`).
+const FREE_SCOPES: &str = "
+WITH RECURSIVE scopes(scope) AS (
+    SELECT (SELECT limit_scope FROM jetpack_tasks
+            WHERE state = 'ready' AND limit_scope IS NOT NULL ORDER BY limit_scope LIMIT 1)
+    UNION ALL
+    SELECT (SELECT limit_scope FROM jetpack_tasks
+            WHERE state = 'ready' AND limit_scope IS NOT NULL AND limit_scope > s.scope
+            ORDER BY limit_scope LIMIT 1)
+    FROM scopes s WHERE s.scope IS NOT NULL
+)
+SELECT scope, free FROM (
+    SELECT s.scope, (l.value ->> 1) - (SELECT count(*) FROM jetpack_holders h WHERE h.scope = s.scope)
+        AS free
+    FROM scopes s JOIN json_each(?1) l
+      ON l.value ->> 0 = substr(s.scope, 1, instr(s.scope || '/', '/') - 1)
+) WHERE free > 0";
+
+/// Up to `?2` due tasks of scope `?1`, in claim order: id and order.
+const SCOPE_DUE: &str = concat!(
+    "SELECT id, ",
+    claim_order!(),
+    " FROM jetpack_tasks
+     WHERE state = 'ready' AND limit_scope = ?1 AND error IS NULL AND wakeup_at <= ",
+    now!(),
+    " AND (lease_until IS NULL OR lease_until <= ",
+    now!(),
+    ") AND ",
+    claim_order!(),
+    " <= ",
+    now!(),
+    " ORDER BY ",
+    claim_order!(),
+    " LIMIT ?2"
+);
+
+/// Leases the tasks `?1` (a JSON array of ids) of limited steps to worker `?2`
+/// for `?3` µs, returning them.
+const CLAIM_LIMITED: &str = concat!(
+    lease!("?2", "?3"),
+    " WHERE id IN (SELECT value FROM json_each(?1))
+     RETURNING id, step, tried, fence, wait_for, signal, ",
+    awaited!(),
+    " AS awaited, limit_scope AS scope"
+);
+
+/// Records attempts `?1` (a JSON array of `[id, fence, scope]`) as holders.
+const HOLD: &str = "INSERT INTO jetpack_holders (task_id, fence, scope)
+     SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?1) WHERE true
+     ON CONFLICT (task_id) DO UPDATE SET fence = excluded.fence, scope = excluded.scope";
+
+/// Gives task `?1` (attempt `?2`) its concurrency scope `?3` and back to the
+/// claims, as a release does.
+const RESCOPE: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET limit_scope = ?3, locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0),
+         updated_at = ",
+    now!(),
+    " WHERE id = ?1 AND fence = ?2"
+);
+
+/// Takes the concurrency scope from live tasks of the kinds `?1`.
+const UNSCOPE: &str = "UPDATE jetpack_tasks SET limit_scope = NULL
+     WHERE limit_scope IS NOT NULL AND kind IN (SELECT value FROM json_each(?1))
+       AND state IN ('ready', 'waiting', 'parked')";
+
 /// Finishes the attempts `?1` (a JSON array of `[id, fence]`), returning
 /// those that still held their tasks.
 const FINISH_MANY: &str = "DELETE FROM jetpack_tasks WHERE (id, fence) IN (
@@ -199,14 +278,14 @@ macro_rules! waits {
              SET step = u.step, kind = u.kind,
                  state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' ELSE 'waiting' END,
                  wait_for = u.name, wait_key = u.key, signal = NULL, tried = 0, children_left = NULL,
-                 locked_by = NULL, lease_until = NULL, updated_at = ",
+                 limit_scope = u.scope, locked_by = NULL, lease_until = NULL, updated_at = ",
             now!(),
             ", wakeup_at = CASE WHEN u.timeout IS NULL THEN '9999-12-31 00:00:00.000' ELSE ",
             now!("u.timeout"),
             " END FROM (SELECT value ->> 0 AS id, ",
             $fence,
             " value -> 2 AS step, value ->> 3 AS kind, value ->> 4 AS name, value ->> 5 AS key,
-                      value ->> 6 AS timeout FROM json_each(?1)) AS u
+                      value ->> 6 AS timeout, value ->> 7 AS scope FROM json_each(?1)) AS u
              WHERE jetpack_tasks.id = u.id",
             $check
         )
@@ -273,7 +352,7 @@ macro_rules! joins {
     ($fence:literal, $check:literal) => {
         concat!(
             "UPDATE jetpack_tasks
-             SET step = u.step, kind = u.kind, tried = 0, children_left = ",
+             SET step = u.step, kind = u.kind, tried = 0, limit_scope = u.scope, children_left = ",
             children!(),
             ", state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' WHEN ",
             children!(),
@@ -287,7 +366,7 @@ macro_rules! joins {
             now!(),
             " END FROM (SELECT value ->> 0 AS id, ",
             $fence,
-            " value -> 2 AS step, value ->> 3 AS kind FROM json_each(?1)) AS u
+            " value -> 2 AS step, value ->> 3 AS kind, value ->> 4 AS scope FROM json_each(?1)) AS u
              WHERE jetpack_tasks.id = u.id",
             $check
         )
@@ -315,14 +394,16 @@ const JOIN_MANY: &str = concat!(
     " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
 );
 
-/// The start of an update that moves tasks to the next steps of `u`, up to
-/// the new `wakeup_at`.
+/// The start of an update that moves tasks to the next steps of `u`, with
+/// concurrency scope `$scope`, up to the new `wakeup_at`.
 macro_rules! to_next_step {
-    () => {
+    ($scope:literal) => {
         concat!(
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-                 wait_for = NULL, signal = NULL, children_left = NULL, updated_at = ",
+                 wait_for = NULL, signal = NULL, children_left = NULL, limit_scope = ",
+            $scope,
+            ", updated_at = ",
             now!(),
             ", wakeup_at = "
         )
@@ -334,13 +415,14 @@ macro_rules! to_next_step {
 macro_rules! next_many {
     () => {
         concat!(
-            to_next_step!(),
+            to_next_step!("u.scope"),
             "CASE WHEN u.at IS NULL AND u.delay = 0 AND jetpack_tasks.wakeup_at <= ",
             now!(),
             " THEN jetpack_tasks.wakeup_at ELSE coalesce(u.at, ",
             now!("u.delay"),
             ") END FROM (SELECT value ->> 0 AS id, value ->> 1 AS fence, value -> 2 AS step,
-                            value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at
+                            value ->> 3 AS kind, value ->> 4 AS delay, value ->> 5 AS at,
+                            value ->> 6 AS scope
                      FROM json_each(?1)) AS u
              WHERE jetpack_tasks.id = u.id AND jetpack_tasks.fence = u.fence"
         )
@@ -356,8 +438,8 @@ const NEXT_MANY: &str = concat!(
     " RETURNING jetpack_tasks.id, jetpack_tasks.fence"
 );
 
-/// Moves to next steps due now, the common case: `?1` is a JSON array of
-/// `[id, fence, step, kind]`. Every field taken out of an item costs: SQLite
+/// Moves to next steps due now, of no concurrency limit, the common case:
+/// `?1` is a JSON array of `[id, fence, step, kind]`. Every field taken out of an item costs: SQLite
 /// parses the item's text again for each `->>`. With the six fields of
 /// [`next_many!`] the statement took 35,000 instructions per task (callgrind,
 /// 10,000 tasks in batches of 200), with these three 25,000, where a plain
@@ -366,7 +448,7 @@ const NEXT_MANY: &str = concat!(
 macro_rules! next_now {
     ($fence:literal, $check:literal) => {
         concat!(
-            to_next_step!(),
+            to_next_step!("NULL"),
             "CASE WHEN jetpack_tasks.wakeup_at <= ",
             now!(),
             " THEN jetpack_tasks.wakeup_at ELSE ",
@@ -450,13 +532,15 @@ const RELEASE: &str = concat!(
 const NEXT_DUE: &str = concat!(
     "SELECT (julianday(min(wakeup_at)) - julianday('now')) * 86400.0
      FROM jetpack_tasks
-     WHERE state = 'ready' AND error IS NULL AND kind IN (SELECT value FROM json_each(?1))
+     WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL
+       AND kind IN (SELECT value FROM json_each(?1))
        AND (lease_until IS NULL OR lease_until <= ",
     now!(),
     ") AND ",
     claim_order!(),
     " <= (SELECT wakeup_at FROM jetpack_tasks
-          WHERE state = 'ready' AND error IS NULL AND kind IN (SELECT value FROM json_each(?1))
+          WHERE state = 'ready' AND limit_scope IS NULL AND error IS NULL
+            AND kind IN (SELECT value FROM json_each(?1))
             AND (lease_until IS NULL OR lease_until <= ",
     now!(),
     ") ORDER BY ",
@@ -484,13 +568,14 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
-/// Inserts step `?1` of kind `?2` and priority `?5`, due after `?3` µs or at
-/// `?4`; with unique key `?6`, only if no live task holds it.
+/// Inserts step `?1` of kind `?2`, priority `?5` and concurrency scope `?7`,
+/// due after `?3` µs or at `?4`; with unique key `?6`, only if no live task
+/// holds it.
 const INSERT: &str = concat!(
-    "INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key)
+    "INSERT INTO jetpack_tasks (step, kind, wakeup_at, priority, unique_key, limit_scope)
      VALUES (?1, ?2, coalesce(?4, ",
     now!("?3"),
-    "), ?5, ?6)
+    "), ?5, ?6, ?7)
      ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state IN ('ready', 'waiting', 'parked')
      DO NOTHING
      RETURNING id"
@@ -509,7 +594,7 @@ const HOLDER: &str = concat!(
 /// at `?5`, with priority `?6`, as on PostgreSQL.
 const REPLACE: &str = concat!(
     "UPDATE jetpack_tasks
-     SET step = ?2, kind = ?3, priority = ?6, tried = 0, wakeup_at = coalesce(?5, ",
+     SET step = ?2, kind = ?3, priority = ?6, limit_scope = ?7, tried = 0, wakeup_at = coalesce(?5, ",
     now!("?4"),
     "), fence = min(fence, 9007199254740990) + 1, locked_by = NULL, lease_until = NULL,
          updated_at = ",
@@ -541,18 +626,19 @@ const SET_WINDOW_TASK: &str = "UPDATE jetpack_throttles SET task_id = ?2 WHERE k
 /// `ORDER BY rowid`, not `key`: json_each's rowid follows the document order
 /// and json_each reports that order as its own, so SQLite sorts nothing
 /// (ordered by `key`, it sorted every batch: 1.6 ms of 19 for 10,000 rows).
-const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step, priority)
-     SELECT value ->> 0, value -> 1, value ->> 2 FROM json_each(?1) ORDER BY rowid";
+const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step, priority, limit_scope)
+     SELECT value ->> 0, value -> 1, value ->> 2, value ->> 3 FROM json_each(?1) ORDER BY rowid";
 
-/// `INSERT_MANY` when every step is of kind `?2` (so of priority `?3`): `?1`
-/// is an array of steps.
+/// `INSERT_MANY` when every step is of kind `?2` (so of priority `?3`), with
+/// no concurrency scope: `?1` is an array of steps.
 const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step, priority)
      SELECT ?2, value, ?3 FROM json_each(?1) ORDER BY rowid";
 
 /// Inserts children of task `?2`, awaited by its join as `?3` says (NULL:
-/// detached): `?1` is an array of `[kind, step, priority]`, in array order.
-const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, priority, parent_id, awaited)
-     SELECT value ->> 0, value -> 1, value ->> 2, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
+/// detached): `?1` is an array of `[kind, step, priority, scope]`, in array
+/// order.
+const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, priority, limit_scope, parent_id, awaited)
+     SELECT value ->> 0, value -> 1, value ->> 2, value ->> 3, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
 
 /// Children of `?1` its step spawned awaited but will not join: detached.
 const DETACH_CHILDREN: &str = "UPDATE jetpack_tasks SET awaited = NULL
@@ -566,17 +652,18 @@ const CHILD_RESULTS: &str = "SELECT id, state, result, error FROM jetpack_tasks
        AND (?3 IS NULL OR id = ?3)
      ORDER BY id";
 
-/// `steps` as one JSON array of `[kind, step, priority]`: each step is a JSON
-/// document already.
-fn triples(steps: &[Encoded]) -> String {
-    let triples: Vec<String> = steps
+/// `steps` as one JSON array of `[kind, step, priority, scope]`: each step is
+/// a JSON document already.
+fn rows(steps: &[Encoded]) -> String {
+    let rows: Vec<String> = steps
         .iter()
         .map(|s| {
             let kind = serde_json::Value::from(s.kind());
-            format!("[{kind},{},{}]", s.json, s.priority)
+            let scope = serde_json::Value::from(s.scope.as_deref());
+            format!("[{kind},{},{},{scope}]", s.json, s.priority)
         })
         .collect();
-    format!("[{}]", triples.join(","))
+    format!("[{}]", rows.join(","))
 }
 
 /// Inserts children of task `parent` in the step's transaction.
@@ -587,7 +674,7 @@ pub(crate) async fn insert_children(
     steps: Vec<Encoded>,
 ) -> Result<Vec<i64>, Error> {
     let done = sqlx::query(INSERT_CHILDREN)
-        .bind(triples(&steps))
+        .bind(rows(&steps))
         .bind(parent)
         .bind(awaited)
         .execute(db)
@@ -807,9 +894,10 @@ impl Batch {
                     keeps.push(format!("[{id},{fence},{result}]"));
                     kept.push((id, fence));
                 }
-                Outcome::Join { step, kind } => {
+                Outcome::Join { step, kind, scope } => {
                     let kind = serde_json::Value::from(kind.as_str());
-                    joins.push(format!("[{id},{fence},{step},{kind}]"));
+                    let scope = serde_json::Value::from(scope.as_deref());
+                    joins.push(format!("[{id},{fence},{step},{kind},{scope}]"));
                     joining.push((id, fence));
                 }
                 Outcome::Wait {
@@ -818,21 +906,27 @@ impl Batch {
                     name,
                     key,
                     timeout,
+                    scope,
                 } => {
                     let timeout = timeout.map(micros).transpose()?;
-                    let fields = serde_json::json!([kind, name, key, timeout]);
+                    let fields = serde_json::json!([kind, name, key, timeout, scope]);
                     // The step is a JSON document already: spliced in as it is.
-                    let [kind, name, key, timeout] =
-                        [&fields[0], &fields[1], &fields[2], &fields[3]];
+                    let [kind, name, key, timeout, scope] =
+                        [&fields[0], &fields[1], &fields[2], &fields[3], &fields[4]];
                     waits.push(format!(
-                        "[{id},{fence},{step},{kind},{name},{key},{timeout}]"
+                        "[{id},{fence},{step},{kind},{name},{key},{timeout},{scope}]"
                     ));
                     waiting.push((id, fence));
                 }
-                Outcome::Next { step, kind, wakeup } => {
+                Outcome::Next {
+                    step,
+                    kind,
+                    wakeup,
+                    scope,
+                } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
                     let at = at.map(|at| at.format(TIME_FORMAT).to_string());
-                    all_now &= delay == 0 && at.is_none();
+                    all_now &= delay == 0 && at.is_none() && scope.is_none();
                     next.push((
                         id,
                         fence,
@@ -840,6 +934,7 @@ impl Batch {
                         serde_json::Value::from(kind.as_str()),
                         delay,
                         at,
+                        serde_json::Value::from(scope.as_deref()),
                     ));
                 }
                 Outcome::Retry { delay } => {
@@ -851,13 +946,13 @@ impl Batch {
         let moved = next.iter().map(|n| (n.0, n.1)).collect();
         let items: Vec<String> = if all_now {
             next.iter()
-                .map(|(id, fence, step, kind, _, _)| format!("[{id},{fence},{step},{kind}]"))
+                .map(|(id, fence, step, kind, _, _, _)| format!("[{id},{fence},{step},{kind}]"))
                 .collect()
         } else {
             next.iter()
-                .map(|(id, fence, step, kind, delay, at)| {
+                .map(|(id, fence, step, kind, delay, at, scope)| {
                     let at = serde_json::Value::from(at.as_deref());
-                    format!("[{id},{fence},{step},{kind},{delay},{at}]")
+                    format!("[{id},{fence},{step},{kind},{delay},{at},{scope}]")
                 })
                 .collect()
         };
@@ -951,6 +1046,57 @@ impl SqliteStore {
 }
 
 /// Claims up to `limit` tasks in one transaction (see [`CLAIM_READ`]).
+/// Claims up to `limit` tasks of limited steps under SQLite's write lock (see
+/// the PostgreSQL backend): the scopes with room, then each scope's due tasks
+/// up to its room, the earliest of them all leased and recorded as holders.
+async fn claim_limited(
+    db: &mut SqliteConnection,
+    limit: usize,
+    limits: String,
+    owner: &str,
+    lease: i64,
+) -> Result<Vec<Claimed>, Error> {
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
+    let scopes: Vec<(String, i64)> = sqlx::query_as(FREE_SCOPES)
+        .bind(limits)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut due: Vec<(String, i64)> = Vec::new();
+    for (scope, free) in scopes {
+        let rows: Vec<(i64, String)> = sqlx::query_as(SCOPE_DUE)
+            .bind(scope)
+            .bind(free.min(i64::try_from(limit).unwrap_or(i64::MAX)))
+            .fetch_all(&mut *tx)
+            .await?;
+        due.extend(rows.into_iter().map(|(id, order)| (order, id)));
+    }
+    if due.is_empty() {
+        // The holders it forgot stay forgotten.
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    due.sort();
+    due.truncate(limit);
+    let ids: Vec<i64> = due.into_iter().map(|(_, id)| id).collect();
+    let claimed: Vec<Claimed> = sqlx::query_as(CLAIM_LIMITED)
+        .bind(json_list(&ids)?)
+        .bind(owner)
+        .bind(lease)
+        .fetch_all(&mut *tx)
+        .await?;
+    let holders: Vec<(i64, i64, Option<&str>)> = claimed
+        .iter()
+        .map(|c| (c.id, c.fence, c.scope.as_deref()))
+        .collect();
+    sqlx::query(HOLD)
+        .bind(json_list(&holders)?)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
 async fn claim_batch(
     db: &mut SqliteConnection,
     limit: i64,
@@ -986,6 +1132,7 @@ async fn claim_batch(
         .map(
             |(id, step, tried, fence, wait_for, signal, awaited)| Claimed {
                 awaited: awaited != 0,
+                scope: None,
                 id,
                 step,
                 tried,
@@ -1070,6 +1217,40 @@ impl Store for SqliteStore {
             claim_batch(&mut writer.db, limit, kinds, owner, lease).await
         };
         writer.done(claimed)
+    }
+
+    async fn claim_limited(
+        &self,
+        limit: usize,
+        limits: &[(String, u32)],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, Error> {
+        let (limits, lease) = (json_list(&limits)?, micros(lease)?);
+        let mut writer = self.writer().await?;
+        let claimed = claim_limited(&mut writer.db, limit, limits, owner, lease).await;
+        writer.done(claimed)
+    }
+
+    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {
+        let mut writer = self.writer().await?;
+        let done = sqlx::query(RESCOPE)
+            .bind(id)
+            .bind(fence)
+            .bind(scope)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(done.map(drop).map_err(Error::from))
+    }
+
+    async fn unscope(&self, kinds: &[String]) -> Result<u64, Error> {
+        let kinds = json_list(&kinds)?;
+        let mut writer = self.writer().await?;
+        let done = sqlx::query(UNSCOPE)
+            .bind(kinds)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(done.map(|d| d.rows_affected()).map_err(Error::from))
     }
 
     async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
@@ -1306,6 +1487,7 @@ impl crate::Backend for Sqlite {
                 .bind(at.map(|at| at.format(TIME_FORMAT).to_string()))
                 .bind(step.priority)
                 .bind(None::<String>)
+                .bind(step.scope)
                 .fetch_one(db)
                 .await?;
             LOCAL_WAKE.notify_waiters();
@@ -1342,7 +1524,7 @@ impl crate::Backend for Sqlite {
                     .bind(kind)
                     .bind(priority)
             } else {
-                sqlx::query(INSERT_MANY).bind(triples(&steps))
+                sqlx::query(INSERT_MANY).bind(rows(&steps))
             };
             let done = query.execute(db).await?;
             // One statement holds SQLite's write lock throughout, and AUTOINCREMENT
@@ -1514,6 +1696,7 @@ mod tests {
             step: r#"{"M":{"B":null}}"#.into(),
             kind: "M.B".into(),
             wakeup: Wakeup::Now,
+            scope: None,
         };
         let retry = Outcome::Retry {
             delay: Duration::from_secs(60),
@@ -1729,6 +1912,7 @@ impl KeyedStatements for SqliteConnection {
             .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
             .bind(task.step.priority)
             .bind(&task.unique_key)
+            .bind(&task.step.scope)
             .fetch_optional(self)
             .await?)
     }
@@ -1748,6 +1932,7 @@ impl KeyedStatements for SqliteConnection {
             .bind(task.delay)
             .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
             .bind(task.step.priority)
+            .bind(&task.step.scope)
             .execute(self)
             .await?;
         Ok(())

@@ -28,7 +28,9 @@ pub(super) async fn run<T: Scheduler>(
         step = field::Empty,
     );
     async {
-        let (outcome, tx) = attempt::<T>(&rt, &task, &stop).await;
+        let Some((outcome, tx)) = attempt::<T>(&rt, &task, &stop).await else {
+            return;
+        };
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
             // (A step's own transaction holds a connection until it commits, so
@@ -57,20 +59,44 @@ fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
 }
 
 /// Decodes and runs the step; returns what should happen to the task and the
-/// step's transaction, if it opened one.
+/// step's transaction, if it opened one; `None` when there is nothing to
+/// record (the task went back to the claims of limited steps).
 async fn attempt<T: Scheduler>(
     rt: &Runtime,
     task: &Claimed,
     stop: &Stop,
-) -> (Outcome, Option<Box<dyn Any + Send>>) {
+) -> Option<(Outcome, Option<Box<dyn Any + Send>>)> {
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
         Err(e) => {
-            return park(format!(
+            return Some(park(format!(
                 "cannot decode the step JSON: {e} (a step is stored as {{\"Machine\":{{\"Step\":{{..fields..}}}}}})"
-            ));
+            )));
         }
     };
+    match value.limit_scope() {
+        Err(e) => return Some(park(e)),
+        // A row written without its scope (by hand): it goes back, with its
+        // scope, to the claims that keep its step's limit.
+        Ok(Some(scope)) if task.scope.is_none() => {
+            tracing::info!(%scope, "a task of a limited step had no scope: given it, and released");
+            if let Err(e) = rt.store.rescope(task.id, task.fence, &scope).await {
+                tracing::warn!(error = %e, "giving a task its scope failed; its lease will expire");
+            }
+            return None;
+        }
+        Ok(_) => {}
+    }
+    Some(run_step(rt, task, stop, value).await)
+}
+
+/// Runs the decoded step `value` of `task`.
+async fn run_step<T: Scheduler>(
+    rt: &Runtime,
+    task: &Claimed,
+    stop: &Stop,
+    value: T,
+) -> (Outcome, Option<Box<dyn Any + Send>>) {
     let span = tracing::Span::current();
     span.record("machine", value.machine_name());
     span.record("step", value.step_name());
@@ -174,11 +200,17 @@ fn next_step<T: Scheduler>(
     crate::store::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
     let kind = crate::machine::kind(next.machine_name(), next.step_name());
+    let scope = next.limit_scope().map_err(StepError::permanent)?;
     if join {
-        return Ok(Outcome::Join { step, kind });
+        return Ok(Outcome::Join { step, kind, scope });
     }
     let Some(wait) = wait else {
-        return Ok(Outcome::Next { step, kind, wakeup });
+        return Ok(Outcome::Next {
+            step,
+            kind,
+            wakeup,
+            scope,
+        });
     };
     let wrong = |what: String| {
         StepError::permanent(format!("cannot wait for signal `{}`: {what}", wait.name()))
@@ -204,6 +236,7 @@ fn next_step<T: Scheduler>(
         name: wait.name(),
         key: wait.wait_key().map(str::to_string),
         timeout: wait.wait_timeout(),
+        scope,
     })
 }
 

@@ -87,6 +87,8 @@ struct Runtime {
     shared: Shared,
     config: Config,
     kinds: Vec<String>,
+    /// The kinds of steps with a concurrency limit, and the limit of each.
+    limited: Vec<(String, u32)>,
     in_flight: InFlight,
     wake: Notify,
     completions: complete::Completions,
@@ -283,11 +285,7 @@ impl<T: Scheduler> Worker<T> {
                 tokio::task::yield_now().await;
             }
             let limit = slots.free().min(rt.config.batch_size);
-            let claimed = match rt
-                .store
-                .claim(limit, &rt.kinds, &rt.config.name, rt.config.lease)
-                .await
-            {
+            let claimed = match claim(&rt, limit).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     let pause = backoff.next();
@@ -299,6 +297,7 @@ impl<T: Scheduler> Worker<T> {
                 }
             };
             backoff.reset();
+            let (claimed, limited_full) = claimed;
             let got = claimed.len();
             let full_batch = got == limit;
             tracing::trace!(claimed = got, limit, "claimed");
@@ -333,9 +332,14 @@ impl<T: Scheduler> Worker<T> {
             }
             // Due but not claimable (locked by another transaction): do not spin.
             let nap = nap.max(Duration::from_millis(10));
+            // Limited steps at their limits: one of this worker's steps ending
+            // may free a share (a share freed in another process is seen at
+            // the next poll, or taken by that process).
+            let limits_may_free = !rt.limited.is_empty() && !limited_full && !steps.is_empty();
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = rt.wake.notified() => {}
+                _ = slots.freed.notified(), if limits_may_free => {}
                 _ = tokio::time::sleep(nap) => {}
             }
         }
@@ -363,6 +367,27 @@ impl<T: Scheduler> Worker<T> {
         tracing::info!(worker = %rt.config.name, "worker stopped");
         Ok(())
     }
+}
+
+/// Claims up to `limit` tasks: first of limited steps (they cannot take more
+/// than their limits), then of the others; and whether the claim of limited
+/// steps took all it asked for.
+async fn claim(rt: &Runtime, limit: usize) -> Result<(Vec<crate::store::Claimed>, bool), Error> {
+    let (owner, lease) = (&rt.config.name, rt.config.lease);
+    let mut claimed = Vec::new();
+    let mut limited_full = true;
+    if !rt.limited.is_empty() {
+        claimed = rt
+            .store
+            .claim_limited(limit, &rt.limited, owner, lease)
+            .await?;
+        limited_full = claimed.len() == limit;
+    }
+    let rest = limit - claimed.len();
+    if rest > 0 {
+        claimed.extend(rt.store.claim(rest, &rt.kinds, owner, lease).await?);
+    }
+    Ok((claimed, limited_full))
 }
 
 /// The two limits on what a worker takes on: steps running (`concurrency`), and
@@ -635,6 +660,15 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 },
                 config: self.config,
                 kinds: T::kinds(),
+                limited: T::graphs()
+                    .iter()
+                    .flat_map(|g| {
+                        g.steps.iter().filter_map(|s| {
+                            let kind = crate::machine::kind(g.machine, s.name);
+                            s.concurrency.map(|n| (kind, n))
+                        })
+                    })
+                    .collect(),
                 in_flight: InFlight::default(),
                 wake: Notify::new(),
                 completions,
@@ -660,6 +694,20 @@ const MAX_CONCURRENCY: usize = Semaphore::MAX_PERMITS / 4;
 /// (it cost a drain of 10,000 tasks a few percent).
 async fn report_other_kinds<T: Scheduler>(rt: Arc<Runtime>) {
     rt.idle.notified().await;
+    // Tasks of steps whose limit was removed (by a deploy) would wait in the
+    // claims of limited steps for good: they go back to the others.
+    let unlimited: Vec<String> = (rt.kinds.iter())
+        .filter(|k| !rt.limited.iter().any(|(l, _)| l == *k))
+        .cloned()
+        .collect();
+    match rt.store.unscope(&unlimited).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            tasks = n,
+            "tasks of steps that no longer have a concurrency limit are claimed as any other"
+        ),
+        Err(e) => tracing::warn!(error = %e, "freeing tasks of steps without limits failed"),
+    }
     let others = match rt.store.other_kinds(&rt.kinds).await {
         Ok(others) => others,
         Err(e) => {
