@@ -32,6 +32,8 @@
 //!    10,000 independent tasks
 //! 10. enqueue one at a time with a unique key, half of them taken (`Enqueue::unique_key`,
 //!     one transaction each) vs `enqueue` one at a time without, alternated in blocks
+//! 11. 800 steps of 20 ms limited to 8 at once (`Step::CONCURRENCY`), two workers of 16
+//!     slots: steps/s vs the limit's ideal, 8 / 20 ms (the ratio is how close to 8 at once)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -95,17 +97,60 @@ jetpack::task!(Bench { One, A => [B], B => [C], C, Probe });
 jetpack::task!(Signals { Await => [wait Woken], Woken });
 jetpack::task!(Fan { FanOut => [join Joined], Joined });
 jetpack::task!(Kids -> u32 { Kid });
+jetpack::task!(Limited { Slow });
 jetpack::scheduler!(Tasks {
     Bench,
     Signals,
     Fan,
     Kids
 });
+// Scenario 11's workers run the limited step alone, so that the others' drains
+// measure the claims of steps without limits.
+jetpack::scheduler!(LimitedTasks { Limited });
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 /// When the last probe step started (µs on the bench's clock).
 static STARTED_US: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+/// Scenario 11's step: 20 ms of waiting (a call), 8 at once at most.
+#[derive(Debug, Serialize, Deserialize)]
+struct Slow;
+
+/// Scenario 11's limit and step time.
+const SLOW_LIMIT: u32 = 8;
+const SLOW_MS: u64 = 20;
+
+#[jetpack::async_trait]
+impl Step<Limited> for Slow {
+    const CONCURRENCY: Option<u32> = Some(SLOW_LIMIT);
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        tokio::time::sleep(Duration::from_millis(SLOW_MS)).await;
+        NextStep::none()
+    }
+}
+
+/// Scenario 11: steps/s of `n` limited steps drained by two workers, and the
+/// limit's ideal rate.
+async fn limited(db: &Db, n: u32) -> Result<(f64, f64), Error> {
+    db.enqueue_many((0..n).map(|_| Slow)).await;
+    let workers: Vec<_> = (0..2)
+        .map(|_| db.worker::<LimitedTasks>().concurrency(16).build())
+        .collect::<Result<_, _>>()?;
+    let stops: Vec<_> = workers.iter().map(|w| w.shutdown_token()).collect();
+    let t = Instant::now();
+    let running: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run())).collect();
+    wait_empty(db).await?;
+    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    for stop in stops {
+        stop.cancel();
+    }
+    for r in running {
+        r.await??;
+    }
+    let ideal = f64::from(SLOW_LIMIT) / Duration::from_millis(SLOW_MS).as_secs_f64();
+    Ok((rate, ideal))
+}
+
 /// Set by scenario 9's join step.
 static JOINED: AtomicBool = AtomicBool::new(false);
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -908,6 +953,7 @@ async fn bench(
     let (mut s1, mut s2, mut s3, mut s4) = (vec![], vec![], vec![], vec![]);
     let mut s9 = vec![];
     let (mut s10, mut r10) = (vec![], vec![]);
+    let (mut s11, mut r11) = (vec![], vec![]);
     let (mut r1, mut r2) = (vec![], vec![]);
     let mut r3: Vec<Vec<f64>> = vec![vec![]; raw_loops(backend).len()];
     let (mut two, mut one) = (vec![], vec![]);
@@ -976,6 +1022,12 @@ async fn bench(
         if want.has(9) {
             s9.push(fan_out(&fresh(backend).await?.db, 10_000).await?);
         }
+        if want.has(11) {
+            let f = fresh(backend).await?;
+            let (j, r) = limited(&f.db, 800).await?;
+            s11.push(j);
+            r11.push(r);
+        }
         if want.has(10) {
             let f = fresh(backend).await?;
             let (j, r) = keyed_inserts(&f.db, 2000).await?;
@@ -1014,6 +1066,17 @@ async fn bench(
             median(s1),
             median(r1),
             "raw single-row INSERT",
+            true,
+        ));
+    }
+    if want.has(11) {
+        rows.push(row(
+            backend,
+            "11 800 steps limited to 8 at once",
+            "steps/s",
+            median(s11),
+            median(r11),
+            "8 at once, all the time",
             true,
         ));
     }

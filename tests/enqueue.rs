@@ -257,7 +257,8 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
                 .unwrap();
             let plan: Vec<String> = sqlx::query_scalar(
                 "EXPLAIN SELECT id FROM jetpack_tasks
-                 WHERE state = 'ready' AND wakeup_at <= now() AND kind = ANY('{Greeter.SayHello}')
+                 WHERE state = 'ready' AND limit_scope IS NULL AND wakeup_at <= now()
+                   AND kind = ANY('{Greeter.SayHello}')
                    AND timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute') <= now()
                  ORDER BY timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')
                  LIMIT 16 FOR UPDATE SKIP LOCKED",
@@ -270,7 +271,8 @@ async fn claim_query_uses_the_partial_index(db: TestDb) {
         Db::Sqlite(pool) => {
             let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
                 "EXPLAIN QUERY PLAN SELECT id FROM jetpack_tasks
-                 WHERE state = 'ready' AND wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
+                 WHERE state = 'ready' AND limit_scope IS NULL
+                   AND wakeup_at <= strftime('%Y-%m-%d %H:%M:%f', 'now')
                    AND kind IN (SELECT value FROM json_each('[\"Greeter.SayHello\"]'))
                    AND CASE WHEN priority = 0 THEN wakeup_at
                        ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END

@@ -334,7 +334,7 @@ async fn three_processes_keep_a_limit_with_one_killed(db: TestDb) {
 }
 
 mod processes {
-    use super::{three_processes_keep_a_limit_with_one_killed, TestDb};
+    use super::three_processes_keep_a_limit_with_one_killed;
     use crate::common::conformance;
     conformance!(three_processes_keep_a_limit_with_one_killed);
 }

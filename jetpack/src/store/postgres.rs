@@ -577,6 +577,7 @@ struct Batch<'a> {
     #[allow(clippy::type_complexity)]
     /// The concurrency scopes of the next steps, and whether any has one.
     next_scopes: (Vec<Option<&'a str>>, bool),
+    #[allow(clippy::type_complexity)]
     failed: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
     kept: (Vec<i64>, Vec<i64>, Vec<Option<&'a str>>),
     #[allow(clippy::type_complexity)]

@@ -18,7 +18,7 @@ pub(crate) use execute::MAX_KEY_LEN;
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -266,6 +266,10 @@ impl<T: Scheduler> Worker<T> {
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
         let mut steps = JoinSet::new();
         let mut backoff = Backoff::default();
+        // When the claim of limited steps last found none to take, while the
+        // worker has not napped since: such claims cost a transaction of their
+        // own, so a worker draining other steps repeats them only now and then.
+        let mut no_limited_since: Option<Instant> = None;
         tracing::info!(worker = %rt.config.name, concurrency = rt.config.concurrency, "worker started");
 
         while !stop.is_cancelled() {
@@ -285,7 +289,8 @@ impl<T: Scheduler> Worker<T> {
                 tokio::task::yield_now().await;
             }
             let limit = slots.free().min(rt.config.batch_size);
-            let claimed = match claim(&rt, limit).await {
+            let try_limited = no_limited_since.is_none_or(|at| at.elapsed() >= LIMITED_CLAIM_PAUSE);
+            let claimed = match claim(&rt, limit, try_limited).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     let pause = backoff.next();
@@ -297,7 +302,12 @@ impl<T: Scheduler> Worker<T> {
                 }
             };
             backoff.reset();
-            let (claimed, limited_full) = claimed;
+            let (claimed, limited_full, limited_none) = claimed;
+            if limited_none {
+                no_limited_since.get_or_insert_with(Instant::now);
+            } else if try_limited {
+                no_limited_since = None;
+            }
             let got = claimed.len();
             let full_batch = got == limit;
             tracing::trace!(claimed = got, limit, "claimed");
@@ -342,6 +352,7 @@ impl<T: Scheduler> Worker<T> {
                 _ = slots.freed.notified(), if limits_may_free => {}
                 _ = tokio::time::sleep(nap) => {}
             }
+            no_limited_since = None;
         }
 
         while steps.try_join_next().is_some() {}
@@ -369,25 +380,34 @@ impl<T: Scheduler> Worker<T> {
     }
 }
 
-/// Claims up to `limit` tasks: first of limited steps (they cannot take more
-/// than their limits), then of the others; and whether the claim of limited
-/// steps took all it asked for.
-async fn claim(rt: &Runtime, limit: usize) -> Result<(Vec<crate::store::Claimed>, bool), Error> {
+/// How long a worker that found no limited step to claim, and has not napped
+/// since, goes without looking again.
+const LIMITED_CLAIM_PAUSE: Duration = Duration::from_millis(50);
+
+/// Claims up to `limit` tasks: first of limited steps, if `try_limited` (they
+/// cannot take more than their limits), then of the others. Also says whether
+/// the claim of limited steps took all it asked for, and whether it took none.
+async fn claim(
+    rt: &Runtime,
+    limit: usize,
+    try_limited: bool,
+) -> Result<(Vec<crate::store::Claimed>, bool, bool), Error> {
     let (owner, lease) = (&rt.config.name, rt.config.lease);
     let mut claimed = Vec::new();
-    let mut limited_full = true;
-    if !rt.limited.is_empty() {
+    let (mut limited_full, mut limited_none) = (true, false);
+    if !rt.limited.is_empty() && try_limited {
         claimed = rt
             .store
             .claim_limited(limit, &rt.limited, owner, lease)
             .await?;
         limited_full = claimed.len() == limit;
+        limited_none = claimed.is_empty();
     }
     let rest = limit - claimed.len();
     if rest > 0 {
         claimed.extend(rt.store.claim(rest, &rt.kinds, owner, lease).await?);
     }
-    Ok((claimed, limited_full))
+    Ok((claimed, limited_full, limited_none))
 }
 
 /// The two limits on what a worker takes on: steps running (`concurrency`), and
