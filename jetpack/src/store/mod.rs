@@ -516,6 +516,51 @@ mod tests {
         })
     }
 
+    /// A limited task's share: one attempt at a time under a limit of 1; the
+    /// heartbeat does not revive an expired lease of a limited task (its
+    /// share may have passed to another attempt), and the share comes back
+    /// to the claims once the lease expired.
+    fn a_limited_lease_is_not_revived(
+        store: &dyn Store,
+    ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            let limits = [("M.A".to_string(), 1)];
+            // Rows written without a scope: give them theirs.
+            for task in store
+                .claim(10, &["M.A".to_string()], "w", Duration::from_secs(30))
+                .await?
+            {
+                store.rescope(task.id, task.fence, "M.A").await?;
+            }
+            let lease = Duration::from_millis(300);
+            let first = store.claim_limited(10, &limits, "a", lease).await?;
+            let [held] = first.as_slice() else {
+                return Err(format!("claimed {} tasks under a limit of 1", first.len()).into());
+            };
+            if !store
+                .claim_limited(10, &limits, "b", lease)
+                .await?
+                .is_empty()
+            {
+                problems.push("a second task was claimed while the share was held".into());
+            }
+            tokio::time::sleep(lease + Duration::from_millis(100)).await;
+            if !store
+                .heartbeat(&[(held.id, held.fence)], lease)
+                .await?
+                .is_empty()
+            {
+                problems.push("the heartbeat renewed an expired lease of a limited task".into());
+            }
+            let next = store.claim_limited(10, &limits, "b", lease).await?;
+            if next.len() != 1 {
+                problems.push(format!("after the lease expired, claimed {next:?}"));
+            }
+            Ok(problems)
+        })
+    }
+
     /// A next step due now is due at once, also after the heartbeat moved the
     /// row's `wakeup_at` to a lease expiry in the future (a next step keeps a
     /// passed `wakeup_at`, so that its update can be HOT).
@@ -861,6 +906,7 @@ mod tests {
             a_next_step_due_now_is_claimable_at_once,
             a_lease_holds_until_it_expires,
         ];
+        limited_leases(2) = [a_limited_lease_is_not_revived];
     }
 
     /// The SQLite worker writes on a connection of its own, opened from the

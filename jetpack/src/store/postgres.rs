@@ -342,12 +342,15 @@ UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 
 /// Renews leases. It also moves `wakeup_at` to the lease expiry, out of the way
 /// of the claim's index scan: a step that runs long stops being stepped over.
+/// An expired lease of a limited step is not renewed: its share may have
+/// passed to another attempt, so the worker is told it lost the task.
 const HEARTBEAT: &str = "
 UPDATE jetpack_tasks t
 SET lease_until = now() + $3 * interval '1 microsecond',
     wakeup_at = now() + $3 * interval '1 microsecond'
 FROM unnest($1::bigint[], $2::bigint[]) AS h(id, fence)
 WHERE t.id = h.id AND t.fence = h.fence AND t.locked_by IS NOT NULL
+  AND (t.limit_scope IS NULL OR t.lease_until > now())
 RETURNING t.id, t.fence";
 
 const RELEASE: &str = "

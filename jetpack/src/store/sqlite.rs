@@ -512,7 +512,9 @@ const HEARTBEAT: &str = concat!(
     now!("?2"),
     ", wakeup_at = ",
     now!("?2"),
-    " WHERE locked_by IS NOT NULL AND (id, fence) IN (
+    " WHERE locked_by IS NOT NULL AND (limit_scope IS NULL OR lease_until > ",
+    now!(),
+    ") AND (id, fence) IN (
          SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))
      RETURNING id, fence"
 );
