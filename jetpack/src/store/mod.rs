@@ -1187,4 +1187,41 @@ mod tests {
         }
         Ok(())
     }
+
+    /// The claim of limited steps reads the limited index, one probe per
+    /// scope, never the whole table: 200,000 ready tasks of a limited step in
+    /// 100 scopes, and as many without a limit.
+    #[tokio::test]
+    async fn postgres_limited_claim_never_scans_the_table() -> TestResult {
+        let (admin, name, pool) = pg_database().await?;
+        let plan = async {
+            sqlx::query(
+                r#"INSERT INTO jetpack_tasks (step, kind, limit_scope)
+                   SELECT '{"M":{"A":null}}', 'M.A', CASE WHEN i % 2 = 0 THEN 'M.A/' || (i % 100) END
+                   FROM generate_series(1, 400000) i"#,
+            )
+            .execute(&pool)
+            .await?;
+            sqlx::query("ANALYZE jetpack_tasks").execute(&pool).await?;
+            let explain = format!("EXPLAIN {}", postgres::CLAIM_LIMITED);
+            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+                .bind(100_i64)
+                .bind(vec!["M.A".to_string()])
+                .bind(vec![4_i32])
+                .bind("w")
+                .bind(30_000_000_i64)
+                .fetch_all(&pool)
+                .await?;
+            let plan = plan.join("\n");
+            let scans_table = plan.contains("Seq Scan on jetpack_tasks");
+            let uses_index = plan.contains("jetpack_tasks_limited");
+            Ok::<_, Box<dyn std::error::Error>>((!uses_index || scans_table).then_some(plan))
+        }
+        .await;
+        drop_pg(admin, &name, pool).await?;
+        if let Some(plan) = plan? {
+            panic!("the limited claim reads more than the limited index:\n{plan}");
+        }
+        Ok(())
+    }
 }

@@ -89,7 +89,7 @@ WHERE NOT EXISTS (
 /// as its limit leaves free, in claim order; the earliest of all of them are
 /// claimed. Run after [`LIMITS_LOCK`] and [`DROP_HOLDERS`], in their
 /// transaction, so that the holders it counts are exactly the live ones.
-const CLAIM_LIMITED: &str = concat!(
+pub(super) const CLAIM_LIMITED: &str = concat!(
     "
 WITH RECURSIVE scopes AS (
     (SELECT limit_scope AS scope FROM jetpack_tasks
