@@ -68,8 +68,14 @@ RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::te
 );
 
 /// Claims of limited steps take turns, across every process: this lock,
-/// held to the end of the claim's transaction.
-const LIMITS_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('jetpack limits'))";
+/// held to the end of the claim's transaction, or none when another claim
+/// holds it (a worker never waits for it: one frozen mid-claim would stop the
+/// claims of every other). The transaction may sit idle for at most 5 s: a
+/// worker frozen mid-claim (a pause, a lost network) loses its session and
+/// the lock with it.
+const LIMITS_LOCK: &str = "
+SELECT set_config('idle_in_transaction_session_timeout', '5000', true) IS NOT NULL
+   AND pg_try_advisory_xact_lock(hashtext('jetpack limits'))";
 
 /// Forgets the attempts of limited steps that no longer hold their tasks
 /// (finished, failed, moved on, released, or whose lease expired).
@@ -776,7 +782,12 @@ impl Store for PgStore {
             .map(|(kind, n)| (kind.as_str(), i32::try_from(*n).unwrap_or(i32::MAX)))
             .unzip();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(LIMITS_LOCK).execute(&mut *tx).await?;
+        let locked: bool = sqlx::query_scalar(LIMITS_LOCK).fetch_one(&mut *tx).await?;
+        if !locked {
+            // Another worker claims limited steps now: this one's turn comes.
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
         sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
         let claimed = sqlx::query_as(CLAIM_LIMITED)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
