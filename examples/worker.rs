@@ -4,7 +4,7 @@
 //! are released for another worker.
 //!
 //! ```text
-//! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N] [--lease-ms N]
+//! cargo run --example worker -- [--enqueue N] [--until-empty] [--concurrency N] [--lease-ms N] [--every-second]
 //! ```
 //! `--enqueue N` first enqueues N three-step orders in one statement;
 //! `--until-empty` stops once no task is left (used by CI and the tests). It
@@ -14,7 +14,9 @@
 //! sent to the key `order-N`, then record it in their transaction; and calls
 //! to a partner (`{"Partner":{"Call":{"ms":100,"tenant":null}}}`) of which at
 //! most 4 run at once across every worker (per tenant, when given), each
-//! recording when it ran in the table `spans`.
+//! recording when it ran in the table `spans`. With `--every-second` it also
+//! runs a schedule, `ticks`, which enqueues a `Clock.Tick` each second (once,
+//! however many workers run it), recorded in `runs` as `tick <time>`.
 //!
 //! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
 //! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
@@ -184,12 +186,31 @@ impl Step<Partner> for Call {
     }
 }
 
+/// The task of a tick of the `ticks` schedule.
+#[derive(Debug, Serialize, Deserialize)]
+struct Tick {
+    at: String,
+}
+jetpack::task!(Clock { Tick });
+
+#[jetpack::async_trait]
+impl Step<Clock> for Tick {
+    const RETRY_LIMIT: i32 = 5;
+    async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
+        Db::of(cx)
+            .record_run(cx, &format!("tick {}", self.at))
+            .await?;
+        NextStep::none()
+    }
+}
+
 jetpack::scheduler!(Tasks {
     Order,
     Batch,
     Parts,
     Parcel,
-    Partner
+    Partner,
+    Clock
 });
 
 #[tokio::main]
@@ -236,6 +257,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(ms) = value("--lease-ms").transpose()? {
         builder = builder.lease(Duration::from_millis(ms));
     }
+    if flag("--every-second").is_some() {
+        let ticks = jetpack::Schedule::cron("ticks", "* * * * * *", |tick| Tick {
+            at: tick.to_rfc3339(),
+        })?;
+        builder = builder.schedule(ticks);
+    }
     let worker = builder.build()?;
     let stop = worker.shutdown_token();
     tokio::spawn(stop_on_signal(stop.clone()));
@@ -247,7 +274,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let sql = "SELECT count(*) FROM jetpack_tasks
                            WHERE (kind LIKE 'Order.%' OR kind LIKE 'Batch.%' OR kind LIKE 'Parts.%'
-                                  OR kind LIKE 'Parcel.%' OR kind LIKE 'Partner.%')
+                                  OR kind LIKE 'Parcel.%' OR kind LIKE 'Partner.%'
+                                  OR kind LIKE 'Clock.%')
                              AND state IN ('ready', 'waiting', 'parked')";
                 // A database error (a restart, say) is not "empty": keep watching.
                 if matches!(db.try_scalar(sql, None).await, Ok(0)) {

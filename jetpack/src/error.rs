@@ -46,6 +46,11 @@ pub enum Error {
     #[error("invalid enqueue: {0}")]
     InvalidEnqueue(String),
 
+    /// A schedule is invalid: its name, cron expression or time zone. Nothing
+    /// was stored.
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
+
     /// A worker setting is out of range.
     #[error("invalid worker setting: {0}")]
     Config(String),

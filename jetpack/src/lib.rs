@@ -20,6 +20,8 @@
 mod enqueue;
 mod error;
 mod machine;
+#[cfg(feature = "cron")]
+mod schedule;
 mod step;
 mod store;
 mod worker;
@@ -36,6 +38,8 @@ pub use machine::{
     Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
     Scheduler, StepNode, StepOf, TaskOf,
 };
+#[cfg(feature = "cron")]
+pub use schedule::{Missed, Schedule};
 pub use step::{
     Child, ChildError, Context, NextStep, OnPark, RetryPolicy, Signal, Spawn, SpawnAll, Step,
     StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,

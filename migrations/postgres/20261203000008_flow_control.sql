@@ -1,4 +1,4 @@
--- Flow control: priorities, unique keys, throttles and concurrency limits.
+-- Flow control: priorities, unique keys, throttles, concurrency limits and schedules.
 --
 --   priority    0 to 10, higher first: a task of priority p is claimed as if it
 --               had become due p minutes earlier (a head start), so a task waits
@@ -96,3 +96,18 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Schedules (cron): one row per schedule the workers run. The worker whose
+-- `UPDATE … SET last_tick = <tick> WHERE last_tick = <the one it read>`
+-- changes the row enqueues the tick's task in the same transaction, so each
+-- tick runs once however many workers run the schedule. Set last_tick back by
+-- hand to run past ticks again (as the schedule's policy for missed ticks
+-- allows); delete the row to start the schedule afresh.
+CREATE TABLE jetpack_schedules (
+    name       text PRIMARY KEY CONSTRAINT jetpack_schedules_name_1_to_200_bytes
+               CHECK (octet_length(name) BETWEEN 1 AND 200),
+    last_tick  timestamptz NOT NULL
+               CONSTRAINT jetpack_schedules_last_tick_in_years_1_to_9999
+               CHECK (last_tick >= '0001-01-01 00:00:00+00' AND last_tick < '10000-01-01 00:00:00+00'),
+    fired_at   timestamptz
+);

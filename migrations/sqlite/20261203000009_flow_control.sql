@@ -1,4 +1,4 @@
--- Flow control: priorities, unique keys, throttles and concurrency limits (see the PostgreSQL
+-- Flow control: priorities, unique keys, throttles, concurrency limits and schedules (see the PostgreSQL
 -- migration of the same name). The columns are added in place (no table copy).
 ALTER TABLE jetpack_tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0
     CONSTRAINT "priority must be an integer from 0 to 10"
@@ -41,4 +41,13 @@ CREATE TABLE jetpack_throttles (
              CHECK (typeof(key) = 'text' AND length(CAST(key AS BLOB)) BETWEEN 1 AND 1024),
     task_id  INTEGER,
     until    TEXT NOT NULL
+);
+
+-- Schedules (cron), as on PostgreSQL; times as UTC text like wakeup_at.
+CREATE TABLE jetpack_schedules (
+    name       TEXT PRIMARY KEY
+               CHECK (typeof(name) = 'text' AND length(CAST(name AS BLOB)) BETWEEN 1 AND 200),
+    last_tick  TEXT NOT NULL
+               CHECK (last_tick GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*'),
+    fired_at   TEXT
 );

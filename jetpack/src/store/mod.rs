@@ -140,6 +140,23 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// (not counted as an attempt).
     async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error>;
 
+    /// The last tick schedule `name` fired, recorded as `start` when the
+    /// schedule has no row yet.
+    #[cfg_attr(not(feature = "cron"), allow(dead_code))]
+    async fn last_tick(&self, name: &str, start: DateTime<Utc>) -> Result<DateTime<Utc>, Error>;
+
+    /// Moves schedule `name` from tick `from` to `to` and enqueues `tasks`, in
+    /// one transaction, if its last tick is still `from` (no other worker
+    /// fired it); whether it did.
+    #[cfg_attr(not(feature = "cron"), allow(dead_code))]
+    async fn fire(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        tasks: Vec<crate::enqueue::Encoded>,
+    ) -> Result<bool, Error>;
+
     /// Takes the concurrency scope from the live tasks of `kinds`, whose
     /// steps have no limit; how many.
     async fn unscope(&self, kinds: &[String]) -> Result<u64, Error>;

@@ -12,6 +12,7 @@ use std::any::Any;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -228,6 +229,25 @@ const RESCOPE: &str = concat!(
          updated_at = ",
     now!(),
     " WHERE id = ?1 AND fence = ?2"
+);
+
+/// Records schedule `?1` with last tick `?2`, unless it has a row.
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
+const SCHEDULE_START: &str = "INSERT INTO jetpack_schedules (name, last_tick) VALUES (?1, ?2)
+     ON CONFLICT (name) DO NOTHING";
+
+/// The last tick schedule `?1` fired, in the table's format.
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
+const LAST_TICK: &str =
+    "SELECT strftime('%Y-%m-%d %H:%M:%f', last_tick) FROM jetpack_schedules WHERE name = ?1";
+
+/// Moves schedule `?1` from tick `?2` to tick `?3`, if no other worker did
+/// (the tick compared in one format, whatever a person wrote).
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
+const MOVE_TICK: &str = concat!(
+    "UPDATE jetpack_schedules SET last_tick = ?3, fired_at = ",
+    now!(),
+    " WHERE name = ?1 AND strftime('%Y-%m-%d %H:%M:%f', last_tick) = ?2"
 );
 
 /// Takes the concurrency scope from live tasks of the kinds `?1`.
@@ -1048,6 +1068,44 @@ impl SqliteStore {
 }
 
 /// Claims up to `limit` tasks in one transaction (see [`CLAIM_READ`]).
+/// Moves schedule `name` from tick `from` to `to` and inserts `tasks`, in one
+/// `BEGIN IMMEDIATE` transaction, if no other worker moved it.
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
+async fn fire_schedule(
+    db: &mut SqliteConnection,
+    name: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tasks: &[Encoded],
+) -> Result<bool, Error> {
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    let moved = sqlx::query(MOVE_TICK)
+        .bind(name)
+        .bind(from.format(TIME_FORMAT).to_string())
+        .bind(to.format(TIME_FORMAT).to_string())
+        .execute(&mut *tx)
+        .await?;
+    if moved.rows_affected() != 1 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for task in tasks {
+        sqlx::query(INSERT)
+            .bind(&task.json)
+            .bind(task.kind())
+            .bind(0_i64)
+            .bind(None::<String>)
+            .bind(task.priority)
+            .bind(None::<String>)
+            .bind(&task.scope)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    LOCAL_WAKE.notify_waiters();
+    Ok(true)
+}
+
 /// Claims up to `limit` tasks of limited steps under SQLite's write lock (see
 /// the PostgreSQL backend): the scopes with room, then each scope's due tasks
 /// up to its room, the earliest of them all leased and recorded as holders.
@@ -1243,6 +1301,38 @@ impl Store for SqliteStore {
             .execute(&mut writer.db)
             .await;
         writer.done(done.map(drop).map_err(Error::from))
+    }
+
+    async fn last_tick(&self, name: &str, start: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+        let mut writer = self.writer().await?;
+        let started = sqlx::query(SCHEDULE_START)
+            .bind(name)
+            .bind(start.format(TIME_FORMAT).to_string())
+            .execute(&mut writer.db)
+            .await;
+        writer.done(started.map(drop).map_err(Error::from))?;
+        let last: Option<String> = sqlx::query_scalar(LAST_TICK)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        let last = last.unwrap_or_default();
+        chrono::NaiveDateTime::parse_from_str(&last, "%Y-%m-%d %H:%M:%S%.f")
+            .map(|t| t.and_utc())
+            .map_err(|e| {
+                Error::InvalidTime(format!("last_tick {last:?} of schedule {name:?}: {e}"))
+            })
+    }
+
+    async fn fire(
+        &self,
+        name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        tasks: Vec<Encoded>,
+    ) -> Result<bool, Error> {
+        let mut writer = self.writer().await?;
+        let fired = fire_schedule(&mut writer.db, name, from, to, &tasks).await;
+        writer.done(fired)
     }
 
     async fn unscope(&self, kinds: &[String]) -> Result<u64, Error> {
@@ -1667,6 +1757,73 @@ impl crate::Backend for Sqlite {
     }
 }
 
+#[async_trait]
+impl KeyedStatements for SqliteConnection {
+    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error> {
+        Ok(sqlx::query_scalar(INSERT)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
+            .bind(task.step.priority)
+            .bind(&task.unique_key)
+            .bind(&task.step.scope)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error> {
+        Ok(sqlx::query_as(HOLDER)
+            .bind(key)
+            .fetch_optional(self)
+            .await?)
+    }
+
+    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error> {
+        sqlx::query(REPLACE)
+            .bind(id)
+            .bind(&task.step.json)
+            .bind(task.step.kind())
+            .bind(task.delay)
+            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
+            .bind(task.step.priority)
+            .bind(&task.step.scope)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
+    async fn detach(&mut self, id: i64) -> Result<(), Error> {
+        sqlx::query(DETACH).bind(id).execute(self).await?;
+        Ok(())
+    }
+
+    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error> {
+        let taken: Option<String> = sqlx::query_scalar(TAKE_WINDOW)
+            .bind(key)
+            .bind(window)
+            .fetch_optional(&mut *self)
+            .await?;
+        if taken.is_some() {
+            return Ok(Window::Taken);
+        }
+        let task: Option<Option<i64>> = sqlx::query_scalar(WINDOW_TASK)
+            .bind(key)
+            .fetch_optional(self)
+            .await?;
+        Ok(Window::Held(task.flatten()))
+    }
+
+    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error> {
+        sqlx::query(SET_WINDOW_TASK)
+            .bind(key)
+            .bind(id)
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1900,73 +2057,6 @@ mod tests {
             .fetch_one(&pool)
             .await?;
         assert_eq!(kind, "M.F", "the insert trigger derives kind");
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl KeyedStatements for SqliteConnection {
-    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error> {
-        Ok(sqlx::query_scalar(INSERT)
-            .bind(&task.step.json)
-            .bind(task.step.kind())
-            .bind(task.delay)
-            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
-            .bind(task.step.priority)
-            .bind(&task.unique_key)
-            .bind(&task.step.scope)
-            .fetch_optional(self)
-            .await?)
-    }
-
-    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error> {
-        Ok(sqlx::query_as(HOLDER)
-            .bind(key)
-            .fetch_optional(self)
-            .await?)
-    }
-
-    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error> {
-        sqlx::query(REPLACE)
-            .bind(id)
-            .bind(&task.step.json)
-            .bind(task.step.kind())
-            .bind(task.delay)
-            .bind(task.at.map(|at| at.format(TIME_FORMAT).to_string()))
-            .bind(task.step.priority)
-            .bind(&task.step.scope)
-            .execute(self)
-            .await?;
-        Ok(())
-    }
-
-    async fn detach(&mut self, id: i64) -> Result<(), Error> {
-        sqlx::query(DETACH).bind(id).execute(self).await?;
-        Ok(())
-    }
-
-    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error> {
-        let taken: Option<String> = sqlx::query_scalar(TAKE_WINDOW)
-            .bind(key)
-            .bind(window)
-            .fetch_optional(&mut *self)
-            .await?;
-        if taken.is_some() {
-            return Ok(Window::Taken);
-        }
-        let task: Option<Option<i64>> = sqlx::query_scalar(WINDOW_TASK)
-            .bind(key)
-            .fetch_optional(self)
-            .await?;
-        Ok(Window::Held(task.flatten()))
-    }
-
-    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error> {
-        sqlx::query(SET_WINDOW_TASK)
-            .bind(key)
-            .bind(id)
-            .execute(self)
-            .await?;
         Ok(())
     }
 }

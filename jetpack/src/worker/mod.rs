@@ -9,6 +9,8 @@
 
 mod clean;
 mod complete;
+#[cfg(feature = "cron")]
+mod cron;
 mod execute;
 mod heartbeat;
 mod notify;
@@ -220,6 +222,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Worker<T: Scheduler> {
     rt: Arc<Runtime>,
     completions: tokio::sync::mpsc::UnboundedReceiver<complete::Completion>,
+    #[cfg(feature = "cron")]
+    schedules: Arc<Vec<crate::schedule::Schedule>>,
     _tasks: PhantomData<fn() -> T>,
 }
 
@@ -251,7 +255,11 @@ impl<T: Scheduler> Worker<T> {
     /// off and carries on.
     pub async fn run(self) -> Result<(), Error> {
         let Worker {
-            rt, completions, ..
+            rt,
+            completions,
+            #[cfg(feature = "cron")]
+            schedules,
+            ..
         } = self;
         let stop = rt.shared.shutdown.clone();
         let mut helpers = JoinSet::new();
@@ -261,6 +269,8 @@ impl<T: Scheduler> Worker<T> {
         helpers.spawn(report_other_kinds::<T>(rt.clone()));
         helpers.spawn(clean::run(rt.clone()));
         helpers.spawn(clean::expire_waits(rt.clone()));
+        #[cfg(feature = "cron")]
+        helpers.spawn(cron::run(rt.clone(), schedules));
 
         let slots = Slots::new(&rt.config);
         let claim_threshold = (rt.config.batch_size.min(rt.config.concurrency) / 2).max(1);
@@ -501,6 +511,8 @@ pub struct WorkerBuilder<T: Scheduler> {
     state: StateMap,
     config: Config,
     shutdown: CancellationToken,
+    #[cfg(feature = "cron")]
+    schedules: Vec<crate::schedule::Schedule>,
     _tasks: PhantomData<fn() -> T>,
 }
 
@@ -518,6 +530,8 @@ impl<T: Scheduler> WorkerBuilder<T> {
             state: StateMap::default(),
             config,
             shutdown: CancellationToken::new(),
+            #[cfg(feature = "cron")]
+            schedules: Vec::new(),
             _tasks: PhantomData,
         }
     }
@@ -606,8 +620,26 @@ impl<T: Scheduler> WorkerBuilder<T> {
         self
     }
 
+    /// Runs `schedule` (see [`Schedule`](crate::Schedule)): on each of its
+    /// ticks, this worker or another that runs it enqueues the tick's task,
+    /// once. Two schedules of one worker may not share a name.
+    #[cfg(feature = "cron")]
+    pub fn schedule(mut self, schedule: crate::schedule::Schedule) -> Self {
+        self.schedules.push(schedule);
+        self
+    }
+
     /// Checks the settings and builds the worker.
     pub fn build(self) -> Result<Worker<T>, Error> {
+        #[cfg(feature = "cron")]
+        for (i, s) in self.schedules.iter().enumerate() {
+            if self.schedules[..i].iter().any(|t| t.name == s.name) {
+                return Err(Error::Config(format!(
+                    "two schedules are named {:?}: a name is a schedule's row",
+                    s.name
+                )));
+            }
+        }
         let c = &self.config;
         if c.concurrency == 0 || c.batch_size == 0 {
             return Err(Error::Config(
@@ -669,6 +701,8 @@ impl<T: Scheduler> WorkerBuilder<T> {
         let (completions, queue) = complete::channel();
         Worker {
             completions: queue,
+            #[cfg(feature = "cron")]
+            schedules: Arc::new(self.schedules),
             rt: Arc::new(Runtime {
                 store: self.store,
                 shared: Shared {

@@ -1,0 +1,65 @@
+//! Runs the worker's schedules: on each tick, the worker that moves the
+//! schedule's row to it enqueues the tick's task, in one transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Runtime;
+use crate::schedule::Schedule;
+use crate::Error;
+
+/// The longest a worker goes without looking at its schedules (a tick
+/// another worker fired, a clock that jumped).
+const LOOK_AGAIN: Duration = Duration::from_secs(60);
+
+pub(super) async fn run(rt: Arc<Runtime>, schedules: Arc<Vec<Schedule>>) {
+    if schedules.is_empty() {
+        return;
+    }
+    let stop = rt.shared.shutdown.clone();
+    loop {
+        let now = Utc::now();
+        let mut wake = now + LOOK_AGAIN;
+        for schedule in schedules.iter() {
+            match fire(&rt, schedule, now).await {
+                Ok(Some(next)) => wake = wake.min(next),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(schedule = %schedule.name, error = %e, "running a schedule failed; trying again in a second");
+                    wake = wake.min(now + Duration::from_secs(1));
+                }
+            }
+        }
+        let nap = (wake - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+/// Enqueues the ticks of `schedule` due at `now`, unless another worker did;
+/// the time of its next tick.
+async fn fire(
+    rt: &Runtime,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    // A schedule seen for the first time starts at its latest tick: that one
+    // has passed before it existed, so it does not run.
+    let start = schedule.latest(now).unwrap_or(now);
+    let last = rt.store.last_tick(&schedule.name, start).await?;
+    let due = schedule.due(last, now);
+    if let Some(&latest) = due.last() {
+        let tasks = due
+            .iter()
+            .map(|&tick| schedule.task(tick))
+            .collect::<Result<Vec<_>, _>>()?;
+        if rt.store.fire(&schedule.name, last, latest, tasks).await? {
+            tracing::debug!(schedule = %schedule.name, ticks = due.len(), tick = %latest, "schedule fired");
+        }
+    }
+    Ok(schedule.after(now))
+}
