@@ -42,6 +42,8 @@ type MakeTask = Arc<dyn Fn(DateTime<Utc>) -> Result<Encoded, Error> + Send + Syn
 /// use jetpack::{Missed, Schedule};
 /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Report { day: String }
 /// # jetpack::task!(Nightly { Report });
+/// # #[jetpack::async_trait] impl jetpack::Step<Nightly> for Report {
+/// #     async fn step(self, _: &jetpack::Context<'_>) -> jetpack::StepResult<Self> { jetpack::NextStep::none() } }
 /// let nightly = Schedule::cron("nightly-report", "0 30 2 * * *", |tick| Report {
 ///     day: tick.date_naive().to_string(),
 /// })?
