@@ -161,14 +161,20 @@ async fn a_head_start_is_bounded_to_ten_minutes_of_arrivals(db: TestDb) {
     );
 }
 
-async fn a_unique_key_holds_under_concurrent_enqueues(db: TestDb) {
+/// 8 connections enqueue 25 tasks each over 5 unique keys, each enqueue as
+/// `options` makes it; the answers with their keys. Then one task per key
+/// exists, created once, and every answer names the task holding its key.
+async fn enqueue_concurrently(
+    db: &TestDb,
+    options: fn(Enqueue) -> Enqueue,
+) -> Vec<(String, Enqueued)> {
     let enqueuers = (0..8).map(|n| {
         let db = db.db.clone();
         tokio::spawn(async move {
             let mut answers = Vec::new();
             for i in 0..25 {
                 let key = format!("key-{}", (n + i) % 5);
-                let e = Enqueue::new(job(format!("{n}-{i}"))).unique_key(key.clone());
+                let e = options(Enqueue::new(job(format!("{n}-{i}"))).unique_key(key.clone()));
                 answers.push((key, db.run(e).await.expect("enqueue")));
             }
             answers
@@ -185,47 +191,28 @@ async fn a_unique_key_holds_under_concurrent_enqueues(db: TestDb) {
         5
     );
     for (key, answer) in &answers {
+        let row = db.find(answer.id()).await.expect("the answer names a task");
+        assert_eq!(row.unique_key.as_deref(), Some(key.as_str()));
+    }
+    answers
+}
+
+async fn a_unique_key_holds_under_concurrent_enqueues(db: TestDb) {
+    for (_, answer) in enqueue_concurrently(&db, |e| e).await {
         assert!(matches!(
             answer,
             Enqueued::Created(_) | Enqueued::Existing(_)
         ));
-        let row = db.find(answer.id()).await.expect("the answer names a task");
-        assert_eq!(row.unique_key.as_deref(), Some(key.as_str()));
     }
 }
 
 async fn concurrent_replaces_keep_one_task_per_key(db: TestDb) {
-    let enqueuers = (0..8).map(|n| {
-        let db = db.db.clone();
-        tokio::spawn(async move {
-            let mut answers = Vec::new();
-            for i in 0..25 {
-                let key = format!("key-{}", (n + i) % 5);
-                let e = Enqueue::new(job(format!("{n}-{i}")))
-                    .unique_key(key.clone())
-                    .debounce(Duration::from_secs(3600));
-                answers.push((key, db.run(e).await.expect("enqueue")));
-            }
-            answers
-        })
-    });
-    let mut answers = Vec::new();
-    for enqueuer in enqueuers {
-        answers.extend(enqueuer.await.expect("enqueuer"));
-    }
-    let created = answers.iter().filter(|(_, e)| e.is_created()).count();
-    assert_eq!(created, 5, "one task per key");
-    assert_eq!(
-        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
-        5
-    );
-    for (key, answer) in &answers {
+    let debounce = |e: Enqueue| e.debounce(Duration::from_secs(3600));
+    for (_, answer) in enqueue_concurrently(&db, debounce).await {
         assert!(matches!(
             answer,
             Enqueued::Created(_) | Enqueued::Replaced(_)
         ));
-        let row = db.find(answer.id()).await.expect("the answer names a task");
-        assert_eq!(row.unique_key.as_deref(), Some(key.as_str()));
     }
 }
 

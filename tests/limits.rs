@@ -89,6 +89,17 @@ fn two_workers(db: &Db) -> [common::Running; 2] {
     [(); 2].map(|()| common::spawn(db.worker::<Tasks>().concurrency(8).build().expect("worker")))
 }
 
+/// Runs tasks `ids` to their end on [`two_workers`].
+async fn run_to_the_end(db: &Db, ids: &[i64]) {
+    let workers = two_workers(db);
+    for &id in ids {
+        finished(db, id).await;
+    }
+    for w in workers {
+        w.shutdown().await;
+    }
+}
+
 conformance!(
     no_more_than_the_limit_run_at_once_across_workers,
     a_limit_per_key_counts_each_key_apart,
@@ -138,13 +149,7 @@ async fn a_limit_per_key_counts_each_key_apart(db: TestDb) {
     for key in ["a", "b", "c"] {
         ids.extend(db.enqueue_many((0..6).map(|_| call(Some(key)))).await);
     }
-    let workers = two_workers(&db);
-    for id in ids {
-        finished(&db, id).await;
-    }
-    for w in workers {
-        w.shutdown().await;
-    }
+    run_to_the_end(&db, &ids).await;
     let mut all = Vec::new();
     for key in ["a", "b", "c"] {
         let spans = spans_of(&db, key).await;
@@ -191,13 +196,7 @@ async fn a_dead_workers_share_comes_back_when_its_lease_expires(db: TestDb) {
         }
     };
     let expires_us = db.scalar(expires_us, None).await;
-    let workers = two_workers(&db);
-    for &id in &ids {
-        finished(&db, id).await;
-    }
-    for w in workers {
-        w.shutdown().await;
-    }
+    run_to_the_end(&db, &ids).await;
     let spans = spans_of(&db, "").await;
     assert_eq!(
         spans.len(),
@@ -223,13 +222,7 @@ async fn rows_written_by_hand_are_limited_too(db: TestDb) {
             .expect("insert");
         ids.push(id);
     }
-    let workers = two_workers(&db);
-    for &id in &ids {
-        finished(&db, id).await;
-    }
-    for w in workers {
-        w.shutdown().await;
-    }
+    run_to_the_end(&db, &ids).await;
     let spans = spans_of(&db, "").await;
     assert_eq!(spans.len(), 6);
     assert!(overlap(&spans).0 <= LIMIT, "{spans:?}");
