@@ -36,10 +36,6 @@ CREATE INDEX jetpack_tasks_ready
 ON jetpack_tasks ((timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')))
 WHERE state = 'ready' AND limit_scope IS NULL;
 
--- Every task with a scope, whatever its state: a worker clears the scopes of
--- steps that lost their limit without reading the whole table.
-CREATE INDEX jetpack_tasks_scoped ON jetpack_tasks (limit_scope) WHERE limit_scope IS NOT NULL;
-
 -- Ready tasks of limited steps, by scope and then in claim order.
 CREATE INDEX jetpack_tasks_limited
 ON jetpack_tasks (limit_scope, (timezone('UTC', timezone('UTC', wakeup_at) - priority * interval '1 minute')))

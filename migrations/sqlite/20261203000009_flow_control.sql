@@ -21,10 +21,6 @@ CREATE INDEX jetpack_tasks_ready ON jetpack_tasks (
          ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END)
 WHERE state = 'ready' AND limit_scope IS NULL;
 
--- Every task with a scope, whatever its state: a worker clears the scopes of
--- steps that lost their limit without reading the whole table.
-CREATE INDEX jetpack_tasks_scoped ON jetpack_tasks (limit_scope) WHERE limit_scope IS NOT NULL;
-
 CREATE INDEX jetpack_tasks_limited ON jetpack_tasks (limit_scope,
     CASE WHEN priority = 0 THEN wakeup_at
          ELSE strftime('%Y-%m-%d %H:%M:%f', wakeup_at, -priority || ' minutes') END)
