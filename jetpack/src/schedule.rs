@@ -192,9 +192,8 @@ mod tests {
     }
 
     fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 12, 3, h, m, s)
-            .single()
-            .expect("a time")
+        let time = Utc.with_ymd_and_hms(2026, 12, 3, h, m, s).single();
+        time.unwrap_or_else(|| panic!("{h}:{m}:{s} is not a time"))
     }
 
     /// Ticks missed while no worker ran: the latest, and as many before it as
