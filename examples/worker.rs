@@ -171,14 +171,14 @@ jetpack::task!(Partner { Call });
 impl Step<Partner> for Call {
     const RETRY_LIMIT: i32 = 5;
     const CONCURRENCY: Option<u32> = Some(4);
-    fn concurrency_key(&self) -> Option<String> {
+    fn limit_key(&self) -> Option<String> {
         self.tenant.map(|t| format!("tenant-{t}"))
     }
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
         let start = jetpack::chrono::Utc::now().timestamp_micros();
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
         let end = jetpack::chrono::Utc::now().timestamp_micros();
-        let scope = self.concurrency_key().unwrap_or_default();
+        let scope = self.limit_key().unwrap_or_default();
         Db::of(cx)
             .record_span(cx.task_id(), &scope, start, end)
             .await?;

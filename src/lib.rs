@@ -589,3 +589,19 @@ pub fn overlap(spans: &[(i64, i64)]) -> (usize, f64) {
     };
     (usize::try_from(most).unwrap_or(0), mean)
 }
+
+/// The most of `starts` (µs) that fall within any window of `window_us`
+/// (`[start, start + window)`).
+pub fn most_in_window(starts: &[i64], window_us: i64) -> usize {
+    let mut sorted = starts.to_vec();
+    sorted.sort_unstable();
+    let mut most = 0;
+    let mut first = 0;
+    for (last, &t) in sorted.iter().enumerate() {
+        while sorted[first] + window_us <= t {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    most
+}

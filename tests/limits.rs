@@ -52,7 +52,7 @@ impl Step<Api> for Call {
     // A dead worker's attempt counts.
     const RETRY_LIMIT: i32 = 3;
     const CONCURRENCY: Option<u32> = Some(LIMIT as u32);
-    fn concurrency_key(&self) -> Option<String> {
+    fn limit_key(&self) -> Option<String> {
         self.key.clone()
     }
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
@@ -106,7 +106,7 @@ conformance!(
     a_dead_workers_share_comes_back_when_its_lease_expires,
     rows_written_by_hand_are_limited_too,
     a_limit_removed_from_the_code_frees_its_tasks,
-    a_bad_concurrency_key_is_refused,
+    a_bad_limit_key_is_refused,
 );
 
 async fn no_more_than_the_limit_run_at_once_across_workers(db: TestDb) {
@@ -248,7 +248,7 @@ async fn a_limit_removed_from_the_code_frees_its_tasks(db: TestDb) {
     }
 }
 
-async fn a_bad_concurrency_key_is_refused(db: TestDb) {
+async fn a_bad_limit_key_is_refused(db: TestDb) {
     for key in ["", "nul\0"] {
         let refused = db.run(Enqueue::new(call(Some(key)))).await;
         assert!(
@@ -270,7 +270,7 @@ async fn a_bad_concurrency_key_is_refused(db: TestDb) {
         w.shutdown().await;
     }
     let error = row.error.unwrap_or_default();
-    assert!(error.contains("concurrency key"), "{error}");
+    assert!(error.contains("limit key"), "{error}");
     assert_eq!(
         db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
         1

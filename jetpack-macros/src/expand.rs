@@ -25,7 +25,8 @@ pub fn machine(m: &Machine) -> TokenStream {
         let initial = s.initial || (!any_initial && i == 0);
         let ty = s.ty;
         let concurrency = quote!(<#ty as #p::Step<#machine>>::CONCURRENCY);
-        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency))
+        let rate = quote!(<#ty as #p::Step<#machine>>::RATE);
+        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency, #rate))
     });
     let name_arms = m.steps.iter().map(|s| {
         let v = s.variant;
@@ -46,8 +47,9 @@ pub fn machine(m: &Machine) -> TokenStream {
         quote!(Self::#v(step) => #p::limit_scope(
             #machine_name,
             #name,
-            <#ty as #p::Step<#machine>>::CONCURRENCY,
-            || <#ty as #p::Step<#machine>>::concurrency_key(step),
+            <#ty as #p::Step<#machine>>::CONCURRENCY.is_some()
+                || <#ty as #p::Step<#machine>>::RATE.is_some(),
+            || <#ty as #p::Step<#machine>>::limit_key(step),
         ))
     });
     let run_arms = m.steps.iter().map(|s| {
@@ -110,8 +112,9 @@ pub fn machine(m: &Machine) -> TokenStream {
                     #p::limit_scope(
                         #machine_name,
                         #name,
-                        <#ty as #p::Step<#machine>>::CONCURRENCY,
-                        || <#ty as #p::Step<#machine>>::concurrency_key(self),
+                        <#ty as #p::Step<#machine>>::CONCURRENCY.is_some()
+                            || <#ty as #p::Step<#machine>>::RATE.is_some(),
+                        || <#ty as #p::Step<#machine>>::limit_key(self),
                     )
                 }
             }
@@ -122,6 +125,10 @@ pub fn machine(m: &Machine) -> TokenStream {
             const _: () = ::std::assert!(
                 !::std::matches!(<#ty as #p::Step<#machine>>::CONCURRENCY, ::std::option::Option::Some(0)),
                 "a step's CONCURRENCY must be None or at least Some(1)",
+            );
+            const _: () = ::std::assert!(
+                #p::Rate::valid(<#ty as #p::Step<#machine>>::RATE),
+                "a step's RATE must be None or a Rate with a count, period and burst above zero",
             );
             #(#follows)*
             #(#joins)*

@@ -41,7 +41,7 @@ pub use machine::{
 #[cfg(feature = "cron")]
 pub use schedule::{Missed, Schedule};
 pub use step::{
-    Child, ChildError, Context, NextStep, OnPark, RetryPolicy, Signal, Spawn, SpawnAll, Step,
+    Child, ChildError, Context, NextStep, OnPark, Rate, RetryPolicy, Signal, Spawn, SpawnAll, Step,
     StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
@@ -74,7 +74,7 @@ pub mod __private {
         limit_scope, tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine,
         MachineResult, MemberOf, Scheduler, StepOf, TaskOf,
     };
-    pub use crate::step::{Context, NextStep, RetryPolicy, Step, StepError, Wakeup};
+    pub use crate::step::{Context, NextStep, Rate, RetryPolicy, Step, StepError, Wakeup};
     pub use serde;
     pub use serde_json;
 }

@@ -182,28 +182,29 @@ pub(crate) fn kind(machine: &str, step: &str) -> String {
     format!("{machine}.{step}")
 }
 
-/// The longest concurrency key, in bytes.
+/// The longest limit key, in bytes.
 pub(crate) const MAX_LIMIT_KEY: usize = 1024;
 
-/// The `limit_scope` of a step of `machine.step` whose step type allows
-/// `concurrency` at once: `None` for an unlimited step, the kind for a step
-/// limited as a whole, `kind/key` for one limited per key. An empty key, one
-/// with NUL, or one longer than 1024 bytes is refused.
+/// The `limit_scope` of a step of `machine.step`, whose step type is
+/// `limited` (by a concurrency or a rate limit) or not: `None` for an
+/// unlimited step, the kind for a step limited as a whole, `kind/key` for one
+/// limited per key. An empty key, one with NUL, or one longer than 1024 bytes
+/// is refused.
 #[doc(hidden)]
 pub fn limit_scope(
     machine: &str,
     step: &str,
-    concurrency: Option<u32>,
+    limited: bool,
     key: impl FnOnce() -> Option<String>,
 ) -> Result<Option<String>, String> {
-    if concurrency.is_none() {
+    if !limited {
         return Ok(None);
     }
     let kind = kind(machine, step);
     match key() {
         None => Ok(Some(kind)),
         Some(key) if key.is_empty() || key.contains('\0') || key.len() > MAX_LIMIT_KEY => Err(format!(
-            "the concurrency key of a {kind} step must be 1 to {MAX_LIMIT_KEY} bytes without NUL, not {} bytes",
+            "the limit key of a {kind} step must be 1 to {MAX_LIMIT_KEY} bytes without NUL, not {} bytes",
             key.len()
         )),
         Some(key) => Ok(Some(format!("{kind}/{key}"))),
@@ -271,6 +272,9 @@ pub struct StepNode {
     /// How many steps of this type may run at once across all workers
     /// ([`Step::CONCURRENCY`](crate::Step::CONCURRENCY)); `None`: no limit.
     pub concurrency: Option<u32>,
+    /// How many steps of this type may start per period across all workers
+    /// ([`Step::RATE`](crate::Step::RATE)); `None`: no limit.
+    pub rate: Option<crate::Rate>,
 }
 
 impl Graph {
@@ -285,6 +289,7 @@ impl Graph {
             &[&'static str],
             bool,
             Option<u32>,
+            Option<crate::Rate>,
         )],
     ) -> Self {
         Graph {
@@ -292,13 +297,14 @@ impl Graph {
             steps: steps
                 .iter()
                 .map(
-                    |&(name, next, joins, waits, initial, concurrency)| StepNode {
+                    |&(name, next, joins, waits, initial, concurrency, rate)| StepNode {
                         name,
                         next: next.to_vec(),
                         joins: joins.to_vec(),
                         waits: waits.to_vec(),
                         initial,
                         concurrency,
+                        rate,
                     },
                 )
                 .collect(),

@@ -15,7 +15,9 @@ use crate::machine::{Awaits, BoxFuture, Follows, Joins, Machine, MemberOf, StepO
 use crate::Error;
 
 mod children;
+mod rate;
 pub use children::{Child, ChildError, OnPark, Spawn, SpawnAll};
+pub use rate::Rate;
 
 /// One state of a task, and the code that moves it on.
 ///
@@ -87,15 +89,23 @@ pub trait Step<M: Machine>: MemberOf<M> + StepOf + Sized + Send + Sync + 'static
     const PRIORITY: u8 = 0;
     /// At most this many steps of this type run at once, across every worker
     /// of every process on the database (per key, when
-    /// [`concurrency_key`](Step::concurrency_key) gives one). `None`, the
-    /// default: no limit. `Some(0)` does not compile.
+    /// [`limit_key`](Step::limit_key) gives one). `None`, the default: no
+    /// limit. `Some(0)` does not compile.
     const CONCURRENCY: Option<u32> = None;
+    /// At most this many steps of this type start per period, across every
+    /// worker of every process on the database (per key, when
+    /// [`limit_key`](Step::limit_key) gives one), e.g.
+    /// `Some(Rate::per_second(10))`; the rate adapts when steps report
+    /// [`StepError::rate_limited`]. `None`, the default: no limit. A count,
+    /// period or burst of zero does not compile.
+    const RATE: Option<Rate> = None;
 
-    /// The key a [`CONCURRENCY`](Step::CONCURRENCY) limit counts under, e.g.
-    /// a tenant's id: steps of different keys are limited apart. Computed
-    /// when the step is stored (enqueued, spawned, or returned as the next
-    /// step). `None`, the default: one limit for the step type.
-    fn concurrency_key(&self) -> Option<String> {
+    /// The key the [`CONCURRENCY`](Step::CONCURRENCY) and
+    /// [`RATE`](Step::RATE) limits count under, e.g. a tenant's id or an
+    /// API's host: steps of different keys are limited apart. Computed when
+    /// the step is stored (enqueued, spawned, or returned as the next step).
+    /// `None`, the default: one limit for the step type.
+    fn limit_key(&self) -> Option<String> {
         None
     }
 
@@ -402,7 +412,15 @@ where
 /// [`permanent`](StepError::permanent) one parks the task at once.
 pub struct StepError {
     error: Box<dyn std::error::Error + Send + Sync>,
-    permanent: bool,
+    kind: ErrorKind,
+}
+
+/// What a [`StepError`] does to its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorKind {
+    Retry,
+    Permanent,
+    RateLimited(Option<Duration>),
 }
 
 impl StepError {
@@ -411,13 +429,52 @@ impl StepError {
     pub fn permanent(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         StepError {
             error: error.into(),
-            permanent: true,
+            kind: ErrorKind::Permanent,
+        }
+    }
+
+    /// What the step called is over its rate ("429 Too Many Requests"): the
+    /// task goes back, due after `retry_after` (what the answer's
+    /// `Retry-After` said; `None`: when the slowed rate allows), without
+    /// spending an attempt and without an error on its row. When the step
+    /// has a [`RATE`](Step::RATE), its scope's rate halves and no step of
+    /// the scope starts for that wait, across every worker (see
+    /// [`Rate`]). A task can be rate limited any number of times.
+    ///
+    /// ```
+    /// # use jetpack::StepError;
+    /// # use std::time::Duration;
+    /// # fn status() -> u16 { 429 }
+    /// # fn f() -> Result<(), StepError> {
+    /// if status() == 429 {
+    ///     return Err(StepError::rate_limited(Some(Duration::from_secs(1))));
+    /// }
+    /// # Ok(()) }
+    /// # assert!(f().unwrap_err().retry_after().is_some());
+    /// ```
+    pub fn rate_limited(retry_after: Option<Duration>) -> Self {
+        let error = match retry_after {
+            Some(after) => format!("rate limited; retry after {after:?}"),
+            None => "rate limited".to_string(),
+        };
+        StepError {
+            error: error.into(),
+            kind: ErrorKind::RateLimited(retry_after),
         }
     }
 
     /// Whether this failure skips the remaining retries.
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == ErrorKind::Permanent
+    }
+
+    /// Whether this is a [`rate_limited`](StepError::rate_limited) error,
+    /// and the wait it asks for: `Some(None)` when it names none.
+    pub fn retry_after(&self) -> Option<Option<Duration>> {
+        match self.kind {
+            ErrorKind::RateLimited(after) => Some(after),
+            _ => None,
+        }
     }
 
     /// The error and its chain of sources, `outer: inner: root`.
@@ -440,7 +497,7 @@ impl<E: Into<Box<dyn std::error::Error + Send + Sync>>> From<E> for StepError {
     fn from(error: E) -> Self {
         StepError {
             error: error.into(),
-            permanent: false,
+            kind: ErrorKind::Retry,
         }
     }
 }
@@ -449,7 +506,7 @@ impl fmt::Debug for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StepError")
             .field("error", &self.chain())
-            .field("permanent", &self.permanent)
+            .field("kind", &self.kind)
             .finish()
     }
 }

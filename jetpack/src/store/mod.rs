@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::step::Wakeup;
-use crate::Error;
+use crate::{Error, Rate};
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -35,6 +35,33 @@ pub(crate) struct Claimed {
     /// from [`Store::claim`], which takes only tasks without one.
     #[sqlx(default)]
     pub scope: Option<String>,
+}
+
+/// A step type with a concurrency or a rate limit, as the claims of limited
+/// steps keep them.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Limit {
+    /// Its kind, `Machine.Step`.
+    pub kind: String,
+    /// How many may run at once, per scope.
+    pub concurrency: Option<u32>,
+    /// How many may start per period, per scope.
+    pub rate: Option<Rate>,
+}
+
+impl Limit {
+    /// The rate as the claims take it: steps per second, the bucket's size,
+    /// and how fast a slowed rate climbs back (per second per second).
+    pub(crate) fn bucket(&self) -> (Option<f64>, Option<f64>, Option<f64>) {
+        match &self.rate {
+            None => (None, None, None),
+            Some(r) => (
+                Some(r.steps_per_second()),
+                Some(f64::from(r.burst_size())),
+                Some(r.climb()),
+            ),
+        }
+    }
 }
 
 /// What happens to a claimed task when its attempt ends.
@@ -125,15 +152,28 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Claimed>, Error>;
 
     /// Claims up to `limit` ready tasks of limited steps, of the kinds
-    /// `limits` names with how many of each may run at once (per scope):
-    /// never more than that many attempts hold live leases in a scope.
+    /// `limits` names with their limits (per scope): never more attempts
+    /// holding live leases in a scope than its concurrency, never more
+    /// started than its rate's bucket holds tokens (which the claim takes).
     async fn claim_limited(
         &self,
         limit: usize,
-        limits: &[(String, u32)],
+        limits: &[Limit],
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error>;
+
+    /// Gives back attempt `(id, fence)`, whose step was rate limited: ready
+    /// after `delay`, not counted as tried. With `slow`, the scope's rate
+    /// (under that limit) halves and its claims pause for `delay`, unless a
+    /// slow-down's pause is under way.
+    async fn back(
+        &self,
+        id: i64,
+        fence: i64,
+        delay: Duration,
+        slow: Option<(&str, &Rate)>,
+    ) -> Result<(), Error>;
 
     /// Gives a task claimed without a concurrency scope (a row written by
     /// hand) its `scope`, and releases it to the claims of limited steps
@@ -542,7 +582,11 @@ mod tests {
     ) -> LocalBoxFuture<'_, TestResult<Vec<String>>> {
         Box::pin(async move {
             let mut problems = Vec::new();
-            let limits = [("M.A".to_string(), 1)];
+            let limits = [Limit {
+                kind: "M.A".to_string(),
+                concurrency: Some(1),
+                rate: None,
+            }];
             // Rows written without a scope: give them theirs.
             for task in store
                 .claim(10, &["M.A".to_string()], "w", Duration::from_secs(30))

@@ -9,13 +9,13 @@ use sqlx::{Executor, PgConnection};
 
 use chrono::{DateTime, Utc};
 
-use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
+use super::{micros, wakeup_binds, Claimed, Limit, Listener, Notice, Outcome, Retention, Store};
 use crate::enqueue::{
     one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
     TaskRow, TaskState, Window,
 };
 use crate::machine::BoxFuture;
-use crate::step::Wakeup;
+use crate::step::{Rate, Wakeup};
 use crate::Error;
 
 /// The channel Jetpack's triggers notify and its workers listen on.
@@ -87,14 +87,23 @@ WHERE NOT EXISTS (
       AND t.lease_until > now())";
 
 /// Claims up to `$1` ready tasks of the limited kinds `$2` (each allowing
-/// `$3` at once) for worker `$4` with a lease of `$5` µs, and records the
-/// attempts as holders of their scopes.
+/// `$3` at once, or any number for NULL; starting at most `$6` per second
+/// with a bucket of `$7` tokens and a climb of `$8`, or at any rate for
+/// NULL) for worker `$4` with a lease of `$5` µs; records the attempts as
+/// holders of their scopes, and takes their tokens from the buckets.
 ///
 /// Every scope with ready tasks is found by one index probe each (a loose
 /// index scan of `jetpack_tasks_limited`); each gets as many of its due tasks
-/// as its limit leaves free, in claim order; the earliest of all of them are
-/// claimed. Run after [`LIMITS_LOCK`] and [`DROP_HOLDERS`], in their
-/// transaction, so that the holders it counts are exactly the live ones.
+/// as its limit leaves free and its bucket holds tokens, in claim order; the
+/// earliest of all of them are claimed. Run after [`LIMITS_LOCK`] and
+/// [`DROP_HOLDERS`], in their transaction, so that the holders it counts are
+/// exactly the live ones and no other claim takes tokens meanwhile.
+///
+/// A bucket (`jetpack_rates`) refills at its current rate since
+/// `refilled_at`, up to its size; a new bucket is full. Its rate, lowered by
+/// slow-downs, climbs back to the limit by `$8` per second. A bucket whose
+/// `refilled_at` is ahead (a slow-down's pause) gives nothing, and is not
+/// written by the claim (also when a slow-down committed meanwhile).
 pub(super) const CLAIM_LIMITED: &str = concat!(
     "
 WITH RECURSIVE scopes AS (
@@ -105,18 +114,31 @@ WITH RECURSIVE scopes AS (
             WHERE state = 'ready' AND limit_scope > s.scope ORDER BY limit_scope LIMIT 1)
     FROM scopes s WHERE s.scope IS NOT NULL
 ), limits AS (
-    SELECT * FROM unnest($2::text[], $3::integer[]) AS l(kind, n)
+    SELECT * FROM unnest($2::text[], $3::integer[], $6::float8[], $7::float8[], $8::float8[])
+        AS l(kind, n, rate, burst, climb)
 ), held AS (
     SELECT scope, count(*)::integer AS n FROM jetpack_holders GROUP BY scope
-), picked AS (
-    SELECT c.ctid FROM scopes s
+), buckets AS (
+    SELECT s.scope, l.n, l.rate IS NOT NULL AS rated,
+        CASE WHEN l.rate IS NULL THEN 2147483647
+             WHEN r.scope IS NULL THEN l.burst
+             WHEN r.refilled_at > now() THEN 0
+             ELSE least(l.burst, r.tokens + least(r.rate, l.rate)
+                  * extract(epoch FROM now() - r.refilled_at)::float8) END AS tokens,
+        CASE WHEN r.scope IS NULL THEN l.rate
+             ELSE least(l.rate, r.rate + l.climb
+                  * greatest(extract(epoch FROM now() - r.refilled_at)::float8, 0)) END AS rate
+    FROM scopes s
     JOIN limits l ON l.kind = split_part(s.scope, '/', 1)
-    LEFT JOIN held h ON h.scope = s.scope
+    LEFT JOIN jetpack_rates r ON r.scope = s.scope AND l.rate IS NOT NULL
+), picked AS (
+    SELECT c.ctid FROM buckets b
+    LEFT JOIN held h ON h.scope = b.scope
     CROSS JOIN LATERAL (
         SELECT t.ctid, ",
     claim_order!(),
     " AS ord FROM jetpack_tasks t
-        WHERE t.state = 'ready' AND t.limit_scope = s.scope AND t.error IS NULL
+        WHERE t.state = 'ready' AND t.limit_scope = b.scope AND t.error IS NULL
           AND t.wakeup_at <= now() AND (t.lease_until IS NULL OR t.lease_until <= now())
           AND ",
     claim_order!(),
@@ -124,7 +146,8 @@ WITH RECURSIVE scopes AS (
         ORDER BY ",
     claim_order!(),
     "
-        LIMIT greatest(l.n - coalesce(h.n, 0), 0)
+        LIMIT greatest(least(coalesce(b.n, 2147483647) - coalesce(h.n, 0),
+                             floor(b.tokens)::integer), 0)
     ) c
     ORDER BY c.ord
     LIMIT $1
@@ -138,11 +161,41 @@ WITH RECURSIVE scopes AS (
         coalesce(t.awaited <> 'done', false) AS awaited, t.limit_scope AS scope
 ), holding AS (
     INSERT INTO jetpack_holders (task_id, fence, scope)
-    SELECT id, fence, scope FROM claimed
+    SELECT c.id, c.fence, c.scope FROM claimed c JOIN buckets b ON b.scope = c.scope
+    WHERE b.n IS NOT NULL
     ON CONFLICT (task_id) DO UPDATE SET fence = EXCLUDED.fence, scope = EXCLUDED.scope
+), spent AS (
+    INSERT INTO jetpack_rates AS r (scope, tokens, rate, refilled_at)
+    SELECT b.scope, greatest(b.tokens - count(*), 0), b.rate, now()
+    FROM claimed c JOIN buckets b ON b.scope = c.scope
+    WHERE b.rated
+    GROUP BY b.scope, b.tokens, b.rate
+    ON CONFLICT (scope) DO UPDATE
+    SET tokens = EXCLUDED.tokens, rate = EXCLUDED.rate, refilled_at = EXCLUDED.refilled_at
+    WHERE r.refilled_at <= now()
 )
 SELECT * FROM claimed"
 );
+
+/// Gives back attempt (`$1`, `$2`) of a rate-limited step: ready after `$3`
+/// µs, its attempt not counted.
+const BACK: &str = "
+UPDATE jetpack_tasks
+SET locked_by = NULL, lease_until = NULL, tried = greatest(tried - 1, 0),
+    wakeup_at = now() + $3 * interval '1 microsecond', updated_at = now()
+WHERE id = $1 AND fence = $2";
+
+/// Slows scope `$1` (limited to `$2` per second, climbing back by `$3`,
+/// never below `$4`): its current rate halves, and its bucket, emptied,
+/// refills from `$5` µs from now. A scope already pausing is left alone:
+/// the other steps of a burst that ran into the limit slow it once.
+const SLOW: &str = "
+INSERT INTO jetpack_rates AS r (scope, tokens, rate, refilled_at)
+VALUES ($1, 0, greatest($2 / 2, $4), now() + $5 * interval '1 microsecond')
+ON CONFLICT (scope) DO UPDATE
+SET tokens = 0, refilled_at = EXCLUDED.refilled_at,
+    rate = greatest(least($2, r.rate + $3 * extract(epoch FROM now() - r.refilled_at)::float8) / 2, $4)
+WHERE r.refilled_at <= now()";
 
 /// Gives task `$1` (attempt `$2`), claimed without a concurrency scope,
 /// its scope `$3` and back to the claims, as a release does.
@@ -787,14 +840,15 @@ impl Store for PgStore {
     async fn claim_limited(
         &self,
         limit: usize,
-        limits: &[(String, u32)],
+        limits: &[Limit],
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
-        let (kinds, ns): (Vec<&str>, Vec<i32>) = limits
-            .iter()
-            .map(|(kind, n)| (kind.as_str(), i32::try_from(*n).unwrap_or(i32::MAX)))
-            .unzip();
+        let kinds: Vec<&str> = limits.iter().map(|l| l.kind.as_str()).collect();
+        let ns: Vec<Option<i32>> = (limits.iter())
+            .map(|l| l.concurrency.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+            .collect();
+        let buckets: Vec<_> = limits.iter().map(Limit::bucket).collect();
         let mut tx = self.pool.begin().await?;
         let locked: bool = sqlx::query_scalar(LIMITS_LOCK).fetch_one(&mut *tx).await?;
         if !locked {
@@ -809,10 +863,42 @@ impl Store for PgStore {
             .bind(ns)
             .bind(owner)
             .bind(micros(lease)?)
+            .bind(buckets.iter().map(|b| b.0).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.1).collect::<Vec<_>>())
+            .bind(buckets.iter().map(|b| b.2).collect::<Vec<_>>())
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    async fn back(
+        &self,
+        id: i64,
+        fence: i64,
+        delay: Duration,
+        slow: Option<(&str, &Rate)>,
+    ) -> Result<(), Error> {
+        let delay = micros(delay)?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(BACK)
+            .bind(id)
+            .bind(fence)
+            .bind(delay)
+            .execute(&mut *tx)
+            .await?;
+        if let Some((scope, rate)) = slow {
+            sqlx::query(SLOW)
+                .bind(scope)
+                .bind(rate.steps_per_second())
+                .bind(rate.climb())
+                .bind(rate.floor())
+                .bind(delay)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {

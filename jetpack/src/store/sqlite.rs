@@ -19,13 +19,13 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
-use super::{micros, wakeup_binds, Claimed, Listener, Notice, Outcome, Retention, Store};
+use super::{micros, wakeup_binds, Claimed, Limit, Listener, Notice, Outcome, Retention, Store};
 use crate::enqueue::{
     one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
     TaskRow, TaskState, Window,
 };
 use crate::machine::BoxFuture;
-use crate::step::Wakeup;
+use crate::step::{Rate, Wakeup};
 use crate::Error;
 
 /// Wakes the workers of this process when a task is enqueued or resumed here.
@@ -169,9 +169,15 @@ const DROP_HOLDERS: &str = concat!(
 );
 
 /// Every scope with ready tasks of the limited kinds `?1` (a JSON array of
-/// `[kind, limit]`), with how many more attempts its limit allows: one index
-/// probe per scope (a loose index scan of `jetpack_tasks_limited`).
-const FREE_SCOPES: &str = "
+/// `[kind, concurrency, rate, burst, climb]`, NULL for no such limit), with
+/// how many more attempts its concurrency allows, the tokens its bucket holds
+/// and its current rate (NULL without a rate), and whether it counts
+/// holders; one index probe per scope (a loose index scan of
+/// `jetpack_tasks_limited`). The buckets refill as on PostgreSQL (see
+/// `CLAIM_LIMITED` there); a bucket whose `refilled_at` does not read as a
+/// time is taken as new.
+const FREE_SCOPES: &str = concat!(
+    "
 WITH RECURSIVE scopes(scope) AS (
     SELECT (SELECT limit_scope FROM jetpack_tasks
             WHERE state = 'ready' AND limit_scope IS NOT NULL ORDER BY limit_scope LIMIT 1)
@@ -180,13 +186,71 @@ WITH RECURSIVE scopes(scope) AS (
             WHERE state = 'ready' AND limit_scope IS NOT NULL AND limit_scope > s.scope
             ORDER BY limit_scope LIMIT 1)
     FROM scopes s WHERE s.scope IS NOT NULL
+), limits AS (
+    SELECT value ->> 0 AS kind, value ->> 1 AS n, value ->> 2 AS rate, value ->> 3 AS burst,
+           value ->> 4 AS climb
+    FROM json_each(?1)
+), found AS (
+    SELECT s.scope, l.n, l.rate, l.burst, l.climb, r.tokens AS had, r.rate AS was,
+           (julianday(",
+    now!(),
+    ") - julianday(r.refilled_at)) * 86400.0 AS elapsed
+    FROM scopes s
+    JOIN limits l ON l.kind = substr(s.scope, 1, instr(s.scope || '/', '/') - 1)
+    LEFT JOIN jetpack_rates r ON r.scope = s.scope AND l.rate IS NOT NULL
 )
-SELECT scope, free FROM (
-    SELECT s.scope, (l.value ->> 1) - (SELECT count(*) FROM jetpack_holders h WHERE h.scope = s.scope)
-        AS free
-    FROM scopes s JOIN json_each(?1) l
-      ON l.value ->> 0 = substr(s.scope, 1, instr(s.scope || '/', '/') - 1)
-) WHERE free > 0";
+SELECT scope, free, CAST(tokens AS REAL), CAST(rate AS REAL), counted FROM (
+    SELECT scope, CAST(n IS NOT NULL AS INTEGER) AS counted,
+        coalesce(n, 2147483647)
+            - (SELECT count(*) FROM jetpack_holders h WHERE h.scope = f.scope) AS free,
+        CASE WHEN rate IS NULL THEN 2147483647.0
+             WHEN had IS NULL OR elapsed IS NULL THEN burst
+             WHEN elapsed < 0 THEN 0.0
+             ELSE min(burst, had + min(was, rate) * elapsed) END AS tokens,
+        CASE WHEN rate IS NULL THEN NULL
+             WHEN had IS NULL OR elapsed IS NULL THEN rate
+             ELSE min(rate, was + climb * max(elapsed, 0)) END AS rate
+    FROM found f
+) WHERE free > 0 AND tokens >= 1.0"
+);
+
+/// Takes the tokens of the claims from the buckets `?1` (a JSON array of
+/// `[scope, tokens left, rate]`), refilled now.
+const SPEND: &str = concat!(
+    "INSERT INTO jetpack_rates (scope, tokens, rate, refilled_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, ",
+    now!(),
+    " FROM json_each(?1) WHERE true
+     ON CONFLICT (scope) DO UPDATE
+     SET tokens = excluded.tokens, rate = excluded.rate, refilled_at = excluded.refilled_at"
+);
+
+/// Gives back attempt (`?1`, `?2`) of a rate-limited step: ready after `?3`
+/// µs, its attempt not counted.
+const BACK: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0), wakeup_at = ",
+    now!("?3"),
+    ", updated_at = ",
+    now!(),
+    " WHERE id = ?1 AND fence = ?2"
+);
+
+/// Slows scope `?1` (see the PostgreSQL backend): limited to `?2` per
+/// second, climbing back by `?3`, never below `?4`, paused for `?5` µs.
+const SLOW: &str = concat!(
+    "INSERT INTO jetpack_rates (scope, tokens, rate, refilled_at)
+     VALUES (?1, 0.0, max(?2 / 2, ?4), ",
+    now!("?5"),
+    ")
+     ON CONFLICT (scope) DO UPDATE
+     SET tokens = 0.0, refilled_at = excluded.refilled_at,
+         rate = max(min(?2, rate + ?3 * max(coalesce((julianday(",
+    now!(),
+    ") - julianday(refilled_at)) * 86400.0, 0), 0)) / 2, ?4)
+     WHERE refilled_at <= ",
+    now!()
+);
 
 /// Up to `?2` due tasks of scope `?1`, in claim order: id and order.
 const SCOPE_DUE: &str = concat!(
@@ -1118,15 +1182,17 @@ async fn claim_limited(
 ) -> Result<Vec<Claimed>, Error> {
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
-    let scopes: Vec<(String, i64)> = sqlx::query_as(FREE_SCOPES)
+    let scopes: Vec<(String, i64, f64, Option<f64>, i64)> = sqlx::query_as(FREE_SCOPES)
         .bind(limits)
         .fetch_all(&mut *tx)
         .await?;
     let mut due: Vec<(String, i64)> = Vec::new();
-    for (scope, free) in scopes {
+    for (scope, free, tokens, _, _) in &scopes {
+        // `as` saturates: the tokens are at least 1 and finite.
+        let room = (*free).min(tokens.floor() as i64);
         let rows: Vec<(i64, String)> = sqlx::query_as(SCOPE_DUE)
             .bind(scope)
-            .bind(free.min(i64::try_from(limit).unwrap_or(i64::MAX)))
+            .bind(room.min(i64::try_from(limit).unwrap_or(i64::MAX)))
             .fetch_all(&mut *tx)
             .await?;
         due.extend(rows.into_iter().map(|(id, order)| (order, id)));
@@ -1145,16 +1211,64 @@ async fn claim_limited(
         .bind(lease)
         .fetch_all(&mut *tx)
         .await?;
-    let holders: Vec<(i64, i64, Option<&str>)> = claimed
-        .iter()
+    let of = |c: &Claimed| (scopes.iter()).find(|s| Some(s.0.as_str()) == c.scope.as_deref());
+    let holders: Vec<(i64, i64, Option<&str>)> = (claimed.iter())
+        .filter(|c| of(c).is_some_and(|s| s.4 != 0))
         .map(|c| (c.id, c.fence, c.scope.as_deref()))
         .collect();
-    sqlx::query(HOLD)
-        .bind(json_list(&holders)?)
-        .execute(&mut *tx)
-        .await?;
+    if !holders.is_empty() {
+        sqlx::query(HOLD)
+            .bind(json_list(&holders)?)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let spent: Vec<(&str, f64, f64)> = (scopes.iter())
+        .filter_map(|(scope, _, tokens, rate, _)| {
+            let taken = claimed
+                .iter()
+                .filter(|c| c.scope.as_deref() == Some(scope))
+                .count();
+            let rate = (*rate)?;
+            (taken > 0).then(|| (scope.as_str(), (tokens - taken as f64).max(0.0), rate))
+        })
+        .collect();
+    if !spent.is_empty() {
+        sqlx::query(SPEND)
+            .bind(json_list(&spent)?)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// The task goes back and the scope slows, in one transaction.
+async fn back(
+    db: &mut SqliteConnection,
+    id: i64,
+    fence: i64,
+    delay: i64,
+    slow: Option<(&str, &Rate)>,
+) -> Result<(), Error> {
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(BACK)
+        .bind(id)
+        .bind(fence)
+        .bind(delay)
+        .execute(&mut *tx)
+        .await?;
+    if let Some((scope, rate)) = slow {
+        sqlx::query(SLOW)
+            .bind(scope)
+            .bind(rate.steps_per_second())
+            .bind(rate.climb())
+            .bind(rate.floor())
+            .bind(delay)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn claim_batch(
@@ -1282,14 +1396,33 @@ impl Store for SqliteStore {
     async fn claim_limited(
         &self,
         limit: usize,
-        limits: &[(String, u32)],
+        limits: &[Limit],
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
+        let limits: Vec<_> = (limits.iter())
+            .map(|l| {
+                let (rate, burst, climb) = l.bucket();
+                (&l.kind, l.concurrency, rate, burst, climb)
+            })
+            .collect();
         let (limits, lease) = (json_list(&limits)?, micros(lease)?);
         let mut writer = self.writer().await?;
         let claimed = claim_limited(&mut writer.db, limit, limits, owner, lease).await;
         writer.done(claimed)
+    }
+
+    async fn back(
+        &self,
+        id: i64,
+        fence: i64,
+        delay: Duration,
+        slow: Option<(&str, &Rate)>,
+    ) -> Result<(), Error> {
+        let delay = micros(delay)?;
+        let mut writer = self.writer().await?;
+        let done = back(&mut writer.db, id, fence, delay, slow).await;
+        writer.done(done)
     }
 
     async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {

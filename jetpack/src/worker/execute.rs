@@ -87,16 +87,17 @@ async fn attempt<T: Scheduler>(
         }
         Ok(_) => {}
     }
-    Some(run_step(rt, task, stop, value).await)
+    run_step(rt, task, stop, value).await
 }
 
-/// Runs the decoded step `value` of `task`.
+/// Runs the decoded step `value` of `task`; `None` when it was rate limited
+/// (the task went back).
 async fn run_step<T: Scheduler>(
     rt: &Runtime,
     task: &Claimed,
     stop: &Stop,
     value: T,
-) -> (Outcome, Option<Box<dyn Any + Send>>) {
+) -> Option<(Outcome, Option<Box<dyn Any + Send>>)> {
     let span = tracing::Span::current();
     span.record("machine", value.machine_name());
     span.record("step", value.step_name());
@@ -105,25 +106,25 @@ async fn run_step<T: Scheduler>(
     if task.tried > attempts.saturating_add(1) {
         // Claims count one at a time and park at `attempts + 1`: more was
         // written by hand.
-        return park(format!(
+        return Some(park(format!(
             "tried is {}, beyond the {attempts} attempts of this step (was it set by hand?); \
              clear error to run the step again with a full retry budget",
             task.tried
-        ));
+        )));
     }
     if task.tried > attempts {
-        return park(format!(
+        return Some(park(format!(
             "attempt {} of at most {attempts} never finished: its worker stopped or lost \
              its lease while running it (a crash counts as a failed attempt)",
             task.tried - 1
-        ));
+        )));
     }
     if task.fence >= FENCE_MAX {
-        return park(format!(
+        return Some(park(format!(
             "the fence is {}, its largest value, so that attempts can no longer be told \
              apart (was it set by hand?); set fence to 0 and clear error to resume",
             task.fence
-        ));
+        )));
     }
 
     let cx = Context::new(task.id, task.tried, &rt.shared, stop)
@@ -160,12 +161,12 @@ async fn run_step<T: Scheduler>(
             } else {
                 Outcome::Finish
             };
-            return (finish, tx);
+            return Some((finish, tx));
         }
         Ok(Ok(Some((next, wakeup)))) => match next_step(&next, wakeup, then.wait, then.join) {
             Ok(outcome) => {
                 tracing::debug!(next = next.step_name(), ?wakeup, "step done");
-                return (outcome, tx);
+                return Some((outcome, tx));
             }
             Err(error) => error,
         },
@@ -175,13 +176,39 @@ async fn run_step<T: Scheduler>(
     // A failed step's transaction rolls back as it is dropped here.
     drop(tx);
     let text = error.chain();
+    if let Some(retry_after) = error.retry_after() {
+        back(rt, task, retry_after, policy.max_delay).await;
+        return None;
+    }
     if error.is_permanent() || task.tried >= attempts {
         tracing::error!(error = %text, tried = task.tried, "step failed; parking task");
-        (Outcome::park(text), None)
+        Some((Outcome::park(text), None))
     } else {
         let delay = policy.delay_after(task.tried);
         tracing::warn!(error = %text, retry_in = ?delay, "step failed; will retry");
-        (Outcome::Retry { delay }, None)
+        Some((Outcome::Retry { delay }, None))
+    }
+}
+
+/// Gives back `task`, whose step was rate limited, due after `retry_after`
+/// (at most `max_delay`), without counting its attempt, and slows its scope
+/// when its step has a rate. Without a wait given: two intervals between
+/// starts at the step's rate (one at the halved rate), or a second.
+async fn back(rt: &Runtime, task: &Claimed, retry_after: Option<Duration>, max_delay: Duration) {
+    let kind = task.scope.as_deref().and_then(|s| s.split('/').next());
+    let rate = (rt.limited.iter())
+        .find(|l| Some(l.kind.as_str()) == kind)
+        .and_then(|l| l.rate);
+    let delay = retry_after
+        .or_else(|| rate.map(|r| r.period() * 2 / r.count()))
+        .unwrap_or(Duration::from_secs(1))
+        .min(max_delay);
+    let slow = task.scope.as_deref().zip(rate.as_ref());
+    // The task is due again (and the scope's pause ends) after `delay`.
+    rt.limited_busy_for(delay + super::LIMITED_BUSY);
+    tracing::info!(retry_in = ?delay, slowed = slow.is_some(), "step rate limited; task goes back");
+    if let Err(e) = rt.store.back(task.id, task.fence, delay, slow).await {
+        tracing::warn!(error = %e, "giving back a rate-limited task failed; its lease will expire");
     }
 }
 

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::enqueue::Backend;
 use crate::machine::Scheduler;
 use crate::step::{Shared, StateMap, Stop, StopReason};
-use crate::store::{Retention, Store};
+use crate::store::{Limit, Retention, Store};
 use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
@@ -89,8 +89,8 @@ struct Runtime {
     shared: Shared,
     config: Config,
     kinds: Vec<String>,
-    /// The kinds of steps with a concurrency limit, and the limit of each.
-    limited: Vec<(String, u32)>,
+    /// The kinds of steps with a concurrency or a rate limit, with them.
+    limited: Vec<Limit>,
     in_flight: InFlight,
     wake: Notify,
     completions: complete::Completions,
@@ -103,9 +103,27 @@ struct Runtime {
     writes: tokio::sync::Mutex<()>,
     /// Signalled when the fetch loop found less ready work than it could take.
     idle: Notify,
+    /// Until when limited steps are likely to become claimable soon (tokens
+    /// refill, a rate limit's pause ends): the worker looks for them every
+    /// [`LIMITED_CLAIM_PAUSE`] meanwhile, instead of napping to its poll.
+    limited_busy: Mutex<Option<Instant>>,
 }
 
 impl Runtime {
+    /// Limited steps may become claimable within `d` (see `limited_busy`).
+    fn limited_busy_for(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut busy = lock(&self.limited_busy);
+        if busy.is_none_or(|b| b < until) {
+            *busy = Some(until);
+        }
+    }
+
+    /// Whether limited steps may become claimable soon.
+    fn limited_busy(&self) -> bool {
+        lock(&self.limited_busy).is_some_and(|b| b > Instant::now())
+    }
+
     /// The attempts held, as (id, fence).
     fn held(&self) -> Vec<(i64, i64)> {
         lock(&self.in_flight)
@@ -351,7 +369,11 @@ impl<T: Scheduler> Worker<T> {
                 continue;
             }
             // Due but not claimable (locked by another transaction): do not spin.
-            let nap = nap.max(Duration::from_millis(10));
+            let mut nap = nap.max(Duration::from_millis(10));
+            if rt.limited_busy() {
+                // Rate limits refill and pauses end without a notification.
+                nap = nap.min(LIMITED_CLAIM_PAUSE);
+            }
             // Limited steps at their limits: one of this worker's steps ending
             // may free a share (a share freed in another process is seen at
             // the next poll, or taken by that process).
@@ -394,6 +416,10 @@ impl<T: Scheduler> Worker<T> {
 /// since, goes without looking again.
 const LIMITED_CLAIM_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long after claiming steps under a rate limit a worker keeps looking
+/// for more every [`LIMITED_CLAIM_PAUSE`].
+const LIMITED_BUSY: Duration = Duration::from_secs(2);
+
 /// Claims up to `limit` tasks: first of limited steps, if `try_limited` (they
 /// cannot take more than their limits), then of the others. Also says whether
 /// the claim of limited steps took all it asked for, and whether it took none.
@@ -412,6 +438,10 @@ async fn claim(
             .await?;
         limited_full = claimed.len() == limit;
         limited_none = claimed.is_empty();
+        if !limited_none && rt.limited.iter().any(|l| l.rate.is_some()) {
+            // Steps under a rate: the rest of their tasks get tokens soon.
+            rt.limited_busy_for(LIMITED_BUSY);
+        }
     }
     let rest = limit - claimed.len();
     if rest > 0 {
@@ -717,10 +747,13 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 limited: T::graphs()
                     .iter()
                     .flat_map(|g| {
-                        g.steps.iter().filter_map(|s| {
-                            let kind = crate::machine::kind(g.machine, s.name);
-                            s.concurrency.map(|n| (kind, n))
-                        })
+                        (g.steps.iter())
+                            .filter(|s| s.concurrency.is_some() || s.rate.is_some())
+                            .map(|s| Limit {
+                                kind: crate::machine::kind(g.machine, s.name),
+                                concurrency: s.concurrency,
+                                rate: s.rate,
+                            })
                     })
                     .collect(),
                 in_flight: InFlight::default(),
@@ -728,6 +761,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 completions,
                 writes: tokio::sync::Mutex::new(()),
                 idle: Notify::new(),
+                limited_busy: Mutex::new(None),
             }),
             _tasks: PhantomData,
         }
@@ -751,14 +785,14 @@ async fn report_other_kinds<T: Scheduler>(rt: Arc<Runtime>) {
     // Tasks of steps whose limit was removed (by a deploy) would wait in the
     // claims of limited steps for good: they go back to the others.
     let unlimited: Vec<String> = (rt.kinds.iter())
-        .filter(|k| !rt.limited.iter().any(|(l, _)| l == *k))
+        .filter(|k| !rt.limited.iter().any(|l| &l.kind == *k))
         .cloned()
         .collect();
     match rt.store.unscope(&unlimited).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             tasks = n,
-            "tasks of steps that no longer have a concurrency limit are claimed as any other"
+            "tasks of steps that no longer have a concurrency or rate limit are claimed as any other"
         ),
         Err(e) => tracing::warn!(error = %e, "freeing tasks of steps without limits failed"),
     }
