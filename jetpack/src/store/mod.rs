@@ -1271,6 +1271,10 @@ mod tests {
                 .bind(vec![4_i32])
                 .bind("w")
                 .bind(30_000_000_i64)
+                // Under a rate too: the buckets are read and written.
+                .bind(vec![Some(10.0_f64)])
+                .bind(vec![Some(10.0_f64)])
+                .bind(vec![Some(1.0_f64)])
                 .fetch_all(&pool)
                 .await?;
             let plan = plan.join("\n");
