@@ -34,6 +34,8 @@
 //!     one transaction each) vs `enqueue` one at a time without, alternated in blocks
 //! 11. 800 steps of 20 ms limited to 8 at once (`Step::CONCURRENCY`), two workers of 16
 //!     slots: steps/s vs the limit's ideal, 8 / 20 ms (the ratio is how close to 8 at once)
+//! 12. 600 steps under a rate of 200 a second (`Step::RATE`, a burst of 10), two workers
+//!     of 16 slots: steps/s vs the rate (how close to it the workers keep)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -98,15 +100,16 @@ jetpack::task!(Signals { Await => [wait Woken], Woken });
 jetpack::task!(Fan { FanOut => [join Joined], Joined });
 jetpack::task!(Kids -> u32 { Kid });
 jetpack::task!(Limited { Slow });
+jetpack::task!(Rated { Quick });
 jetpack::scheduler!(Tasks {
     Bench,
     Signals,
     Fan,
     Kids
 });
-// Scenario 11's workers run the limited step alone, so that the others' drains
+// Scenario 11's and 12's workers run the limited steps alone, so that the others' drains
 // measure the claims of steps without limits.
-jetpack::scheduler!(LimitedTasks { Limited });
+jetpack::scheduler!(LimitedTasks { Limited, Rated });
 
 static DONE: AtomicUsize = AtomicUsize::new(0);
 static LATENCIES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
@@ -129,10 +132,29 @@ impl Step<Limited> for Slow {
     }
 }
 
-/// Scenario 11: steps/s of `n` limited steps drained by two workers, and the
-/// limit's ideal rate.
-async fn limited(db: &Db, n: u32) -> Result<(f64, f64), Error> {
-    db.enqueue_many((0..n).map(|_| Slow)).await;
+/// Scenario 12's step: nothing, 200 a second at most.
+#[derive(Debug, Serialize, Deserialize)]
+struct Quick;
+
+/// Scenario 12's rate.
+const QUICK_RATE: jetpack::Rate = jetpack::Rate::per_second(200).burst(10);
+
+#[jetpack::async_trait]
+impl Step<Rated> for Quick {
+    const RATE: Option<jetpack::Rate> = Some(QUICK_RATE);
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::none()
+    }
+}
+
+/// Scenarios 11 and 12: steps/s of `tasks`, all of limited steps, drained by
+/// two workers.
+async fn limited<T: jetpack::IntoTask>(
+    db: &Db,
+    tasks: impl ExactSizeIterator<Item = T>,
+) -> Result<f64, Error> {
+    let n = tasks.len() as f64;
+    db.enqueue_many(tasks).await;
     let workers: Vec<_> = (0..2)
         .map(|_| db.worker::<LimitedTasks>().concurrency(16).build())
         .collect::<Result<_, _>>()?;
@@ -140,15 +162,14 @@ async fn limited(db: &Db, n: u32) -> Result<(f64, f64), Error> {
     let t = Instant::now();
     let running: Vec<_> = workers.into_iter().map(|w| tokio::spawn(w.run())).collect();
     wait_empty(db).await?;
-    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    let rate = n / t.elapsed().as_secs_f64();
     for stop in stops {
         stop.cancel();
     }
     for r in running {
         r.await??;
     }
-    let ideal = f64::from(SLOW_LIMIT) / Duration::from_millis(SLOW_MS).as_secs_f64();
-    Ok((rate, ideal))
+    Ok(rate)
 }
 
 /// Set by scenario 9's join step.
@@ -954,6 +975,7 @@ async fn bench(
     let mut s9 = vec![];
     let (mut s10, mut r10) = (vec![], vec![]);
     let (mut s11, mut r11) = (vec![], vec![]);
+    let (mut s12, mut r12) = (vec![], vec![]);
     let (mut r1, mut r2) = (vec![], vec![]);
     let mut r3: Vec<Vec<f64>> = vec![vec![]; raw_loops(backend).len()];
     let (mut two, mut one) = (vec![], vec![]);
@@ -1024,9 +1046,13 @@ async fn bench(
         }
         if want.has(11) {
             let f = fresh(backend).await?;
-            let (j, r) = limited(&f.db, 800).await?;
-            s11.push(j);
-            r11.push(r);
+            s11.push(limited(&f.db, (0..800).map(|_| Slow)).await?);
+            r11.push(f64::from(SLOW_LIMIT) / Duration::from_millis(SLOW_MS).as_secs_f64());
+        }
+        if want.has(12) {
+            let f = fresh(backend).await?;
+            s12.push(limited(&f.db, (0..600).map(|_| Quick)).await?);
+            r12.push(QUICK_RATE.steps_per_second());
         }
         if want.has(10) {
             let f = fresh(backend).await?;
@@ -1077,6 +1103,17 @@ async fn bench(
             median(s11),
             median(r11),
             "8 at once, all the time",
+            true,
+        ));
+    }
+    if want.has(12) {
+        rows.push(row(
+            backend,
+            "12 600 steps under a rate of 200/s",
+            "steps/s",
+            median(s12),
+            median(r12),
+            "the rate, 200/s",
             true,
         ));
     }
