@@ -13,10 +13,11 @@
 //! (`{"Parcel":{"Dispatch":{"order":N}}}`) that wait for a `delivered` signal
 //! sent to the key `order-N`, then record it in their transaction; and calls
 //! to a partner (`{"Partner":{"Call":{"ms":100,"tenant":null}}}`) of which at
-//! most 4 run at once across every worker (per tenant, when given), each
-//! recording when it ran in the table `spans`. With `--every-second` it also
-//! runs a schedule, `ticks`, which enqueues a `Clock.Tick` each second (once,
-//! however many workers run it), recorded in `runs` as `tick <time>`.
+//! most 4 run at once and 50 start a second across every worker (per tenant,
+//! when given), each recording when it ran in the table `spans`. With
+//! `--every-second` it also runs a schedule, `ticks`, which enqueues a
+//! `Clock.Tick` each second (once, however many workers run it), recorded in
+//! `runs` as `tick <time>`.
 //!
 //! It runs on `DATABASE_URL`: an SQLite file by default (`sqlite://jetpack.db`),
 //! or PostgreSQL with `DATABASE_URL=postgres://…`. Every step records its
@@ -159,7 +160,8 @@ impl Step<Parcel> for Received {
     }
 }
 
-/// A call to a partner's API, which allows 4 at once (per tenant, if given).
+/// A call to a partner's API, which allows 4 at once and 50 a second (per
+/// tenant, if given).
 #[derive(Debug, Serialize, Deserialize)]
 struct Call {
     ms: u64,
@@ -171,6 +173,7 @@ jetpack::task!(Partner { Call });
 impl Step<Partner> for Call {
     const RETRY_LIMIT: i32 = 5;
     const CONCURRENCY: Option<u32> = Some(4);
+    const RATE: Option<jetpack::Rate> = Some(jetpack::Rate::per_second(50));
     fn limit_key(&self) -> Option<String> {
         self.tenant.map(|t| format!("tenant-{t}"))
     }
