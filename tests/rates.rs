@@ -246,6 +246,7 @@ conformance!(
     a_rate_limited_step_goes_back_without_spending_an_attempt,
     steps_converge_under_a_server_that_answers_429,
     buckets_written_by_hand_are_checked,
+    passed_throttle_windows_and_idle_buckets_are_deleted,
 );
 
 async fn no_more_than_the_rate_start_across_workers(db: TestDb) {
@@ -434,4 +435,38 @@ async fn buckets_written_by_hand_are_checked(db: TestDb) {
     for w in workers {
         w.shutdown().await;
     }
+}
+
+async fn passed_throttle_windows_and_idle_buckets_are_deleted(db: TestDb) {
+    for sql in [
+        "INSERT INTO jetpack_throttles (key, until) VALUES ('passed', '2020-01-01 00:00:00')",
+        "INSERT INTO jetpack_throttles (key, until) VALUES ('open', '9999-01-01 00:00:00')",
+        "INSERT INTO jetpack_rates (scope, tokens, rate, refilled_at) \
+         VALUES ('Paced.Tick/idle', 1, 1, '2020-01-01 00:00:00')",
+        "INSERT INTO jetpack_rates (scope, tokens, rate, refilled_at) \
+         VALUES ('Paced.Tick/busy', 1, 1, '9000-01-01 00:00:00')",
+    ] {
+        db.exec(sql, None, None).await;
+    }
+    let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
+    common::wait_for(common::DEADLINE, || async {
+        let left = db
+            .scalar(
+                "SELECT (SELECT count(*) FROM jetpack_throttles WHERE key = 'passed') \
+                      + (SELECT count(*) FROM jetpack_rates WHERE scope = 'Paced.Tick/idle')",
+                None,
+            )
+            .await;
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .expect("the passed window and the idle bucket are deleted");
+    worker.shutdown().await;
+    let kept = db
+        .scalar(
+            "SELECT (SELECT count(*) FROM jetpack_throttles) + (SELECT count(*) FROM jetpack_rates)",
+            None,
+        )
+        .await;
+    assert_eq!(kept, 2, "the open window and the bucket in use are kept");
 }

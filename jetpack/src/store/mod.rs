@@ -127,6 +127,10 @@ impl Outcome {
     }
 }
 
+/// How long a rate bucket no claim took from is kept: a day. Deleted, it
+/// starts again full and at its limit, as it would mostly be by then.
+pub(crate) const IDLE_BUCKET: Duration = Duration::from_secs(24 * 3600);
+
 /// The longest error text kept on a row.
 const MAX_ERROR_LEN: usize = 16 * 1024;
 
@@ -244,6 +248,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// `keep` says, oldest first, and up to `limit` kept signals as old; how
     /// many it deleted.
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
+
+    /// Deletes up to `limit` throttle windows that have passed and up to
+    /// `limit` rate buckets no claim has taken from for [`IDLE_BUCKET`]; how
+    /// many it deleted.
+    async fn clean_limits(&self, limit: usize) -> Result<u64, Error>;
 
     /// How many live tasks (ready, waiting or parked) wait whose kind is none
     /// of `kinds`, by kind.

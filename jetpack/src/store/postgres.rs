@@ -494,6 +494,20 @@ DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED))";
 
+/// Deletes up to `$1` throttle windows that have passed, oldest first.
+const CLEAN_THROTTLES: &str = "
+DELETE FROM jetpack_throttles WHERE key = ANY(ARRAY(
+    SELECT key FROM jetpack_throttles WHERE until < now()
+    ORDER BY until LIMIT $1
+    FOR UPDATE SKIP LOCKED))";
+
+/// Deletes up to `$1` rate buckets not taken from for `$2` µs.
+const CLEAN_BUCKETS: &str = "
+DELETE FROM jetpack_rates WHERE scope = ANY(ARRAY(
+    SELECT scope FROM jetpack_rates WHERE refilled_at < now() - $2 * interval '1 microsecond'
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED))";
+
 /// Inserts step `$1` of kind `$2`, priority `$5` and concurrency scope `$7`,
 /// due after `$3` µs or at `$4`; with unique key `$6`, only if no live task
 /// holds it.
@@ -1059,6 +1073,20 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() + signals.rows_affected())
+    }
+
+    async fn clean_limits(&self, limit: usize) -> Result<u64, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let throttles = sqlx::query(CLEAN_THROTTLES)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        let buckets = sqlx::query(CLEAN_BUCKETS)
+            .bind(limit)
+            .bind(micros(super::IDLE_BUCKET)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(throttles.rows_affected() + buckets.rows_affected())
     }
 
     fn connections(&self) -> (u32, u32) {

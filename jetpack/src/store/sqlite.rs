@@ -654,6 +654,20 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
+/// Deletes up to `?1` throttle windows that have passed, oldest first.
+const CLEAN_THROTTLES: &str = concat!(
+    "DELETE FROM jetpack_throttles WHERE key IN (
+         SELECT key FROM jetpack_throttles WHERE until < ",
+    now!(),
+    " ORDER BY until LIMIT ?1)"
+);
+
+/// Deletes up to `?1` rate buckets not taken from for `?2` µs.
+const CLEAN_BUCKETS: &str = "DELETE FROM jetpack_rates WHERE scope IN (
+     SELECT scope FROM jetpack_rates
+     WHERE refilled_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?2 / 1000000.0) || ' seconds')
+     LIMIT ?1)";
+
 /// Inserts step `?1` of kind `?2`, priority `?5` and concurrency scope `?7`,
 /// due after `?3` µs or at `?4`; with unique key `?6`, only if no live task
 /// holds it.
@@ -1579,6 +1593,26 @@ impl Store for SqliteStore {
                 .execute(&mut writer.db)
                 .await?;
             Ok::<_, sqlx::Error>(tasks.rows_affected() + kept.rows_affected())
+        }
+        .await;
+        writer.done(done.map_err(Error::from))
+    }
+
+    async fn clean_limits(&self, limit: usize) -> Result<u64, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let idle = micros(super::IDLE_BUCKET)?;
+        let mut writer = self.writer().await?;
+        let done = async {
+            let throttles = sqlx::query(CLEAN_THROTTLES)
+                .bind(limit)
+                .execute(&mut writer.db)
+                .await?;
+            let buckets = sqlx::query(CLEAN_BUCKETS)
+                .bind(limit)
+                .bind(idle)
+                .execute(&mut writer.db)
+                .await?;
+            Ok::<_, sqlx::Error>(throttles.rows_affected() + buckets.rows_affected())
         }
         .await;
         writer.done(done.map_err(Error::from))

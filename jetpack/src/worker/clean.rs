@@ -1,5 +1,6 @@
 //! Ends waits whose deadline passed, and deletes finished and cancelled tasks
-//! once they have been kept long enough.
+//! once they have been kept long enough, throttle windows that have passed and
+//! rate buckets left idle.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,34 @@ pub(super) async fn expire_waits(rt: Arc<Runtime>) {
     }
 }
 
+/// How often a worker deletes passed throttle windows and idle rate buckets.
+const LIMITS_EVERY: Duration = Duration::from_secs(60);
+
+/// Deletes passed throttle windows and idle rate buckets, in batches of
+/// [`BATCH`], until none are left.
+async fn clean_limits(rt: &Runtime) {
+    loop {
+        match rt.store.clean_limits(BATCH).await {
+            Ok(deleted) => {
+                if deleted > 0 {
+                    tracing::debug!(
+                        deleted,
+                        "deleted passed throttle windows and idle rate buckets"
+                    );
+                }
+                if deleted < BATCH as u64 {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting passed throttle windows failed");
+                return;
+            }
+        }
+    }
+}
+
 /// The most rows one cleanup statement deletes: small enough to hold few
 /// locks and little WAL at a time.
 const BATCH: usize = 1000;
@@ -46,8 +75,13 @@ pub(super) async fn run(rt: Arc<Runtime>) {
     let finished = keep.finished.unwrap_or(Duration::from_secs(4));
     let shortest = finished.min(keep.cancelled).min(keep.signals);
     let every = (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(20));
+    let mut limits_cleaned: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(every).await;
+        if limits_cleaned.is_none_or(|at| at.elapsed() >= LIMITS_EVERY) {
+            limits_cleaned = Some(std::time::Instant::now());
+            clean_limits(&rt).await;
+        }
         loop {
             match rt.store.clean(&keep, BATCH).await {
                 Ok(deleted) => {
