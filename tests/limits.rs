@@ -84,22 +84,6 @@ async fn spans_of(db: &Db, scope: &str) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// Two workers of 8 slots each in this process.
-fn two_workers(db: &Db) -> [common::Running; 2] {
-    [(); 2].map(|()| common::spawn(db.worker::<Tasks>().concurrency(8).build().expect("worker")))
-}
-
-/// Runs tasks `ids` to their end on [`two_workers`].
-async fn run_to_the_end(db: &Db, ids: &[i64]) {
-    let workers = two_workers(db);
-    for &id in ids {
-        finished(db, id).await;
-    }
-    for w in workers {
-        w.shutdown().await;
-    }
-}
-
 conformance!(
     no_more_than_the_limit_run_at_once_across_workers,
     a_limit_per_key_counts_each_key_apart,
@@ -117,7 +101,7 @@ async fn no_more_than_the_limit_run_at_once_across_workers(db: TestDb) {
         db.enqueue_many((0..10).map(|_| Prepare { key: None }))
             .await,
     );
-    let workers = two_workers(&db);
+    let workers = common::two_workers::<Tasks>(&db);
     for id in ids {
         finished(&db, id).await;
     }
@@ -149,7 +133,7 @@ async fn a_limit_per_key_counts_each_key_apart(db: TestDb) {
     for key in ["a", "b", "c"] {
         ids.extend(db.enqueue_many((0..6).map(|_| call(Some(key)))).await);
     }
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let mut all = Vec::new();
     for key in ["a", "b", "c"] {
         let spans = spans_of(&db, key).await;
@@ -196,7 +180,7 @@ async fn a_dead_workers_share_comes_back_when_its_lease_expires(db: TestDb) {
         }
     };
     let expires_us = db.scalar(expires_us, None).await;
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let spans = spans_of(&db, "").await;
     assert_eq!(
         spans.len(),
@@ -222,7 +206,7 @@ async fn rows_written_by_hand_are_limited_too(db: TestDb) {
             .expect("insert");
         ids.push(id);
     }
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let spans = spans_of(&db, "").await;
     assert_eq!(spans.len(), 6);
     assert!(overlap(&spans).0 <= LIMIT, "{spans:?}");
@@ -241,7 +225,7 @@ async fn a_limit_removed_from_the_code_frees_its_tasks(db: TestDb) {
     // A scope that is not its kind's is refused.
     let wrong = "UPDATE jetpack_tasks SET limit_scope = 'Api.Call' WHERE id = $1";
     assert!(db.try_exec(wrong, Some(id), None).await.is_err());
-    let workers = two_workers(&db);
+    let workers = common::two_workers::<Tasks>(&db);
     finished(&db, id).await;
     for w in workers {
         w.shutdown().await;
@@ -264,7 +248,7 @@ async fn a_bad_limit_key_is_refused(db: TestDb) {
             key: Some(String::new()),
         })
         .await;
-    let workers = two_workers(&db);
+    let workers = common::two_workers::<Tasks>(&db);
     let row = common::parked(&db, id).await;
     for w in workers {
         w.shutdown().await;

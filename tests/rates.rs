@@ -208,22 +208,6 @@ async fn rate_limited_server() -> (u16, Arc<Mutex<Served>>) {
     (port, counts)
 }
 
-/// Two workers of 8 slots each in this process.
-fn two_workers(db: &Db) -> [common::Running; 2] {
-    [(); 2].map(|()| common::spawn(db.worker::<Tasks>().concurrency(8).build().expect("worker")))
-}
-
-/// Runs tasks `ids` to their end on [`two_workers`].
-async fn run_to_the_end(db: &Db, ids: &[i64]) {
-    let workers = two_workers(db);
-    for &id in ids {
-        finished(db, id).await;
-    }
-    for w in workers {
-        w.shutdown().await;
-    }
-}
-
 /// The start times of the ticks of `key`.
 async fn starts(db: &Db, key: &str) -> Vec<i64> {
     (db.spans().await.into_iter())
@@ -253,7 +237,7 @@ async fn no_more_than_the_rate_start_across_workers(db: TestDb) {
     db.create_app_tables().await;
     let ids = db.enqueue_many((0..50).map(|_| Tick { key: None })).await;
     let began = Instant::now();
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let took = began.elapsed();
     let starts = starts(&db, "").await;
     assert_eq!(starts.len(), 50);
@@ -276,7 +260,7 @@ async fn a_rate_per_key_counts_each_key_apart(db: TestDb) {
             key: Some(keys[i % 3].to_string()),
         }))
         .await;
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let mut all = Vec::new();
     for key in keys {
         let starts = starts(&db, key).await;
@@ -312,7 +296,7 @@ async fn a_rate_limited_step_goes_back_without_spending_an_attempt(db: TestDb) {
     // Neither step has retries: an attempt spent would park the task.
     let flaky = db.enqueue(Flaky { times: 3 }).await;
     let unrated = db.enqueue(Unrated { times: 3 }).await;
-    run_to_the_end(&db, &[flaky, unrated]).await;
+    common::run_to_the_end::<Tasks>(&db, &[flaky, unrated]).await;
     for (id, step) in [(flaky, "Flaky"), (unrated, "Unrated")] {
         let runs = db.runs(id).await;
         assert_eq!(runs.len(), 4, "{step} ran {runs:?}");
@@ -354,7 +338,7 @@ async fn steps_converge_under_a_server_that_answers_429(db: TestDb) {
     let n = 150;
     let ids = db.enqueue_many((0..n).map(|_| Call { port })).await;
     let began = Instant::now();
-    run_to_the_end(&db, &ids).await;
+    common::run_to_the_end::<Tasks>(&db, &ids).await;
     let took = began.elapsed();
     let (accepted, refused) = {
         let s = served.lock().expect("counts");
@@ -422,7 +406,7 @@ async fn buckets_written_by_hand_are_checked(db: TestDb) {
             key: Some("free".into()),
         })
         .await;
-    let workers = two_workers(&db);
+    let workers = common::two_workers::<Tasks>(&db);
     finished(&db, free).await;
     assert!(db.find(held).await.is_some(), "the paused scope's task ran");
     db.exec(

@@ -119,6 +119,22 @@ pub fn spawn<T: Scheduler>(worker: Worker<T>) -> Running {
     }
 }
 
+/// Two workers of 8 slots each in this process.
+pub fn two_workers<T: Scheduler>(db: &Db) -> [Running; 2] {
+    [(); 2].map(|()| spawn(db.worker::<T>().concurrency(8).build().expect("worker")))
+}
+
+/// Runs tasks `ids` to their end on [`two_workers`].
+pub async fn run_to_the_end<T: Scheduler>(db: &Db, ids: &[i64]) {
+    let workers = two_workers::<T>(db);
+    for &id in ids {
+        finished(db, id).await;
+    }
+    for w in workers {
+        w.shutdown().await;
+    }
+}
+
 /// Builds the `worker` example (a no-op when it is up to date) and returns its path.
 pub fn worker_binary() -> std::path::PathBuf {
     let deps = std::env::current_exe().expect("test binary path");

@@ -10,6 +10,30 @@ use chrono::{DateTime, Utc};
 use crate::step::Wakeup;
 use crate::{Error, Rate};
 
+/// [`Store::back`] in a backend's transaction `$tx`: its `BACK` statement,
+/// then, with `$slow`, its `SLOW`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! back_and_slow {
+    ($tx:expr, $id:expr, $fence:expr, $delay:expr, $slow:expr) => {{
+        sqlx::query(BACK)
+            .bind($id)
+            .bind($fence)
+            .bind($delay)
+            .execute(&mut *$tx)
+            .await?;
+        if let Some((scope, rate)) = $slow {
+            sqlx::query(SLOW)
+                .bind(scope)
+                .bind(rate.steps_per_second())
+                .bind(rate.climb())
+                .bind(rate.floor())
+                .bind($delay)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]

@@ -895,22 +895,7 @@ impl Store for PgStore {
     ) -> Result<(), Error> {
         let delay = micros(delay)?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(BACK)
-            .bind(id)
-            .bind(fence)
-            .bind(delay)
-            .execute(&mut *tx)
-            .await?;
-        if let Some((scope, rate)) = slow {
-            sqlx::query(SLOW)
-                .bind(scope)
-                .bind(rate.steps_per_second())
-                .bind(rate.climb())
-                .bind(rate.floor())
-                .bind(delay)
-                .execute(&mut *tx)
-                .await?;
-        }
+        back_and_slow!(tx, id, fence, delay, slow);
         tx.commit().await?;
         Ok(())
     }

@@ -1265,22 +1265,7 @@ async fn back(
     slow: Option<(&str, &Rate)>,
 ) -> Result<(), Error> {
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-    sqlx::query(BACK)
-        .bind(id)
-        .bind(fence)
-        .bind(delay)
-        .execute(&mut *tx)
-        .await?;
-    if let Some((scope, rate)) = slow {
-        sqlx::query(SLOW)
-            .bind(scope)
-            .bind(rate.steps_per_second())
-            .bind(rate.climb())
-            .bind(rate.floor())
-            .bind(delay)
-            .execute(&mut *tx)
-            .await?;
-    }
+    back_and_slow!(tx, id, fence, delay, slow);
     tx.commit().await?;
     Ok(())
 }
