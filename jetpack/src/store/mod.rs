@@ -61,6 +61,41 @@ pub(crate) struct Claimed {
     pub scope: Option<String>,
 }
 
+/// What the history records of the attempts whose outcomes one write
+/// records, besides the outcomes.
+pub(crate) struct History<'a> {
+    /// The worker that ran them.
+    pub worker: &'a str,
+    /// One per outcome, in the same order.
+    pub traces: &'a [&'a Trace],
+}
+
+/// What the history records of one attempt, besides its outcome.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Trace {
+    /// The kind of the step it ran; `None` when its JSON did not decode.
+    pub kind: Option<String>,
+    /// Its number (1 for the first).
+    pub attempt: i32,
+    /// From its claim to its outcome, in µs.
+    pub duration_us: i64,
+}
+
+impl Outcome {
+    /// The history's event for this outcome, the kind it moves the task to
+    /// (`None`: it stays at its step, or ends), and its error.
+    pub(crate) fn event(&self) -> (&'static str, Option<&str>, Option<&str>) {
+        match self {
+            Outcome::Next { kind, .. } => ("next", Some(kind), None),
+            Outcome::Wait { kind, .. } => ("wait", Some(kind), None),
+            Outcome::Join { kind, .. } => ("join", Some(kind), None),
+            Outcome::Finish | Outcome::Keep { .. } => ("finished", None, None),
+            Outcome::Retry { error, .. } => ("retry", None, Some(error)),
+            Outcome::Park { error } => ("parked", None, Some(error)),
+        }
+    }
+}
+
 /// A step type with a concurrency or a rate limit, as the claims of limited
 /// steps keep them.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,8 +155,8 @@ pub(crate) enum Outcome {
     /// Finished, and kept (state `finished`) with its `result` (JSON) until
     /// the workers' cleanup.
     Keep { result: Option<String> },
-    /// Failed; retried after `delay`.
-    Retry { delay: Duration },
+    /// Failed with `error`; retried after `delay`.
+    Retry { delay: Duration, error: String },
     /// Failed for good; parked with its error until a person clears it.
     Park { error: String },
 }
@@ -230,9 +265,14 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn unscope(&self, kinds: &[String]) -> Result<u64, Error>;
 
     /// Records the outcomes of attempts `(id, fence, outcome)`, all in one
-    /// transaction; returns, in order, whether each attempt still held its task
-    /// (false when its lease expired and another claim happened).
-    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error>;
+    /// transaction, with their `history` when it is on; returns, in order,
+    /// whether each attempt still held its task (false when its lease expired
+    /// and another claim happened).
+    async fn complete_many(
+        &self,
+        done: &[(i64, i64, &Outcome)],
+        history: Option<&History<'_>>,
+    ) -> Result<Vec<bool>, Error>;
 
     /// Records one outcome inside the step's own transaction, which is
     /// committed when the attempt still holds the task and rolled back otherwise.
@@ -242,7 +282,11 @@ pub(crate) trait Store: Send + Sync + 'static {
         id: i64,
         fence: i64,
         outcome: &Outcome,
+        history: Option<&History<'_>>,
     ) -> Result<bool, Error>;
+
+    /// Whether the history is on (`jetpack_config.history`).
+    async fn history_on(&self) -> Result<bool, Error>;
 
     /// Extends the leases of the given `(id, fence)` attempts; returns those
     /// still held.
@@ -269,8 +313,8 @@ pub(crate) trait Store: Send + Sync + 'static {
     async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error>;
 
     /// Deletes up to `limit` finished and cancelled tasks kept longer than
-    /// `keep` says, oldest first, and up to `limit` kept signals as old; how
-    /// many it deleted.
+    /// `keep` says, oldest first, and up to `limit` kept signals and rows of
+    /// history as old; how many it deleted.
     async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
 
     /// Deletes up to `limit` throttle windows that have passed and up to
@@ -296,6 +340,8 @@ pub(crate) struct Retention {
     pub cancelled: Duration,
     /// How long a signal no wait took is kept.
     pub signals: Duration,
+    /// How long the history's rows are kept.
+    pub history: Duration,
 }
 
 /// The largest fence the table allows (2^53 - 1, so that SQLite's sum of a
@@ -547,7 +593,10 @@ mod tests {
             let claimed = store.claim(1, &kinds, "w", Duration::from_secs(30)).await?;
             let (id, fence) = (claimed[0].id, claimed[0].fence);
             let next = to_b(Wakeup::Delay(Duration::from_secs(3600)));
-            assert_eq!(store.complete_many(&[(id, fence, &next)]).await?, [true]);
+            assert_eq!(
+                store.complete_many(&[(id, fence, &next)], None).await?,
+                [true]
+            );
             let due = store.next_due(&kinds).await?.ok_or("the task is gone")?;
             if !store
                 .heartbeat(&[(id, fence)], Duration::from_secs(1))
@@ -675,7 +724,7 @@ mod tests {
                     store.heartbeat(&[(id, fence)], hour).await?;
                 }
                 let next = to_b(Wakeup::Now);
-                store.complete_many(&[(id, fence, &next)]).await?;
+                store.complete_many(&[(id, fence, &next)], None).await?;
                 let again = store.claim(1, &["M.B".to_string()], "w", hour).await?;
                 if again.len() != 1 || again[0].id != id {
                     problems.push(format!(
@@ -683,7 +732,7 @@ mod tests {
                     ));
                 }
                 store
-                    .complete_many(&[(id, fence + 1, &Outcome::Finish)])
+                    .complete_many(&[(id, fence + 1, &Outcome::Finish)], None)
                     .await?;
             }
             Ok(problems)
@@ -708,11 +757,14 @@ mod tests {
             };
             let next = to_b(Wakeup::Now);
             let held = store
-                .complete_many(&[
-                    (a.id, a.fence, &Outcome::Finish),
-                    (b.id, b.fence - 1, &Outcome::Finish),
-                    (c.id, c.fence, &next),
-                ])
+                .complete_many(
+                    &[
+                        (a.id, a.fence, &Outcome::Finish),
+                        (b.id, b.fence - 1, &Outcome::Finish),
+                        (c.id, c.fence, &next),
+                    ],
+                    None,
+                )
                 .await?;
             if held != [true, false, true] {
                 problems.push(format!("held {held:?}, not [true, false, true]"));
@@ -727,7 +779,7 @@ mod tests {
             }
             // The attempt that lost nothing still finishes its task.
             let held = store
-                .complete_many(&[(b.id, b.fence, &Outcome::Finish)])
+                .complete_many(&[(b.id, b.fence, &Outcome::Finish)], None)
                 .await?;
             if held != [true] {
                 problems.push(format!("the live attempt's finish reported {held:?}"));
@@ -754,10 +806,13 @@ mod tests {
             };
             let next = to_b(Wakeup::Now);
             let held = store
-                .complete_many(&[
-                    (stale.id, stale.fence, &Outcome::Finish),
-                    (live.id, live.fence, &next),
-                ])
+                .complete_many(
+                    &[
+                        (stale.id, stale.fence, &Outcome::Finish),
+                        (live.id, live.fence, &next),
+                    ],
+                    None,
+                )
                 .await?;
             if held != [false, true] {
                 problems.push(format!("held {held:?}, not [false, true]"));
@@ -812,6 +867,7 @@ mod tests {
                 to_b(Wakeup::Now),
                 Outcome::Retry {
                     delay: Duration::from_secs(3600),
+                    error: "once more".into(),
                 },
                 Outcome::park("a NUL \0 here".into()),
             ];
@@ -820,7 +876,7 @@ mod tests {
                 .zip(&outcomes)
                 .map(|(t, o)| (t.id, t.fence, o))
                 .collect();
-            let held = store.complete_many(&done).await?;
+            let held = store.complete_many(&done, None).await?;
             if held != [true; 4] {
                 problems.push(format!("held {held:?}"));
             }
@@ -854,7 +910,7 @@ mod tests {
                 return Err(format!("claimed {} tasks instead of 2", claimed.len()).into());
             };
             let done = store
-                .complete_many(&[(a.id, a.fence, &Outcome::Keep { result: None })])
+                .complete_many(&[(a.id, a.fence, &Outcome::Keep { result: None })], None)
                 .await?;
             if done != [true] {
                 problems.push(format!("keeping a finished task: {done:?}"));
@@ -1022,7 +1078,7 @@ mod tests {
                 return Err(format!("claimed {claimed:?} (few: {few})").into());
             };
             let held = store
-                .complete_many(&[(task.id, task.fence, &Outcome::Finish)])
+                .complete_many(&[(task.id, task.fence, &Outcome::Finish)], None)
                 .await?;
             assert_eq!(held, [true], "few: {few}");
         }

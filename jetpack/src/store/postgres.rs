@@ -9,7 +9,9 @@ use sqlx::{Executor, PgConnection};
 
 use chrono::{DateTime, Utc};
 
-use super::{micros, wakeup_binds, Claimed, Limit, Listener, Notice, Outcome, Retention, Store};
+use super::{
+    micros, wakeup_binds, Claimed, History, Limit, Listener, Notice, Outcome, Retention, Store,
+};
 use crate::enqueue::{
     one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
     TaskRow, TaskState, Window,
@@ -246,9 +248,9 @@ macro_rules! finished {
 /// limit writes `limit_scope` NULL over NULL).
 macro_rules! moved {
     () => {
-        moved!("NULL::text", "", "")
+        moved!("NULL::text", "", "", "")
     };
-    ($scope:literal, $scopes:literal, $alias:literal) => {
+    ($scope:literal, $scopes:literal, $alias:literal, $returning:literal) => {
         concat!(
             "moved AS (
     UPDATE jetpack_tasks t
@@ -266,7 +268,9 @@ macro_rules! moved {
             $alias,
             ")
     WHERE t.id = u.id AND t.fence = u.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 )"
         )
     };
@@ -347,7 +351,11 @@ macro_rules! kept {
 /// The table's trigger hands a kept signal over at once.
 macro_rules! waited {
     () => {
-        "waited AS (
+        waited!("")
+    };
+    ($returning:literal) => {
+        concat!(
+            "waited AS (
     UPDATE jetpack_tasks t
     SET step = w.step::jsonb, kind = w.kind,
         state = CASE WHEN t.state = 'parked' THEN 'parked' ELSE 'waiting' END,
@@ -358,8 +366,11 @@ macro_rules! waited {
     FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
                 $21::bigint[], $28::text[]) AS w(id, fence, step, kind, name, key, timeout, scope)
     WHERE t.id = w.id AND t.fence = w.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 )"
+        )
     };
 }
 
@@ -371,7 +382,11 @@ macro_rules! waited {
 /// the children down as they end, and make the task ready after the last.
 macro_rules! joined {
     () => {
-        "joined AS (
+        joined!("")
+    };
+    ($returning:literal) => {
+        concat!(
+            "joined AS (
     UPDATE jetpack_tasks t
     SET step = j.step::jsonb, kind = j.kind, tried = 0, children_left = c.n, limit_scope = j.scope,
         state = CASE WHEN t.state = 'parked' THEN 'parked' WHEN c.n > 0 THEN 'waiting' ELSE 'ready' END,
@@ -385,8 +400,11 @@ macro_rules! joined {
         WHERE c.parent_id = j.id AND c.awaited IN ('wait', 'fail', 'error')
     ) c
     WHERE t.id = j.id AND t.fence = j.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 )"
+        )
     };
 }
 
@@ -397,7 +415,7 @@ const EVERY_OUTCOME: &str = concat!(
     "WITH ",
     finished!(),
     ", ",
-    moved!("u.scope", ", $27::text[]", ", scope"),
+    moved!("u.scope", ", $27::text[]", ", scope", ""),
     ", ",
     failed!(),
     ", ",
@@ -406,6 +424,99 @@ const EVERY_OUTCOME: &str = concat!(
     waited!(),
     ", ",
     joined!(),
+    "
+SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
+UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
+UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined
+UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
+);
+
+/// The history of the attempts the statement wrote: for each of the ids in
+/// `$a` (with the events `$b`, the kinds they ran `$c`, the kinds they went
+/// to `$d`, their attempts `$e`, durations in µs `$f` and errors `$g`) that
+/// `$written` returns (as `id, step`), a row with the step it moved to, by
+/// worker `$w`. In the statement that writes the outcomes: the history never
+/// disagrees with the rows.
+macro_rules! history {
+    ($written:literal, $a:literal, $b:literal, $c:literal, $d:literal, $e:literal, $f:literal, $g:literal, $w:literal) => {
+        concat!(
+            "history AS (
+    INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, attempt, worker, duration_us, error)
+    SELECT h.id, h.event, h.from_kind, h.to_kind, w.step, h.attempt, ",
+            $w,
+            ", h.duration, h.error
+    FROM unnest(",
+            $a,
+            "::bigint[], ",
+            $b,
+            "::text[], ",
+            $c,
+            "::text[], ",
+            $d,
+            "::text[], ",
+            $e,
+            "::integer[], ",
+            $f,
+            "::bigint[], ",
+            $g,
+            "::text[]) AS h(id, event, from_kind, to_kind, attempt, duration, error)
+    JOIN (",
+            $written,
+            ") w ON w.id = h.id
+)"
+        )
+    };
+}
+
+/// [`FINISH_AND_NEXT`], recording the history (`$9`…`$16`).
+const FINISH_AND_NEXT_HISTORY: &str = concat!(
+    "WITH ",
+    finished!(),
+    ", ",
+    moved!("NULL::text", "", "", ", t.step"),
+    ", ",
+    history!(
+        "SELECT id, NULL::jsonb AS step FROM finished UNION ALL SELECT id, step FROM moved",
+        "$9",
+        "$10",
+        "$11",
+        "$12",
+        "$13",
+        "$14",
+        "$15",
+        "$16"
+    ),
+    " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
+);
+
+/// [`EVERY_OUTCOME`], recording the history (`$30`…`$37`).
+const EVERY_OUTCOME_HISTORY: &str = concat!(
+    "WITH ",
+    finished!(),
+    ", ",
+    moved!("u.scope", ", $27::text[]", ", scope", ", t.step"),
+    ", ",
+    failed!(),
+    ", ",
+    kept!(),
+    ", ",
+    waited!(", t.step"),
+    ", ",
+    joined!(", t.step"),
+    ", ",
+    history!(
+        "SELECT id, NULL::jsonb AS step FROM finished UNION ALL SELECT id, step FROM moved
+         UNION ALL SELECT id, NULL FROM failed UNION ALL SELECT id, NULL FROM kept
+         UNION ALL SELECT id, step FROM waited UNION ALL SELECT id, step FROM joined",
+        "$30",
+        "$31",
+        "$32",
+        "$33",
+        "$34",
+        "$35",
+        "$36",
+        "$37"
+    ),
     "
 SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
 UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
@@ -486,6 +597,12 @@ DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED))";
 
+/// Deletes rows of history older than `$1` µs among the `$2` oldest.
+const CLEAN_HISTORY: &str = "
+DELETE FROM jetpack_history
+WHERE id = ANY(ARRAY(SELECT id FROM jetpack_history ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED))
+  AND at < now() - $1 * interval '1 microsecond'";
+
 /// Deletes up to `$2` kept signals sent more than `$1` µs ago, oldest first.
 const CLEAN_SIGNALS: &str = "
 DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
@@ -493,6 +610,9 @@ DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
     WHERE sent_at < now() - $1 * interval '1 microsecond'
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED))";
+
+/// Whether the history is on.
+const HISTORY_ON: &str = "SELECT jetpack_history_on()";
 
 /// Deletes up to `$1` throttle windows that have passed, oldest first.
 const CLEAN_THROTTLES: &str = "
@@ -689,11 +809,47 @@ struct Batch<'a> {
         Vec<Option<i64>>,
         Vec<Option<&'a str>>,
     ),
+    /// The worker and the history's arrays, when it is on.
+    history: Option<(&'a str, HistoryRows<'a>)>,
 }
 
+/// The history of a batch, as the statements bind it: ids, events, kinds
+/// run, kinds gone to, attempts, durations, errors.
+#[derive(Default)]
+#[allow(clippy::type_complexity)]
+struct HistoryRows<'a>(
+    Vec<i64>,
+    Vec<&'static str>,
+    Vec<Option<&'a str>>,
+    Vec<Option<&'a str>>,
+    Vec<i32>,
+    Vec<i64>,
+    Vec<Option<&'a str>>,
+);
+
 impl<'a> Batch<'a> {
-    fn of(done: &[(i64, i64, &'a Outcome)]) -> Result<Self, Error> {
+    fn of(
+        done: &[(i64, i64, &'a Outcome)],
+        history: Option<&'a History<'a>>,
+    ) -> Result<Self, Error> {
         let mut batch = Batch::default();
+        if let Some(h) = history {
+            let mut rows = HistoryRows::default();
+            for (&(id, _, outcome), trace) in done.iter().zip(h.traces) {
+                let (event, to, error) = outcome.event();
+                rows.0.push(id);
+                rows.1.push(event);
+                rows.2.push(trace.kind.as_deref());
+                rows.3.push(to.or(match outcome {
+                    Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
+                    _ => None,
+                }));
+                rows.4.push(trace.attempt);
+                rows.5.push(trace.duration_us);
+                rows.6.push(error);
+            }
+            batch.history = Some((h.worker, rows));
+        }
         for &(id, fence, outcome) in done {
             match outcome {
                 Outcome::Finish => {
@@ -748,7 +904,7 @@ impl<'a> Batch<'a> {
                     batch.next_scopes.0.push(scope.as_deref());
                     batch.next_scopes.1 |= scope.is_some();
                 }
-                Outcome::Retry { delay } => batch.fail(id, fence, micros(*delay)?, None),
+                Outcome::Retry { delay, .. } => batch.fail(id, fence, micros(*delay)?, None),
                 Outcome::Park { error } => batch.fail(id, fence, 0, Some(error)),
             }
         }
@@ -775,10 +931,11 @@ impl<'a> Batch<'a> {
             && waited.0.is_empty()
             && joined.0.is_empty()
             && !self.next_scopes.1;
-        let sql = if common {
-            FINISH_AND_NEXT
-        } else {
-            EVERY_OUTCOME
+        let sql = match (common, &self.history) {
+            (true, None) => FINISH_AND_NEXT,
+            (false, None) => EVERY_OUTCOME,
+            (true, Some(_)) => FINISH_AND_NEXT_HISTORY,
+            (false, Some(_)) => EVERY_OUTCOME_HISTORY,
         };
         let mut query = sqlx::query_as(sql)
             .bind(&finish.0)
@@ -813,16 +970,29 @@ impl<'a> Batch<'a> {
                 .bind(&waited.7)
                 .bind(&joined.4);
         }
+        if let Some((worker, h)) = &self.history {
+            query = query
+                .bind(&h.0)
+                .bind(&h.1)
+                .bind(&h.2)
+                .bind(&h.3)
+                .bind(&h.4)
+                .bind(&h.5)
+                .bind(&h.6)
+                .bind(*worker);
+        }
         Ok(query.fetch_all(db).await?)
     }
 }
 
-/// Records outcomes; the attempts that still held their tasks.
+/// Records outcomes, and their history when it is on; the attempts that
+/// still held their tasks.
 async fn record(
     db: &mut PgConnection,
     done: &[(i64, i64, &Outcome)],
+    history: Option<&History<'_>>,
 ) -> Result<Vec<(i64, i64)>, Error> {
-    Batch::of(done)?.write(db).await
+    Batch::of(done, history)?.write(db).await
 }
 
 fn split(held: &[(i64, i64)]) -> (Vec<i64>, Vec<i64>) {
@@ -961,9 +1131,13 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
+    async fn complete_many(
+        &self,
+        done: &[(i64, i64, &Outcome)],
+        history: Option<&History<'_>>,
+    ) -> Result<Vec<bool>, Error> {
         // One statement, which commits on its own.
-        let held = record(&mut *self.pool.acquire().await?, done).await?;
+        let held = record(&mut *self.pool.acquire().await?, done, history).await?;
         Ok(super::which_held(done, held))
     }
 
@@ -973,9 +1147,12 @@ impl Store for PgStore {
         id: i64,
         fence: i64,
         outcome: &Outcome,
+        history: Option<&History<'_>>,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Postgres>(tx)?;
-        let held = !record(&mut tx, &[(id, fence, outcome)]).await?.is_empty();
+        let held = !record(&mut tx, &[(id, fence, outcome)], history)
+            .await?
+            .is_empty();
         super::end_tx(tx, held).await
     }
 
@@ -1057,7 +1234,16 @@ impl Store for PgStore {
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() + signals.rows_affected())
+        let history = sqlx::query(CLEAN_HISTORY)
+            .bind(micros(keep.history)?)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() + signals.rows_affected() + history.rows_affected())
+    }
+
+    async fn history_on(&self) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar(HISTORY_ON).fetch_one(&self.pool).await?)
     }
 
     async fn clean_limits(&self, limit: usize) -> Result<u64, Error> {

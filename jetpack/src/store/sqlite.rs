@@ -19,7 +19,9 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
-use super::{micros, wakeup_binds, Claimed, Limit, Listener, Notice, Outcome, Retention, Store};
+use super::{
+    micros, wakeup_binds, Claimed, History, Limit, Listener, Notice, Outcome, Retention, Store,
+};
 use crate::enqueue::{
     one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
     TaskRow, TaskState, Window,
@@ -156,6 +158,17 @@ const CLAIM_FEW: &str = concat!(
     awaited!(),
     " AS awaited"
 );
+
+/// Records the history of attempts `?1` (a JSON array of `[id, event, kind
+/// run, kind gone to, attempt, duration in µs, error]`) of worker `?2`, with
+/// the step each moved to, read from its row as just written.
+const HISTORY: &str = "
+INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, attempt, worker, duration_us, error)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,
+       CASE WHEN value ->> 1 IN ('next', 'wait', 'join')
+            THEN (SELECT step FROM jetpack_tasks WHERE id = value ->> 0) END,
+       value ->> 4, ?2, value ->> 5, value ->> 6
+FROM json_each(?1)";
 
 /// Forgets the attempts of limited steps that no longer hold their tasks (see
 /// the PostgreSQL backend).
@@ -654,6 +667,15 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
+/// Whether the history is on.
+const HISTORY_ON: &str = "SELECT coalesce((SELECT history FROM jetpack_config), 1) <> 0";
+
+/// Deletes rows of history older than `?1` µs among the `?2` oldest.
+const CLEAN_HISTORY: &str = "
+DELETE FROM jetpack_history
+WHERE id IN (SELECT id FROM jetpack_history ORDER BY id LIMIT ?2)
+  AND at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')";
+
 /// Deletes up to `?1` throttle windows that have passed, oldest first.
 const CLEAN_THROTTLES: &str = concat!(
     "DELETE FROM jetpack_throttles WHERE key IN (
@@ -1037,7 +1059,7 @@ impl Batch {
                         serde_json::Value::from(scope.as_deref()),
                     ));
                 }
-                Outcome::Retry { delay } => {
+                Outcome::Retry { delay, .. } => {
                     failed.push((id, fence, micros(*delay)?, None));
                 }
                 Outcome::Park { error } => failed.push((id, fence, 0, Some(error.as_str()))),
@@ -1332,9 +1354,10 @@ async fn flush(
     db: &mut SqliteConnection,
     done: &[(i64, i64, &Outcome)],
     batch: &Batch,
+    history: Option<&History<'_>>,
 ) -> Result<Vec<bool>, Error> {
     let alone = batch.statements.len() == 1;
-    if let (true, [statement]) = (alone, batch.statements.as_slice()) {
+    if let (true, [statement], None) = (alone, batch.statements.as_slice(), history) {
         if statement.write_if_all_held(db).await? {
             return Ok(super::which_held(done, statement.attempts.clone()));
         }
@@ -1343,14 +1366,56 @@ async fn flush(
     let mut held = Vec::new();
     for statement in &batch.statements {
         // A statement that wrote nothing alone would write nothing again.
-        if !alone && statement.write_if_all_held(&mut tx).await? {
+        if (!alone || history.is_some()) && statement.write_if_all_held(&mut tx).await? {
             held.extend_from_slice(&statement.attempts);
         } else {
             held.extend(statement.write_exact(&mut tx).await?);
         }
     }
+    let held = super::which_held(done, held);
+    if let Some(history) = history {
+        record_history(&mut tx, done, &held, history).await?;
+    }
     tx.commit().await?;
-    Ok(super::which_held(done, held))
+    Ok(held)
+}
+
+/// Records the history of the attempts of `done` that `held` their tasks
+/// (their outcomes just written, in the same transaction).
+async fn record_history(
+    db: &mut SqliteConnection,
+    done: &[(i64, i64, &Outcome)],
+    held: &[bool],
+    history: &History<'_>,
+) -> Result<(), Error> {
+    let rows: Vec<_> = (done.iter().zip(history.traces).zip(held))
+        .filter(|(_, held)| **held)
+        .map(|((&(id, _, outcome), trace), _)| {
+            let (event, to, error) = outcome.event();
+            let to = to.or(match outcome {
+                Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
+                _ => None,
+            });
+            (
+                id,
+                event,
+                &trace.kind,
+                to,
+                trace.attempt,
+                trace.duration_us,
+                error,
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(HISTORY)
+        .bind(json_list(&rows)?)
+        .bind(history.worker)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -1477,10 +1542,14 @@ impl Store for SqliteStore {
         writer.done(done.map(|d| d.rows_affected()).map_err(Error::from))
     }
 
-    async fn complete_many(&self, done: &[(i64, i64, &Outcome)]) -> Result<Vec<bool>, Error> {
+    async fn complete_many(
+        &self,
+        done: &[(i64, i64, &Outcome)],
+        history: Option<&History<'_>>,
+    ) -> Result<Vec<bool>, Error> {
         let batch = Batch::of(done)?;
         let mut writer = self.writer().await?;
-        let held = flush(&mut writer.db, done, &batch).await;
+        let held = flush(&mut writer.db, done, &batch, history).await;
         writer.done(held)
     }
 
@@ -1490,12 +1559,14 @@ impl Store for SqliteStore {
         id: i64,
         fence: i64,
         outcome: &Outcome,
+        history: Option<&History<'_>>,
     ) -> Result<bool, Error> {
         let mut tx = super::downcast_tx::<Sqlite>(tx)?;
-        let held = !Batch::of(&[(id, fence, outcome)])?
-            .write(&mut tx)
-            .await?
-            .is_empty();
+        let done = [(id, fence, outcome)];
+        let held = !Batch::of(&done)?.write(&mut tx).await?.is_empty();
+        if let (true, Some(history)) = (held, history) {
+            record_history(&mut tx, &done, &[true], history).await?;
+        }
         super::end_tx(tx, held).await
     }
 
@@ -1565,6 +1636,7 @@ impl Store for SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut writer = self.writer().await?;
         let signals = micros(keep.signals)?;
+        let history = micros(keep.history)?;
         let done = async {
             let tasks = sqlx::query(CLEAN)
                 .bind(finished)
@@ -1577,7 +1649,14 @@ impl Store for SqliteStore {
                 .bind(limit)
                 .execute(&mut writer.db)
                 .await?;
-            Ok::<_, sqlx::Error>(tasks.rows_affected() + kept.rows_affected())
+            let history = sqlx::query(CLEAN_HISTORY)
+                .bind(history)
+                .bind(limit)
+                .execute(&mut writer.db)
+                .await?;
+            Ok::<_, sqlx::Error>(
+                tasks.rows_affected() + kept.rows_affected() + history.rows_affected(),
+            )
         }
         .await;
         writer.done(done.map_err(Error::from))
@@ -1601,6 +1680,11 @@ impl Store for SqliteStore {
         }
         .await;
         writer.done(done.map_err(Error::from))
+    }
+
+    async fn history_on(&self) -> Result<bool, Error> {
+        let on: bool = sqlx::query_scalar(HISTORY_ON).fetch_one(&self.pool).await?;
+        Ok(on)
     }
 
     async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error> {
@@ -2011,6 +2095,7 @@ mod tests {
         };
         let retry = Outcome::Retry {
             delay: Duration::from_secs(60),
+            error: "again".into(),
         };
         let park = Outcome::park("boom".into());
         let done: Vec<(i64, i64, &Outcome)> = claimed

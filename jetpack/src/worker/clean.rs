@@ -78,6 +78,8 @@ pub(super) async fn run(rt: Arc<Runtime>) {
     let mut limits_cleaned: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(every).await;
+        // The history is switched on and off in the database, for all.
+        rt.read_history_switch().await;
         if limits_cleaned.is_none_or(|at| at.elapsed() >= LIMITS_EVERY) {
             limits_cleaned = Some(std::time::Instant::now());
             clean_limits(&rt).await;

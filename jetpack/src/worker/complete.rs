@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Runtime;
-use crate::store::{is_refusal, Outcome};
+use crate::store::{is_refusal, Outcome, Trace};
 use crate::Error;
 
 /// The most outcomes written by one flush.
@@ -23,6 +23,8 @@ pub(super) struct Completion {
     pub fence: i64,
     /// Shared with the executor, which keeps it to try again if this fails.
     pub outcome: Arc<Outcome>,
+    /// What the history records of the attempt.
+    pub trace: Arc<Trace>,
     pub reply: oneshot::Sender<Result<bool, Error>>,
 }
 
@@ -49,7 +51,9 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
         let _writes = rt.writes.lock().await;
         let done: Vec<(i64, i64, &Outcome)> =
             batch.iter().map(|c| (c.id, c.fence, &*c.outcome)).collect();
-        match rt.store.complete_many(&done).await {
+        let traces: Vec<&Trace> = batch.iter().map(|c| &*c.trace).collect();
+        let history = rt.history(&traces);
+        match rt.store.complete_many(&done, history.as_ref()).await {
             Ok(held) => {
                 for (completion, held) in batch.drain(..).zip(held) {
                     let _ = completion.reply.send(Ok(held));
@@ -80,14 +84,24 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
 /// Writes one outcome; if the database refuses it, parks the task with the
 /// reason instead. Whether the attempt still held its task.
 async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
-    let error = match rt.store.complete_many(&[(c.id, c.fence, &c.outcome)]).await {
+    let traces = [&*c.trace];
+    let history = rt.history(&traces);
+    let error = match rt
+        .store
+        .complete_many(&[(c.id, c.fence, &c.outcome)], history.as_ref())
+        .await
+    {
         Ok(held) => return Ok(held.first().copied().unwrap_or(false)),
         Err(e) if is_refusal(&e) => e,
         Err(e) => return Err(Error::Completion(e.to_string())),
     };
     tracing::error!(task_id = c.id, %error, "the database refused the step's outcome; parking task");
     let park = Outcome::refused(&error);
-    match rt.store.complete_many(&[(c.id, c.fence, &park)]).await {
+    match rt
+        .store
+        .complete_many(&[(c.id, c.fence, &park)], history.as_ref())
+        .await
+    {
         Ok(held) => Ok(held.first().copied().unwrap_or(false)),
         Err(e) => Err(Error::Completion(e.to_string())),
     }

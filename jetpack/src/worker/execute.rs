@@ -11,7 +11,7 @@ use tracing::{field, Instrument};
 use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
 use crate::step::{Context, Stop, StopReason, Wait, Wakeup};
-use crate::store::{is_refusal, Claimed, Outcome, FENCE_MAX};
+use crate::store::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::StepError;
 
 pub(super) async fn run<T: Scheduler>(
@@ -27,9 +27,15 @@ pub(super) async fn run<T: Scheduler>(
         machine = field::Empty,
         step = field::Empty,
     );
+    let started = std::time::Instant::now();
     async {
-        let Some((outcome, tx)) = attempt::<T>(&rt, &task, &stop).await else {
+        let Some((outcome, tx, kind)) = attempt::<T>(&rt, &task, &stop).await else {
             return;
+        };
+        let trace = Trace {
+            kind,
+            attempt: task.tried,
+            duration_us: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
         };
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
@@ -37,7 +43,7 @@ pub(super) async fn run<T: Scheduler>(
             // that step keeps its running slot until then.)
             slot.stop_running();
         }
-        record(&rt, &task, outcome, tx, &stop).await;
+        record(&rt, &task, outcome, tx, &stop, trace).await;
     }
     .instrument(span)
     .await;
@@ -52,30 +58,38 @@ pub(super) async fn run<T: Scheduler>(
     drop(slot);
 }
 
+/// What an attempt ended with: the outcome to record, the step's
+/// transaction if it opened one, and the kind of the step it ran (`None`
+/// when its JSON did not decode).
+type Ended = (Outcome, Option<Box<dyn Any + Send>>, Option<String>);
+
 /// Parks a task with `error`, logged.
 fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
     tracing::error!(%error, "parking task");
     (Outcome::park(error), None)
 }
 
-/// Decodes and runs the step; returns what should happen to the task and the
-/// step's transaction, if it opened one; `None` when there is nothing to
-/// record (the task went back to the claims of limited steps).
-async fn attempt<T: Scheduler>(
-    rt: &Runtime,
-    task: &Claimed,
-    stop: &Stop,
-) -> Option<(Outcome, Option<Box<dyn Any + Send>>)> {
+/// Decodes and runs the step; returns what should happen to the task; `None`
+/// when there is nothing to record (the task went back to the claims).
+async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Option<Ended> {
     let value: T = match serde_json::from_str(&task.step) {
         Ok(value) => value,
         Err(e) => {
-            return Some(park(format!(
+            let (outcome, tx) = park(format!(
                 "cannot decode the step JSON: {e} (a step is stored as {{\"Machine\":{{\"Step\":{{..fields..}}}}}})"
-            )));
+            ));
+            return Some((outcome, tx, None));
         }
     };
+    let kind = Some(crate::machine::kind(
+        value.machine_name(),
+        value.step_name(),
+    ));
     match value.limit_scope() {
-        Err(e) => return Some(park(e)),
+        Err(e) => {
+            let (outcome, tx) = park(e);
+            return Some((outcome, tx, kind));
+        }
         // A row written without its scope (by hand): it goes back, with its
         // scope, to the claims that keep its step's limit.
         Ok(Some(scope)) if task.scope.is_none() => {
@@ -87,7 +101,8 @@ async fn attempt<T: Scheduler>(
         }
         Ok(_) => {}
     }
-    run_step(rt, task, stop, value).await
+    let (outcome, tx) = run_step(rt, task, stop, value).await?;
+    Some((outcome, tx, kind))
 }
 
 /// Runs the decoded step `value` of `task`; `None` when it was rate limited
@@ -186,7 +201,7 @@ async fn run_step<T: Scheduler>(
     } else {
         let delay = policy.delay_after(task.tried);
         tracing::warn!(error = %text, retry_in = ?delay, "step failed; will retry");
-        Some((Outcome::Retry { delay }, None))
+        Some((Outcome::Retry { delay, error: text }, None))
     }
 }
 
@@ -278,8 +293,10 @@ async fn record(
     outcome: Outcome,
     mut tx: Option<Box<dyn Any + Send>>,
     stop: &Stop,
+    trace: Trace,
 ) {
     let mut outcome = Arc::new(outcome);
+    let trace = Arc::new(trace);
     if let Some(attempt) = lock(&rt.in_flight).get_mut(&task.id) {
         if attempt.fence == task.fence {
             attempt.recording = true;
@@ -291,11 +308,13 @@ async fn record(
         let in_tx = tx.is_some();
         let result = match tx.take() {
             Some(tx) => {
+                let traces = [&*trace];
+                let history = rt.history(&traces);
                 rt.store
-                    .complete_in_tx(tx, task.id, task.fence, &outcome)
+                    .complete_in_tx(tx, task.id, task.fence, &outcome, history.as_ref())
                     .await
             }
-            None => complete(rt, task, Arc::clone(&outcome)).await,
+            None => complete(rt, task, Arc::clone(&outcome), Arc::clone(&trace)).await,
         };
         let error = match result {
             Ok(true) => {
@@ -337,6 +356,7 @@ async fn record(
             } else {
                 Outcome::Retry {
                     delay: Duration::ZERO,
+                    error: format!("the step's transaction did not commit: {error}"),
                 }
             });
         }
@@ -357,12 +377,14 @@ async fn complete(
     rt: &Runtime,
     task: &Claimed,
     outcome: Arc<Outcome>,
+    trace: Arc<Trace>,
 ) -> Result<bool, crate::Error> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let completion = super::complete::Completion {
         id: task.id,
         fence: task.fence,
         outcome,
+        trace,
         reply,
     };
     let stopped = || crate::Error::Completion("the worker's completer has stopped".into());

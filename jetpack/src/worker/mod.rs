@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::enqueue::Backend;
 use crate::machine::Scheduler;
 use crate::step::{Shared, StateMap, Stop, StopReason};
-use crate::store::{Limit, Retention, Store};
+use crate::store::{History, Limit, Retention, Store, Trace};
 use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
@@ -60,6 +60,7 @@ impl Default for Config {
                 finished: None,
                 cancelled: Duration::from_secs(7 * 24 * 3600),
                 signals: Duration::from_secs(7 * 24 * 3600),
+                history: Duration::from_secs(7 * 24 * 3600),
             },
         }
     }
@@ -107,6 +108,8 @@ struct Runtime {
     /// refill, a rate limit's pause ends): the worker looks for them every
     /// [`LIMITED_CLAIM_PAUSE`] meanwhile, instead of napping to its poll.
     limited_busy: Mutex<Option<Instant>>,
+    /// Whether the history is on, as the database last said.
+    history: std::sync::atomic::AtomicBool,
 }
 
 impl Runtime {
@@ -116,6 +119,24 @@ impl Runtime {
         let mut busy = lock(&self.limited_busy);
         if busy.is_none_or(|b| b < until) {
             *busy = Some(until);
+        }
+    }
+
+    /// The history of `traces` written by this worker, when it is on.
+    fn history<'a>(&'a self, traces: &'a [&'a Trace]) -> Option<History<'a>> {
+        self.history
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(History {
+                worker: &self.config.name,
+                traces,
+            })
+    }
+
+    /// Reads whether the history is on.
+    async fn read_history_switch(&self) {
+        match self.store.history_on().await {
+            Ok(on) => self.history.store(on, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "reading whether the history is on failed"),
         }
     }
 
@@ -298,6 +319,7 @@ impl<T: Scheduler> Worker<T> {
         // worker has not napped since: such claims cost a transaction of their
         // own, so a worker draining other steps repeats them only now and then.
         let mut no_limited_since: Option<Instant> = None;
+        rt.read_history_switch().await;
         tracing::info!(worker = %rt.config.name, concurrency = rt.config.concurrency, "worker started");
 
         while !stop.is_cancelled() {
@@ -630,6 +652,15 @@ impl<T: Scheduler> WorkerBuilder<T> {
         self
     }
 
+    /// How long the history of transitions is kept (default 7 days); then the
+    /// workers delete it, oldest first, in small batches. The history is
+    /// switched on and off for every worker at once, in the database: see
+    /// [`set_history`](crate::set_history).
+    pub fn keep_history(mut self, period: Duration) -> Self {
+        self.config.retention.history = period;
+        self
+    }
+
     /// The worker's name in `locked_by` (default `worker-<pid>-<random>`).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
@@ -701,6 +732,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
             c.retention.finished,
             Some(c.retention.cancelled),
             Some(c.retention.signals),
+            Some(c.retention.history),
         ];
         for keep in keeps.into_iter().flatten() {
             if keep.is_zero() || crate::store::micros(keep).is_err() {
@@ -762,6 +794,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 writes: tokio::sync::Mutex::new(()),
                 idle: Notify::new(),
                 limited_busy: Mutex::new(None),
+                history: std::sync::atomic::AtomicBool::new(true),
             }),
             _tasks: PhantomData,
         }
