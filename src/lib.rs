@@ -158,6 +158,26 @@ impl Db {
         both!(self, p => jetpack::signal(p, to, signal).await).expect("signal")
     }
 
+    /// `jetpack::history`.
+    pub async fn history(&self, id: i64) -> Vec<jetpack::Transition> {
+        both!(self, p => jetpack::history(p, id).await).expect("history")
+    }
+
+    /// `jetpack::history_at`.
+    pub async fn history_at(&self, id: i64, at: DateTime<Utc>) -> Option<jetpack::Transition> {
+        both!(self, p => jetpack::history_at(p, id, at).await).expect("history_at")
+    }
+
+    /// `jetpack::counts_at`.
+    pub async fn counts_at(&self, at: DateTime<Utc>) -> Vec<(String, i64)> {
+        both!(self, p => jetpack::counts_at(p, at).await).expect("counts_at")
+    }
+
+    /// `jetpack::set_history`.
+    pub async fn set_history(&self, on: bool) {
+        both!(self, p => jetpack::set_history(p, on).await).expect("set_history")
+    }
+
     /// `jetpack::cancel`.
     pub async fn cancel(&self, id: i64, reason: &str) -> jetpack::Cancel {
         both!(self, p => jetpack::cancel(p, id, reason).await).expect("cancel")

@@ -19,6 +19,7 @@
 
 mod enqueue;
 mod error;
+mod history;
 mod machine;
 #[cfg(feature = "cron")]
 mod schedule;
@@ -33,6 +34,7 @@ pub use enqueue::{
     TaskState, MAX_PRIORITY,
 };
 pub use error::Error;
+pub use history::{counts_at, history, history_at, set_history, Transition};
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
     Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,

@@ -31,9 +31,15 @@ BEGIN
             nullif(NEW.kind, ''), NEW.step, NEW.error);
 END;
 
+-- A change not made by an attempt's outcome (whose writes move `locked_by`).
+-- The state that other triggers set after an edit of `error` (parked with an
+-- error, ready again without one) is part of that edit, recorded once.
 CREATE TRIGGER jetpack_history_changed AFTER UPDATE ON jetpack_tasks
 WHEN OLD.locked_by IS NEW.locked_by
-     AND (OLD.state IS NOT NEW.state OR OLD.error IS NOT NEW.error OR OLD.step IS NOT NEW.step)
+     AND (OLD.error IS NOT NEW.error OR OLD.step IS NOT NEW.step
+          OR (OLD.state IS NOT NEW.state
+              AND NOT (NEW.state = 'parked' AND NEW.error IS NOT NULL)
+              AND NOT (OLD.state = 'parked' AND NEW.error IS NULL)))
      AND coalesce((SELECT history FROM jetpack_config), 1)
 BEGIN
     INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, error)

@@ -38,6 +38,24 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn counts_at<'e, E>(
+        db: E,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<Vec<(String, i64)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn set_history<'e, E>(db: E, on: bool) -> BoxFuture<'e, Result<(), Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn cancel<'e, E>(
         db: E,
         id: i64,

@@ -1310,7 +1310,50 @@ type FoundRow = (
     Option<String>,
 );
 
+/// The history of task `$1`, oldest first.
+const HISTORY_OF: &str = "
+SELECT id, task_id, at, event, from_kind, to_kind, step::text, attempt, worker, duration_us, error
+FROM jetpack_history WHERE task_id = $1 ORDER BY id";
+
+/// Switches the history to `$1`.
+const SET_HISTORY: &str = "
+INSERT INTO jetpack_config (history) VALUES ($1)
+ON CONFLICT (singleton) DO UPDATE SET history = EXCLUDED.history";
+
 impl crate::Backend for Postgres {
+    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let rows = sqlx::query_as(HISTORY_OF).bind(id).fetch_all(db).await?;
+            Ok(rows.into_iter().map(crate::history::transition).collect())
+        })
+    }
+
+    fn counts_at<'e, E>(
+        db: E,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<Vec<(String, i64)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let query = sqlx::query_as(crate::history::COUNTS_AT);
+            Ok(query.bind(at).fetch_all(db).await?)
+        })
+    }
+
+    fn set_history<'e, E>(db: E, on: bool) -> BoxFuture<'e, Result<(), Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            sqlx::query(SET_HISTORY).bind(on).execute(db).await?;
+            Ok(())
+        })
+    }
+
     fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,

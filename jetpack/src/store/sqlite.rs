@@ -1800,7 +1800,83 @@ fn local_cancels() -> &'static tokio::sync::broadcast::Sender<i64> {
     CANCELS.get_or_init(|| tokio::sync::broadcast::channel(1024).0)
 }
 
+/// The history of task `?1`, oldest first; times as the table's text.
+const HISTORY_OF: &str = "
+SELECT id, task_id, at, event, from_kind, to_kind, step, attempt, worker, duration_us, error
+FROM jetpack_history WHERE task_id = ?1 ORDER BY id";
+
+/// Switches the history to `?1`.
+const SET_HISTORY: &str = "
+INSERT INTO jetpack_config (singleton, history) VALUES (1, ?1)
+ON CONFLICT (singleton) DO UPDATE SET history = excluded.history";
+
+/// A row of [`HISTORY_OF`].
+type HistoryRow = (
+    i64,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 impl crate::Backend for Sqlite {
+    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let rows: Vec<HistoryRow> = sqlx::query_as(HISTORY_OF).bind(id).fetch_all(db).await?;
+            rows.into_iter()
+                .map(
+                    |(row_id, task, at, event, from, to, step, attempt, worker, us, error)| {
+                        let at = chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H:%M:%S%.f")
+                            .map_err(|e| {
+                                Error::InvalidTime(format!(
+                                    "at {at:?} of history row {row_id}: {e}"
+                                ))
+                            })?
+                            .and_utc();
+                        Ok(crate::history::transition((
+                            row_id, task, at, event, from, to, step, attempt, worker, us, error,
+                        )))
+                    },
+                )
+                .collect()
+        })
+    }
+
+    fn counts_at<'e, E>(
+        db: E,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<Vec<(String, i64)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let query = sqlx::query_as(crate::history::COUNTS_AT);
+            Ok(query
+                .bind(at.format(TIME_FORMAT).to_string())
+                .fetch_all(db)
+                .await?)
+        })
+    }
+
+    fn set_history<'e, E>(db: E, on: bool) -> BoxFuture<'e, Result<(), Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            sqlx::query(SET_HISTORY).bind(on).execute(db).await?;
+            Ok(())
+        })
+    }
+
     fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,

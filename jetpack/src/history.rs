@@ -1,0 +1,150 @@
+//! The history of tasks: every transition, as the table `jetpack_history`
+//! keeps it. Workers write the outcomes of attempts in the statements that
+//! write the outcomes; the table's triggers record every other change
+//! (enqueues, cancels, resumes, wakes, hand edits). It is kept for
+//! [`keep_history`](crate::WorkerBuilder::keep_history) (7 days by default)
+//! and switched on and off for every worker with [`set_history`].
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::Executor;
+
+use crate::enqueue::Backend;
+use crate::Error;
+
+/// One transition of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The row's id: transitions of one task are in this order.
+    pub id: i64,
+    /// The task.
+    pub task_id: i64,
+    /// When it happened, by the database clock.
+    pub at: DateTime<Utc>,
+    /// What happened: `enqueued`, `next`, `wait`, `join`, `finished`,
+    /// `retry`, `parked`, `cancelled`, `resumed`, `woken`, `edited` or
+    /// `deleted`.
+    pub event: String,
+    /// The kind (`Machine.Step`) the task was at; `None` when it was
+    /// enqueued, or its step did not decode.
+    pub from_kind: Option<String>,
+    /// The kind the task went to (the same after a retry); `None` when it
+    /// ended.
+    pub to_kind: Option<String>,
+    /// The step it went to, as JSON, when the step changed.
+    pub step: Option<String>,
+    /// The attempt that ended, for an outcome of an attempt.
+    pub attempt: Option<i32>,
+    /// The worker that ran that attempt.
+    pub worker: Option<String>,
+    /// How long that attempt ran.
+    pub duration: Option<Duration>,
+    /// The error of a failed attempt, of a park, or a cancel's reason.
+    pub error: Option<String>,
+}
+
+/// Every transition of task `id` still kept, oldest first.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// for t in jetpack::history(&pool, 42).await? {
+///     println!("{} {} {:?} -> {:?} {:?}", t.at, t.event, t.from_kind, t.to_kind, t.error);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn history<'e, E>(db: E, id: i64) -> Result<Vec<Transition>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::history(db, id).await
+}
+
+/// What task `id` was doing at `at`: its last transition at or before then,
+/// with `step` the step it was at (the last one recorded by then). `None`
+/// when its history does not reach back that far.
+pub async fn history_at<'e, E>(
+    db: E,
+    id: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<Transition>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    let transitions = history(db, id).await?;
+    let until: Vec<&Transition> = transitions.iter().take_while(|t| t.at <= at).collect();
+    let Some(last) = until.last() else {
+        return Ok(None);
+    };
+    let mut state = (*last).clone();
+    state.step = until.iter().rev().find_map(|t| t.step.clone());
+    Ok(Some(state))
+}
+
+/// How many tasks were at each step (`Machine.Step`) at `at`, from each
+/// task's last transition by then (tasks that had ended are not counted),
+/// sorted by kind.
+pub async fn counts_at<'e, E>(db: E, at: DateTime<Utc>) -> Result<Vec<(String, i64)>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::counts_at(db, at).await
+}
+
+/// Switches the history on or off for every worker and every trigger
+/// (`UPDATE jetpack_config SET history = ..`). Workers read it at start and
+/// at each cleanup pass (every 2 s by default, at most every 20 s).
+pub async fn set_history<'e, E>(db: E, on: bool) -> Result<(), Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::set_history(db, on).await
+}
+
+/// How many tasks were at each step at `$1`: the query of [`counts_at`], the
+/// same on both backends.
+pub(crate) const COUNTS_AT: &str = "
+SELECT h.to_kind, count(*) FROM jetpack_history h
+JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY task_id) last
+  ON last.id = h.id
+WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
+GROUP BY h.to_kind ORDER BY h.to_kind";
+
+/// A transition as selected, with its time already read.
+#[allow(clippy::type_complexity)]
+pub(crate) fn transition(
+    row: (
+        i64,
+        i64,
+        DateTime<Utc>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i32>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+    ),
+) -> Transition {
+    let (id, task_id, at, event, from_kind, to_kind, step, attempt, worker, duration_us, error) =
+        row;
+    Transition {
+        id,
+        task_id,
+        at,
+        event,
+        from_kind,
+        to_kind,
+        step,
+        attempt,
+        worker,
+        duration: duration_us.and_then(|us| u64::try_from(us).ok().map(Duration::from_micros)),
+        error,
+    }
+}
