@@ -5,7 +5,8 @@
 //! cargo run --release --example bench -- [--backend postgres|sqlite|both] [--runs N]
 //!     [--scenario 1,2,…] [--json FILE]
 //! ```
-//! `BENCH_KEEP=1` runs the drains with `keep_finished` (finished rows kept, not deleted).
+//! `BENCH_KEEP=1` runs the drains with `keep_finished` (finished rows kept, not deleted);
+//! `BENCH_HISTORY=off` runs everything with the history switched off.
 //! PostgreSQL comes from `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
 //! the bench creates and drops a database of its own); SQLite uses a temporary file.
 //!
@@ -339,6 +340,9 @@ async fn fresh(backend: &str) -> Result<TestDb, Error> {
     };
     f.exec(table, None, None).await;
     f.exec(index, None, None).await;
+    if std::env::var("BENCH_HISTORY").is_ok_and(|v| v == "off") {
+        f.set_history(false).await;
+    }
     Ok(f)
 }
 

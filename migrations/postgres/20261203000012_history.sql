@@ -6,8 +6,11 @@
 --
 -- event: enqueued | next | wait | join | finished | retry | parked | cancelled
 --        | resumed | woken | edited | deleted
+-- No primary key: rows are only appended, read by task (the index below) or
+-- by time (the BRIN index), and deleted by time; a btree on `id` would cost
+-- every step's write another index entry. `id` orders a task's transitions.
 CREATE TABLE jetpack_history (
-    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id           bigint GENERATED ALWAYS AS IDENTITY,
     task_id      bigint NOT NULL,
     at           timestamptz NOT NULL DEFAULT now(),
     event        text NOT NULL,

@@ -597,11 +597,12 @@ DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED))";
 
-/// Deletes rows of history older than `$1` µs among the `$2` oldest.
+/// Deletes up to `$2` rows of history older than `$1` µs (found through the
+/// BRIN index on `at`).
 const CLEAN_HISTORY: &str = "
-DELETE FROM jetpack_history
-WHERE id = ANY(ARRAY(SELECT id FROM jetpack_history ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED))
-  AND at < now() - $1 * interval '1 microsecond'";
+DELETE FROM jetpack_history WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM jetpack_history WHERE at < now() - $1 * interval '1 microsecond'
+    LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// Deletes up to `$2` kept signals sent more than `$1` µs ago, oldest first.
 const CLEAN_SIGNALS: &str = "
