@@ -35,13 +35,16 @@ CREATE TABLE jetpack_config (
 INSERT INTO jetpack_config DEFAULT VALUES;
 
 -- Whether history is on (on when the settings row was deleted).
+-- The functions run as the owner (who migrated), so that roles that enqueue,
+-- cancel or edit rows need no grant on the history, and a worker only needs to
+-- insert into it and delete from it.
 CREATE FUNCTION jetpack_history_on() RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     SELECT coalesce((SELECT history FROM jetpack_config), true)
 $$;
 
 CREATE FUNCTION jetpack_history_enqueued() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF jetpack_history_on() THEN
         INSERT INTO jetpack_history (task_id, event, to_kind, step, error)
@@ -58,7 +61,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION jetpack_history_enqueued();
 
 -- A change not made by an attempt's outcome (whose writes move `locked_by`).
 CREATE FUNCTION jetpack_history_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF jetpack_history_on() THEN
         INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, error)
@@ -87,7 +90,7 @@ EXECUTE FUNCTION jetpack_history_changed();
 -- A row deleted by hand (workers delete rows they hold, and finished or
 -- cancelled ones).
 CREATE FUNCTION jetpack_history_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     IF jetpack_history_on() THEN
         INSERT INTO jetpack_history (task_id, event, from_kind, step)

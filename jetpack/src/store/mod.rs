@@ -926,6 +926,7 @@ mod tests {
                 finished: Some(hour),
                 cancelled: hour,
                 signals: hour,
+                history: hour,
             };
             if store.clean(&long, 10).await? != 0 {
                 problems.push("deleted a task kept for an hour".into());
@@ -936,6 +937,7 @@ mod tests {
                 finished: None,
                 cancelled: hour,
                 signals: hour,
+                history: hour,
             };
             let deleted = store.clean(&short, 10).await?;
             if deleted != 1 {
