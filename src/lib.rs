@@ -228,6 +228,12 @@ impl Db {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Runs portable SQL that returns one text, or none.
+    pub async fn text(&self, sql: &'static str) -> Option<String> {
+        both!(self, p => sqlx::query_scalar::<_, String>(sql).fetch_optional(p).await)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// [`scalar`](Self::scalar) that returns database errors instead of panicking.
     pub async fn try_scalar(&self, sql: &'static str, id: Option<i64>) -> Result<i64, sqlx::Error> {
         both!(self, p => {

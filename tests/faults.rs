@@ -161,6 +161,7 @@ async fn a_worker_needs_only_dml_privileges() {
         format!("CREATE ROLE {name} LOGIN"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON jetpack_tasks TO {name}"),
         format!("GRANT SELECT, INSERT, DELETE ON jetpack_history TO {name}"),
+        format!("GRANT SELECT, INSERT, UPDATE ON jetpack_machines TO {name}"),
         format!("GRANT INSERT, SELECT ON runs TO {name}"),
     ] {
         let Db::Postgres(pool) = &*db else {

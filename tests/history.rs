@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::{conformance, finished, reaches, Db, TestDb, DEADLINE};
-use jetpack::{chrono, Context, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait};
+use jetpack::{
+    chrono, Context, Machine, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait,
+};
 use serde::{Deserialize, Serialize};
 
 /// Fails its first attempt, then waits for [`Go`].
@@ -62,6 +64,7 @@ conformance!(
     hand_edits_and_cancels_are_recorded_and_the_past_is_read_back,
     history_can_be_switched_off,
     history_is_deleted_after_its_retention,
+    workers_record_their_machines_once,
 );
 
 async fn every_transition_is_recorded_with_its_attempt(db: TestDb) {
@@ -217,4 +220,33 @@ async fn history_is_deleted_after_its_retention(db: TestDb) {
     .expect("the old row is deleted");
     worker.shutdown().await;
     assert!(!events(&db, id).await.is_empty(), "recent history is kept");
+}
+
+async fn workers_record_their_machines_once(db: TestDb) {
+    // A worker records its machines before it claims: once it ran a step,
+    // they are recorded.
+    let start = || async {
+        let id = db.enqueue(Start { n: 1 }).await;
+        let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
+        reaches(&db, id, TaskState::Waiting).await;
+        worker.shutdown().await;
+    };
+    start().await;
+    let graph = db
+        .text("SELECT CAST(graph AS TEXT) FROM jetpack_machines WHERE name = 'Flow'")
+        .await
+        .expect("Flow's graph");
+    let graph: serde_json::Value = serde_json::from_str(&graph).expect("JSON");
+    assert_eq!(graph, Flow::graph().to_json());
+    assert_eq!(graph["steps"][0]["retry_limit"], 1);
+    assert_eq!(graph["steps"][0]["waits"], serde_json::json!(["Done"]));
+    let written = "SELECT CAST(updated_at AS TEXT) FROM jetpack_machines WHERE name = 'Flow'";
+    let first = db.text(written).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    start().await;
+    assert_eq!(
+        db.text(written).await,
+        first,
+        "an unchanged machine is not written again"
+    );
 }

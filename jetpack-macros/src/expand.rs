@@ -26,7 +26,9 @@ pub fn machine(m: &Machine) -> TokenStream {
         let ty = s.ty;
         let concurrency = quote!(<#ty as #p::Step<#machine>>::CONCURRENCY);
         let rate = quote!(<#ty as #p::Step<#machine>>::RATE);
-        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency, #rate))
+        let policy = quote!(#p::RetryPolicy::of::<#ty, #machine>());
+        let priority = quote!(<#ty as #p::Step<#machine>>::PRIORITY);
+        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency, #rate, #policy, #priority))
     });
     let name_arms = m.steps.iter().map(|s| {
         let v = s.variant;

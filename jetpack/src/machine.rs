@@ -246,7 +246,7 @@ pub fn tagged_json<T: Serialize>(tag: &str, value: &T) -> Result<String, serde_j
 /// assert_eq!(graph.edges(), [("A", "B")]);
 /// assert!(graph.to_mermaid().contains("A --> B"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Graph {
     /// The machine's name.
     pub machine: &'static str,
@@ -255,7 +255,7 @@ pub struct Graph {
 }
 
 /// One step of a [`Graph`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct StepNode {
     /// The step's name.
@@ -275,6 +275,10 @@ pub struct StepNode {
     /// How many steps of this type may start per period across all workers
     /// ([`Step::RATE`](crate::Step::RATE)); `None`: no limit.
     pub rate: Option<crate::Rate>,
+    /// Its retries and timeout.
+    pub policy: RetryPolicy,
+    /// The priority of a task enqueued at it ([`Step::PRIORITY`](crate::Step::PRIORITY)).
+    pub priority: u8,
 }
 
 impl Graph {
@@ -290,6 +294,8 @@ impl Graph {
             bool,
             Option<u32>,
             Option<crate::Rate>,
+            RetryPolicy,
+            u8,
         )],
     ) -> Self {
         Graph {
@@ -297,14 +303,18 @@ impl Graph {
             steps: steps
                 .iter()
                 .map(
-                    |&(name, next, joins, waits, initial, concurrency, rate)| StepNode {
-                        name,
-                        next: next.to_vec(),
-                        joins: joins.to_vec(),
-                        waits: waits.to_vec(),
-                        initial,
-                        concurrency,
-                        rate,
+                    |&(name, next, joins, waits, initial, concurrency, rate, policy, priority)| {
+                        StepNode {
+                            name,
+                            next: next.to_vec(),
+                            joins: joins.to_vec(),
+                            waits: waits.to_vec(),
+                            initial,
+                            concurrency,
+                            rate,
+                            policy,
+                            priority,
+                        }
                     },
                 )
                 .collect(),
@@ -335,6 +345,38 @@ impl Graph {
             .iter()
             .flat_map(|s| s.next.iter().map(move |&n| (s.name, n)))
             .collect()
+    }
+
+    /// The graph as JSON, as workers record it in `jetpack_machines`: the
+    /// machine's name and, per step, its successors (`next`, and which of them
+    /// are reached by a join or a wait), whether it is initial, its retries
+    /// and timeout (in ms), priority, concurrency and rate limits.
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let steps: Vec<serde_json::Value> = (self.steps.iter())
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "initial": s.initial,
+                    "next": s.next,
+                    "joins": s.joins,
+                    "waits": s.waits,
+                    "retry_limit": s.policy.limit,
+                    "retry_delay_ms": ms(s.policy.delay),
+                    "retry_backoff": s.policy.backoff,
+                    "retry_max_delay_ms": ms(s.policy.max_delay),
+                    "timeout_ms": s.policy.timeout.map(ms),
+                    "priority": s.priority,
+                    "concurrency": s.concurrency,
+                    "rate": s.rate.map(|r| serde_json::json!({
+                        "count": r.count(),
+                        "period_ms": ms(r.period()),
+                        "burst": r.burst_size(),
+                    })),
+                })
+            })
+            .collect();
+        serde_json::json!({ "machine": self.machine, "steps": steps })
     }
 
     /// A Mermaid `stateDiagram-v2` of the machine: `[*]` enters the initial steps

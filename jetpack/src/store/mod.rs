@@ -285,6 +285,10 @@ pub(crate) trait Store: Send + Sync + 'static {
         history: Option<&History<'_>>,
     ) -> Result<bool, Error>;
 
+    /// Records the machines `(name, graph as JSON)` in `jetpack_machines`,
+    /// writing only those that changed.
+    async fn register(&self, machines: &[(String, String)]) -> Result<(), Error>;
+
     /// Whether the history is on (`jetpack_config.history`).
     async fn history_on(&self) -> Result<bool, Error>;
 

@@ -615,6 +615,13 @@ DELETE FROM jetpack_signals WHERE id = ANY(ARRAY(
 /// Whether the history is on.
 const HISTORY_ON: &str = "SELECT jetpack_history_on()";
 
+/// Records machines `$1` with graphs `$2`, those that changed.
+const REGISTER: &str = "
+INSERT INTO jetpack_machines AS m (name, graph)
+SELECT * FROM unnest($1::text[], $2::jsonb[])
+ON CONFLICT (name) DO UPDATE SET graph = EXCLUDED.graph, updated_at = now()
+WHERE m.graph IS DISTINCT FROM EXCLUDED.graph";
+
 /// Deletes up to `$1` throttle windows that have passed, oldest first.
 const CLEAN_THROTTLES: &str = "
 DELETE FROM jetpack_throttles WHERE key = ANY(ARRAY(
@@ -1245,6 +1252,18 @@ impl Store for PgStore {
 
     async fn history_on(&self) -> Result<bool, Error> {
         Ok(sqlx::query_scalar(HISTORY_ON).fetch_one(&self.pool).await?)
+    }
+
+    async fn register(&self, machines: &[(String, String)]) -> Result<(), Error> {
+        let (names, graphs): (Vec<&str>, Vec<&str>) = (machines.iter())
+            .map(|(n, g)| (n.as_str(), g.as_str()))
+            .unzip();
+        sqlx::query(REGISTER)
+            .bind(names)
+            .bind(graphs)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn clean_limits(&self, limit: usize) -> Result<u64, Error> {

@@ -667,6 +667,14 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
+/// Records machines `?1` (a JSON array of `[name, graph]`), those that changed.
+const REGISTER: &str = "
+INSERT INTO jetpack_machines (name, graph)
+SELECT value ->> 0, value ->> 1 FROM json_each(?1) WHERE true
+ON CONFLICT (name) DO UPDATE
+SET graph = excluded.graph, updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now')
+WHERE graph IS NOT excluded.graph";
+
 /// Whether the history is on.
 const HISTORY_ON: &str = "SELECT coalesce((SELECT history FROM jetpack_config), 1) <> 0";
 
@@ -1680,6 +1688,16 @@ impl Store for SqliteStore {
         }
         .await;
         writer.done(done.map_err(Error::from))
+    }
+
+    async fn register(&self, machines: &[(String, String)]) -> Result<(), Error> {
+        let machines = json_list(&machines)?;
+        let mut writer = self.writer().await?;
+        let done = sqlx::query(REGISTER)
+            .bind(machines)
+            .execute(&mut writer.db)
+            .await;
+        writer.done(done.map(drop).map_err(Error::from))
     }
 
     async fn history_on(&self) -> Result<bool, Error> {

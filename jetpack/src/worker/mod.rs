@@ -320,6 +320,12 @@ impl<T: Scheduler> Worker<T> {
         // own, so a worker draining other steps repeats them only now and then.
         let mut no_limited_since: Option<Instant> = None;
         rt.read_history_switch().await;
+        let machines: Vec<(String, String)> = (T::graphs().iter())
+            .map(|g| (g.machine.to_string(), g.to_json().to_string()))
+            .collect();
+        if let Err(e) = rt.store.register(&machines).await {
+            tracing::warn!(error = %e, "recording the machines in jetpack_machines failed");
+        }
         tracing::info!(worker = %rt.config.name, concurrency = rt.config.concurrency, "worker started");
 
         while !stop.is_cancelled() {
