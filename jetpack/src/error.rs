@@ -54,4 +54,9 @@ pub enum Error {
     /// A worker setting is out of range.
     #[error("invalid worker setting: {0}")]
     Config(String),
+
+    /// An operation of [`admin`](crate::admin) was refused, or matched
+    /// nothing: nothing changed.
+    #[error("{0}")]
+    Admin(String),
 }

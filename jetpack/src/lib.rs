@@ -17,6 +17,7 @@
     allow(dead_code, unused_imports, unused_variables)
 )]
 
+pub mod admin;
 mod enqueue;
 mod error;
 mod history;

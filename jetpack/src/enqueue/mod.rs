@@ -56,6 +56,46 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_list<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_change<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+        change: crate::admin::Change,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn admin_redrivable<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_redrive<'e, E>(
+        db: E,
+        moves: Vec<(i64, i64, String)>,
+        kind: String,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn cancel<'e, E>(
         db: E,
         id: i64,

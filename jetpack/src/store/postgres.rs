@@ -1302,20 +1302,97 @@ impl Listener for PgNotices {
     }
 }
 
-/// A task's row for `find`, with running and scheduled told apart from ready.
-const FIND: &str = "
-SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
+/// The columns of a task's row, as [`FoundRow`] reads them: running and
+/// scheduled told apart from ready.
+macro_rules! task_columns {
+    () => {
+        "
+SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
             WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
             ELSE state END,
        step::text, wakeup_at, tried, error, locked_by, lease_until, finished_at,
-       parent_id, result::text, priority, unique_key
-FROM jetpack_tasks WHERE id = $1";
+       parent_id, result::text, priority, unique_key"
+    };
+}
+
+/// The tasks an admin filter takes: at step `$1`, of machine `$2`, in state
+/// `$3`, with an error containing `$4`, not updated for `$5` µs (each when
+/// not NULL).
+macro_rules! admin_filter {
+    () => {
+        "($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR split_part(kind, '.', 1) = $2)
+  AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR strpos(error, $4) > 0)
+  AND ($5::bigint IS NULL OR updated_at < now() - $5 * interval '1 microsecond')
+  AND NOT (locked_by IS NOT NULL AND lease_until > now())"
+    };
+}
+
+/// Task `$1`, for `find`.
+const FIND: &str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = $1");
+
+/// Counts per step and state.
+const ADMIN_COUNTS: &str = "
+SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
+                  WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
+                  ELSE state END AS s, count(*)
+FROM jetpack_tasks GROUP BY 1, 2 ORDER BY 1, 2";
+
+/// The tasks a filter takes, after id `$6`, at most `$7`. (A running task
+/// is listed too: the filter's last condition is for changes.)
+const ADMIN_LIST: &str = concat!(
+    task_columns!(),
+    " FROM jetpack_tasks
+WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR split_part(kind, '.', 1) = $2)
+  AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR strpos(error, $4) > 0)
+  AND ($5::bigint IS NULL OR updated_at < now() - $5 * interval '1 microsecond')
+  AND ($6::bigint IS NULL OR id > $6)
+ORDER BY id LIMIT $7"
+);
+
+/// Resumes the parked tasks a filter takes.
+const ADMIN_RESUME: &str = concat!(
+    "UPDATE jetpack_tasks SET error = NULL WHERE state = 'parked' AND ",
+    admin_filter!()
+);
+
+/// Cancels the live tasks a filter takes, with reason `$6`.
+const ADMIN_CANCEL: &str = concat!(
+    "UPDATE jetpack_tasks SET state = 'cancelled', error = $6, finished_at = now(), updated_at = now()
+WHERE state IN ('ready', 'waiting', 'parked') AND ",
+    admin_filter!()
+);
+
+/// Deletes the finished and cancelled tasks a filter takes.
+const ADMIN_PURGE: &str = concat!(
+    "DELETE FROM jetpack_tasks WHERE state IN ('finished', 'cancelled') AND ",
+    admin_filter!()
+);
+
+/// The ready and parked tasks a filter takes: id, fence, step.
+const ADMIN_REDRIVABLE: &str = concat!(
+    "SELECT id, fence, step::text FROM jetpack_tasks WHERE state IN ('ready', 'parked') AND ",
+    admin_filter!(),
+    " ORDER BY id"
+);
+
+/// Moves tasks `$1` (still at fences `$2`, ready or parked, not running) to
+/// steps `$3` of kind `$4`: due now, a full retry budget, no error, a new
+/// fence. Their concurrency scope is given again by the first claim.
+const ADMIN_REDRIVE: &str = "
+UPDATE jetpack_tasks t
+SET step = r.step::jsonb, kind = $4, tried = 0, error = NULL, state = 'ready', wakeup_at = now(),
+    locked_by = NULL, lease_until = NULL, limit_scope = NULL, updated_at = now(),
+    fence = least(t.fence, 9223372036854775806) + 1
+FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS r(id, fence, step)
+WHERE t.id = r.id AND t.fence = r.fence AND t.state IN ('ready', 'parked')
+  AND NOT (t.locked_by IS NOT NULL AND t.lease_until > now())";
 
 /// Resumes a parked task (the state trigger does the rest).
 const RESUME: &str = "UPDATE jetpack_tasks SET error = NULL WHERE id = $1 AND state = 'parked'";
 
 /// A task row as [`FIND`] selects it.
 type FoundRow = (
+    i64,
     String,
     String,
     DateTime<Utc>,
@@ -1339,6 +1416,40 @@ FROM jetpack_history WHERE task_id = $1 ORDER BY id";
 const SET_HISTORY: &str = "
 INSERT INTO jetpack_config (history) VALUES ($1)
 ON CONFLICT (singleton) DO UPDATE SET history = EXCLUDED.history";
+
+/// A [`TaskRow`] from the columns of [`task_columns`].
+fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
+    let (
+        id,
+        state,
+        step,
+        wakeup_at,
+        tried,
+        error,
+        locked_by,
+        lease_until,
+        finished_at,
+        parent_id,
+        result,
+        priority,
+        unique_key,
+    ) = row;
+    Ok(TaskRow {
+        parent_id,
+        result,
+        priority: u8::try_from(priority).unwrap_or(u8::MAX),
+        unique_key,
+        id,
+        state: TaskState::parse(&state)?,
+        step,
+        wakeup_at,
+        tried,
+        error,
+        locked_by,
+        lease_until,
+        finished_at,
+    })
+}
 
 impl crate::Backend for Postgres {
     fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
@@ -1380,39 +1491,114 @@ impl crate::Backend for Postgres {
     {
         Box::pin(async move {
             let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
-            row.map(
-                |(
-                    state,
-                    step,
-                    wakeup_at,
-                    tried,
-                    error,
-                    locked_by,
-                    lease_until,
-                    finished_at,
-                    parent_id,
-                    result,
-                    priority,
-                    unique_key,
-                )| {
-                    Ok(TaskRow {
-                        parent_id,
-                        result,
-                        priority: u8::try_from(priority).unwrap_or(u8::MAX),
-                        unique_key,
-                        id,
-                        state: TaskState::parse(&state)?,
-                        step,
-                        wakeup_at,
-                        tried,
-                        error,
-                        locked_by,
-                        lease_until,
-                        finished_at,
-                    })
-                },
-            )
-            .transpose()
+            row.map(task_row).transpose()
+        })
+    }
+
+    fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let rows: Vec<(String, String, i64)> =
+                sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
+            crate::admin::counted(rows)
+        })
+    }
+
+    fn admin_list<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let rows: Vec<FoundRow> = sqlx::query_as(ADMIN_LIST)
+                .bind(&filter.step)
+                .bind(&filter.machine)
+                .bind(&filter.state)
+                .bind(&filter.error_contains)
+                .bind(filter.older_than_us())
+                .bind(filter.after_id)
+                .bind(i64::from(filter.limit.unwrap_or(100)))
+                .fetch_all(db)
+                .await?;
+            rows.into_iter().map(task_row).collect()
+        })
+    }
+
+    fn admin_change<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+        change: crate::admin::Change,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            use crate::admin::Change;
+            let sql = match change {
+                Change::Resume => ADMIN_RESUME,
+                Change::Cancel(_) => ADMIN_CANCEL,
+                Change::Purge => ADMIN_PURGE,
+            };
+            let older = filter.older_than_us();
+            let mut query = sqlx::query(sql)
+                .bind(filter.step)
+                .bind(filter.machine)
+                .bind(filter.state)
+                .bind(filter.error_contains)
+                .bind(older);
+            if let Change::Cancel(reason) = change {
+                query = query.bind(reason);
+            }
+            Ok(query.execute(db).await?.rows_affected())
+        })
+    }
+
+    fn admin_redrivable<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            Ok(sqlx::query_as(ADMIN_REDRIVABLE)
+                .bind(&filter.step)
+                .bind(&filter.machine)
+                .bind(&filter.state)
+                .bind(&filter.error_contains)
+                .bind(filter.older_than_us())
+                .fetch_all(db)
+                .await?)
+        })
+    }
+
+    fn admin_redrive<'e, E>(
+        db: E,
+        moves: Vec<(i64, i64, String)>,
+        kind: String,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (mut ids, mut fences, mut steps) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, fence, step) in moves {
+                ids.push(id);
+                fences.push(fence);
+                steps.push(step);
+            }
+            let done = sqlx::query(ADMIN_REDRIVE)
+                .bind(ids)
+                .bind(fences)
+                .bind(steps)
+                .bind(kind)
+                .execute(db)
+                .await?;
+            Ok(done.rows_affected())
         })
     }
 

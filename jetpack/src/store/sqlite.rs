@@ -1745,7 +1745,7 @@ impl Listener for LocalNotices {
 
 /// A task's row for `find`, with running and scheduled told apart from ready.
 const FIND: &str = concat!(
-    "SELECT CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+    "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
     now!(),
     " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
     now!(),
@@ -1757,6 +1757,7 @@ const FIND: &str = concat!(
 
 /// A task row as [`FIND`] selects it; times as the table's text.
 type FoundRow = (
+    i64,
     String,
     String,
     String,
@@ -1769,6 +1770,137 @@ type FoundRow = (
     Option<String>,
     i64,
     Option<String>,
+);
+
+/// A [`TaskRow`] from a [`FoundRow`].
+fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
+    let (
+        id,
+        state,
+        step,
+        wakeup_at,
+        tried,
+        error,
+        locked_by,
+        lease_until,
+        finished_at,
+        parent_id,
+        result,
+        priority,
+        unique_key,
+    ) = row;
+    let time = |column: &str, text: &str| {
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+            .map(|t| t.and_utc())
+            .map_err(|e| Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}")))
+    };
+    Ok(TaskRow {
+        id,
+        state: TaskState::parse(&state)?,
+        step,
+        wakeup_at: time("wakeup_at", &wakeup_at)?,
+        tried,
+        error,
+        locked_by,
+        lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
+        finished_at: finished_at.map(|t| time("finished_at", &t)).transpose()?,
+        parent_id,
+        result,
+        priority: u8::try_from(priority).unwrap_or(u8::MAX),
+        unique_key,
+    })
+}
+
+/// The tasks an admin filter takes (see the PostgreSQL backend): at step
+/// `?1`, of machine `?2`, in state `?3`, with an error containing `?4`, not
+/// updated for `?5` µs (each when not NULL), not running.
+macro_rules! admin_filter {
+    () => {
+        concat!(
+            "(?1 IS NULL OR kind = ?1)
+  AND (?2 IS NULL OR substr(kind, 1, instr(kind, '.') - 1) = ?2)
+  AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
+  AND (?5 IS NULL OR updated_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?5 / 1000000.0) || ' seconds'))
+  AND NOT (locked_by IS NOT NULL AND lease_until > ",
+            now!(),
+            ")"
+        )
+    };
+}
+
+/// Counts per step and state.
+const ADMIN_COUNTS: &str = concat!(
+    "SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+    now!(),
+    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+    now!(),
+    " THEN 'scheduled' ELSE state END AS s, count(*)
+     FROM jetpack_tasks GROUP BY 1, 2 ORDER BY 1, 2"
+);
+
+/// The tasks a filter takes (running ones too), after id `?6`, at most `?7`.
+const ADMIN_LIST: &str = concat!(
+    "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+    now!(),
+    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+    now!(),
+    " THEN 'scheduled' ELSE state END,
+            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
+            priority, unique_key
+     FROM jetpack_tasks
+     WHERE (?1 IS NULL OR kind = ?1)
+       AND (?2 IS NULL OR substr(kind, 1, instr(kind, '.') - 1) = ?2)
+       AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
+       AND (?5 IS NULL OR updated_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?5 / 1000000.0) || ' seconds'))
+       AND (?6 IS NULL OR id > ?6)
+     ORDER BY id LIMIT ?7"
+);
+
+/// Resumes the parked tasks a filter takes.
+const ADMIN_RESUME: &str = concat!(
+    "UPDATE jetpack_tasks SET error = NULL WHERE state = 'parked' AND ",
+    admin_filter!()
+);
+
+/// Cancels the live tasks a filter takes, with reason `?6`.
+const ADMIN_CANCEL: &str = concat!(
+    "UPDATE jetpack_tasks SET state = 'cancelled', error = ?6, finished_at = ",
+    now!(),
+    ", updated_at = ",
+    now!(),
+    " WHERE state IN ('ready', 'waiting', 'parked') AND ",
+    admin_filter!()
+);
+
+/// Deletes the finished and cancelled tasks a filter takes.
+const ADMIN_PURGE: &str = concat!(
+    "DELETE FROM jetpack_tasks WHERE state IN ('finished', 'cancelled') AND ",
+    admin_filter!()
+);
+
+/// The ready and parked tasks a filter takes: id, fence, step.
+const ADMIN_REDRIVABLE: &str = concat!(
+    "SELECT id, fence, step FROM jetpack_tasks WHERE state IN ('ready', 'parked') AND ",
+    admin_filter!(),
+    " ORDER BY id"
+);
+
+/// Moves tasks `?1` (a JSON array of `[id, fence, step]`) to their steps,
+/// of kind `?2` (see the PostgreSQL backend).
+const ADMIN_REDRIVE: &str = concat!(
+    "UPDATE jetpack_tasks
+     SET step = json(r.value ->> 2), kind = ?2, tried = 0, error = NULL, state = 'ready',
+         wakeup_at = ",
+    now!(),
+    ", locked_by = NULL, lease_until = NULL, limit_scope = NULL, updated_at = ",
+    now!(),
+    ", fence = min(fence, 9007199254740990) + 1
+     FROM json_each(?1) r
+     WHERE jetpack_tasks.id = r.value ->> 0 AND jetpack_tasks.fence = r.value ->> 1
+       AND jetpack_tasks.state IN ('ready', 'parked')
+       AND NOT (jetpack_tasks.locked_by IS NOT NULL AND jetpack_tasks.lease_until > ",
+    now!(),
+    ")"
 );
 
 /// Resumes a parked task (the table's triggers do the rest).
@@ -1966,46 +2098,117 @@ impl crate::Backend for Sqlite {
     {
         Box::pin(async move {
             let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
-            row.map(
-                |(
-                    state,
-                    step,
-                    wakeup_at,
-                    tried,
-                    error,
-                    locked_by,
-                    lease_until,
-                    finished_at,
-                    parent_id,
-                    result,
-                    priority,
-                    unique_key,
-                )| {
-                    let time = |column: &str, text: &str| {
-                        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-                            .map(|t| t.and_utc())
-                            .map_err(|e| {
-                                Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}"))
-                            })
-                    };
-                    Ok(TaskRow {
-                        id,
-                        state: TaskState::parse(&state)?,
-                        step,
-                        wakeup_at: time("wakeup_at", &wakeup_at)?,
-                        tried,
-                        error,
-                        locked_by,
-                        lease_until: lease_until.map(|t| time("lease_until", &t)).transpose()?,
-                        finished_at: finished_at.map(|t| time("finished_at", &t)).transpose()?,
-                        parent_id,
-                        result,
-                        priority: u8::try_from(priority).unwrap_or(u8::MAX),
-                        unique_key,
-                    })
-                },
-            )
-            .transpose()
+            row.map(task_row).transpose()
+        })
+    }
+
+    fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let rows: Vec<(String, String, i64)> =
+                sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
+            crate::admin::counted(rows)
+        })
+    }
+
+    fn admin_list<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let older = filter.older_than_us();
+            let rows: Vec<FoundRow> = sqlx::query_as(ADMIN_LIST)
+                .bind(filter.step)
+                .bind(filter.machine)
+                .bind(filter.state)
+                .bind(filter.error_contains)
+                .bind(older)
+                .bind(filter.after_id)
+                .bind(i64::from(filter.limit.unwrap_or(100)))
+                .fetch_all(db)
+                .await?;
+            rows.into_iter().map(task_row).collect()
+        })
+    }
+
+    fn admin_change<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+        change: crate::admin::Change,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            use crate::admin::Change;
+            let sql = match change {
+                Change::Resume => ADMIN_RESUME,
+                Change::Cancel(_) => ADMIN_CANCEL,
+                Change::Purge => ADMIN_PURGE,
+            };
+            let older = filter.older_than_us();
+            let mut query = sqlx::query(sql)
+                .bind(filter.step)
+                .bind(filter.machine)
+                .bind(filter.state)
+                .bind(filter.error_contains)
+                .bind(older);
+            if let Change::Cancel(reason) = change {
+                query = query.bind(reason);
+            }
+            let done = query.execute(db).await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn admin_redrivable<'e, E>(
+        db: E,
+        filter: crate::admin::Filter,
+    ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let older = filter.older_than_us();
+            Ok(sqlx::query_as(ADMIN_REDRIVABLE)
+                .bind(filter.step)
+                .bind(filter.machine)
+                .bind(filter.state)
+                .bind(filter.error_contains)
+                .bind(older)
+                .fetch_all(db)
+                .await?)
+        })
+    }
+
+    fn admin_redrive<'e, E>(
+        db: E,
+        moves: Vec<(i64, i64, String)>,
+        kind: String,
+    ) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let moves: Vec<(i64, i64, serde_json::Value)> = (moves.into_iter())
+                .map(|(id, fence, step)| {
+                    let step = serde_json::from_str(&step).map_err(Error::Serialize)?;
+                    Ok((id, fence, step))
+                })
+                .collect::<Result<_, Error>>()?;
+            let done = sqlx::query(ADMIN_REDRIVE)
+                .bind(json_list(&moves)?)
+                .bind(kind)
+                .execute(db)
+                .await?;
+            LOCAL_WAKE.notify_waiters();
+            Ok(done.rows_affected())
         })
     }
 

@@ -1,0 +1,367 @@
+//! Operating on tasks in bulk: counts per step and state, lists by filter,
+//! resume, redrive, cancel and purge. No operation touches a task a worker
+//! holds (a live lease); each says how many tasks it changed, and one that
+//! matches nothing is an error that says so and changes nothing.
+//!
+//! ```no_run
+//! # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+//! use jetpack::admin::{self, Filter};
+//! for c in admin::counts(&pool).await? {
+//!     println!("{:<30} {:?} {}", c.kind, c.state, c.count);
+//! }
+//! let stuck = Filter::new().step("Greeter.ReadName").parked().error_contains("os error 2");
+//! for task in admin::list(&pool, &stuck).await? {
+//!     println!("{} {:?}", task.id, task.error);
+//! }
+//! let resumed = admin::resume(&pool, &stuck).await?;
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use sqlx::{Acquire, Executor};
+
+use crate::enqueue::Backend;
+use crate::machine::Scheduler;
+use crate::{Error, TaskRow, TaskState};
+
+/// Which tasks an operation takes: all that match every condition given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Filter {
+    /// Tasks at this step (`Machine.Step`).
+    pub step: Option<String>,
+    /// Tasks of this machine.
+    pub machine: Option<String>,
+    /// Tasks in this `state` (the column: ready, waiting, parked, cancelled,
+    /// finished).
+    pub state: Option<String>,
+    /// Tasks whose `error` contains this text.
+    pub error_contains: Option<String>,
+    /// Tasks not updated for at least this long.
+    pub older_than: Option<Duration>,
+    /// Tasks with an id above this (to page through a list).
+    pub after_id: Option<i64>,
+    /// At most this many (lists only; 100 by default).
+    pub limit: Option<u32>,
+}
+
+impl Filter {
+    /// Every task.
+    pub fn new() -> Self {
+        Filter::default()
+    }
+
+    /// Tasks at step `kind` (`Machine.Step`).
+    pub fn step(mut self, kind: impl Into<String>) -> Self {
+        self.step = Some(kind.into());
+        self
+    }
+
+    /// Tasks of machine `name`.
+    pub fn machine(mut self, name: impl Into<String>) -> Self {
+        self.machine = Some(name.into());
+        self
+    }
+
+    /// Parked tasks.
+    pub fn parked(self) -> Self {
+        self.state("parked")
+    }
+
+    /// Tasks in `state` (ready, waiting, parked, cancelled, finished).
+    pub fn state(mut self, state: impl Into<String>) -> Self {
+        self.state = Some(state.into());
+        self
+    }
+
+    /// Tasks whose error contains `text`.
+    pub fn error_contains(mut self, text: impl Into<String>) -> Self {
+        self.error_contains = Some(text.into());
+        self
+    }
+
+    /// Tasks not updated for `age`.
+    pub fn older_than(mut self, age: Duration) -> Self {
+        self.older_than = Some(age);
+        self
+    }
+
+    /// Tasks with an id above `id`.
+    pub fn after_id(mut self, id: i64) -> Self {
+        self.after_id = Some(id);
+        self
+    }
+
+    /// At most `n` tasks in a list.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Refuses a state that no task can be in.
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        if let Some(state) = &self.state {
+            if !["ready", "waiting", "parked", "cancelled", "finished"].contains(&state.as_str()) {
+                return Err(Error::Admin(format!(
+                    "unknown state {state:?}: use ready, waiting, parked, cancelled or finished"
+                )));
+            }
+        }
+        crate::store::micros(self.older_than.unwrap_or_default())?;
+        Ok(())
+    }
+
+    /// The age in µs, as the statements bind it.
+    pub(crate) fn older_than_us(&self) -> Option<i64> {
+        self.older_than
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// What it says, for an error that nothing matched.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.step {
+            parts.push(format!("step {s}"));
+        }
+        if let Some(m) = &self.machine {
+            parts.push(format!("machine {m}"));
+        }
+        if let Some(s) = &self.state {
+            parts.push(format!("state {s}"));
+        }
+        if let Some(e) = &self.error_contains {
+            parts.push(format!("error containing {e:?}"));
+        }
+        if let Some(a) = &self.older_than {
+            parts.push(format!("older than {a:?}"));
+        }
+        if parts.is_empty() {
+            "any task".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// How many tasks are at one step in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Count {
+    /// The step, `Machine.Step`.
+    pub kind: String,
+    /// The state, with running and scheduled told apart from ready.
+    pub state: TaskState,
+    /// How many.
+    pub count: i64,
+}
+
+/// What a bulk change does to the tasks it takes.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Clear the error of parked tasks.
+    Resume,
+    /// Cancel live tasks with this reason.
+    Cancel(String),
+    /// Delete finished and cancelled tasks.
+    Purge,
+}
+
+/// Counts from rows `(kind, state, count)`.
+pub(crate) fn counted(rows: Vec<(String, String, i64)>) -> Result<Vec<Count>, Error> {
+    rows.into_iter()
+        .map(|(kind, state, count)| {
+            Ok(Count {
+                kind,
+                state: TaskState::parse(&state)?,
+                count,
+            })
+        })
+        .collect()
+}
+
+/// How many tasks there are per step and state (running and scheduled told
+/// apart from ready), sorted by step.
+pub async fn counts<'e, E>(db: E) -> Result<Vec<Count>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::admin_counts(db).await
+}
+
+/// The tasks `filter` matches, by id, at most its limit (100 by default).
+pub async fn list<'e, E>(db: E, filter: &Filter) -> Result<Vec<TaskRow>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    filter.check()?;
+    <E::Database as Backend>::admin_list(db, filter.clone()).await
+}
+
+/// Task `id` and its history; an error when there is no such task.
+pub async fn show<'a, A>(db: A, id: i64) -> Result<(TaskRow, Vec<crate::Transition>), Error>
+where
+    A: Acquire<'a>,
+    A::Database: Backend,
+    for<'c> &'c mut <A::Database as sqlx::Database>::Connection:
+        Executor<'c, Database = A::Database>,
+{
+    let mut conn = db.acquire().await?;
+    let Some(task) = <A::Database as Backend>::find(&mut *conn, id).await? else {
+        return Err(Error::Admin(format!(
+            "no task {id}: it never existed, or it ended and was deleted"
+        )));
+    };
+    let history = <A::Database as Backend>::history(&mut *conn, id).await?;
+    Ok((task, history))
+}
+
+/// Resumes the parked tasks `filter` matches (clears their errors: each runs
+/// again with a full retry budget); how many.
+pub async fn resume<'e, E>(db: E, filter: &Filter) -> Result<u64, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    change(db, filter, Change::Resume, "parked tasks").await
+}
+
+/// Cancels the live tasks (ready, waiting or parked) `filter` matches, with
+/// `reason`; how many. A running task is not touched: cancel it with
+/// [`cancel`](crate::cancel), which tells its step.
+pub async fn cancel<'e, E>(db: E, filter: &Filter, reason: &str) -> Result<u64, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    change(
+        db,
+        filter,
+        Change::Cancel(reason.to_string()),
+        "live tasks not running",
+    )
+    .await
+}
+
+/// Deletes the finished and cancelled tasks `filter` matches; how many.
+pub async fn purge<'e, E>(db: E, filter: &Filter) -> Result<u64, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    change(db, filter, Change::Purge, "finished or cancelled tasks").await
+}
+
+async fn change<'e, E>(db: E, filter: &Filter, change: Change, which: &str) -> Result<u64, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    filter.check()?;
+    let n = <E::Database as Backend>::admin_change(db, filter.clone(), change).await?;
+    if n == 0 {
+        return Err(Error::Admin(format!(
+            "no {which} match ({}): nothing changed",
+            filter.describe()
+        )));
+    }
+    Ok(n)
+}
+
+/// Moves every ready or parked task at step `from` that `filter` matches to
+/// step `to` of the same machine, with the same fields, due now, with a full
+/// retry budget and no error; how many. Both steps must be steps of one
+/// machine of `T`, and every task's fields must decode as step `to`: else
+/// nothing changes, and the error says which task does not fit.
+///
+/// ```no_run
+/// # jetpack::task!(Mail { Send, SendV2 });
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Send { to: String }
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct SendV2 { to: String }
+/// # #[jetpack::async_trait] impl jetpack::Step<Mail> for Send { async fn step(self, _: &jetpack::Context<'_>) -> jetpack::StepResult<Self> { jetpack::NextStep::none() } }
+/// # #[jetpack::async_trait] impl jetpack::Step<Mail> for SendV2 { async fn step(self, _: &jetpack::Context<'_>) -> jetpack::StepResult<Self> { jetpack::NextStep::none() } }
+/// # jetpack::scheduler!(Tasks { Mail });
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// use jetpack::admin::{self, Filter};
+/// let moved = admin::redrive::<Tasks, _>(&pool, "Mail.Send", "Mail.SendV2", &Filter::new().parked()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn redrive<'a, T, A>(db: A, from: &str, to: &str, filter: &Filter) -> Result<u64, Error>
+where
+    T: Scheduler,
+    A: Acquire<'a>,
+    A::Database: Backend,
+    for<'c> &'c mut <A::Database as sqlx::Database>::Connection:
+        Executor<'c, Database = A::Database>,
+{
+    filter.check()?;
+    let (machine, from_step, to_step) = steps_of::<T>(from, to)?;
+    let mut filter = filter.clone();
+    filter.step = Some(from.to_string());
+    let mut conn = db.acquire().await?;
+    let found = <A::Database as Backend>::admin_redrivable(&mut *conn, filter.clone()).await?;
+    if found.is_empty() {
+        return Err(Error::Admin(format!(
+            "no ready or parked task not running matches ({}): nothing changed",
+            filter.describe()
+        )));
+    }
+    let mut moves = Vec::with_capacity(found.len());
+    for (id, fence, step) in found {
+        let fields = serde_json::from_str::<serde_json::Value>(&step)
+            .ok()
+            .and_then(|mut v| {
+                v.get_mut(machine)?
+                    .get_mut(from_step)
+                    .map(serde_json::Value::take)
+            })
+            .ok_or_else(|| {
+                Error::Admin(format!(
+                    "task {id}'s step {step} is not a {from} step: nothing changed"
+                ))
+            })?;
+        let moved = serde_json::json!({ machine: { to_step: fields } });
+        if let Err(e) = serde_json::from_value::<T>(moved.clone()) {
+            return Err(Error::Admin(format!(
+                "task {id}'s fields do not fit step {to} ({e}): nothing changed"
+            )));
+        }
+        moves.push((id, fence, moved.to_string()));
+    }
+    <A::Database as Backend>::admin_redrive(&mut *conn, moves, to.to_string()).await
+}
+
+/// The machine and the two steps named by kinds `from` and `to`, checked to
+/// be steps of one machine of `T`.
+fn steps_of<'k, T: Scheduler>(
+    from: &'k str,
+    to: &'k str,
+) -> Result<(&'k str, &'k str, &'k str), Error> {
+    let split = |kind: &'k str| {
+        kind.split_once('.')
+            .ok_or_else(|| Error::Admin(format!("{kind:?} is not a step: write Machine.Step")))
+    };
+    let ((m_from, s_from), (m_to, s_to)) = (split(from)?, split(to)?);
+    if m_from != m_to {
+        return Err(Error::Admin(format!(
+            "{to} is a step of another machine than {from}: a task stays in its machine; nothing changed"
+        )));
+    }
+    let graphs = T::graphs();
+    let Some(graph) = graphs.iter().find(|g| g.machine == m_from) else {
+        return Err(Error::Admin(format!(
+            "no machine {m_from} in this program: nothing changed"
+        )));
+    };
+    for step in [s_from, s_to] {
+        if !graph.steps.iter().any(|s| s.name == step) {
+            return Err(Error::Admin(format!(
+                "machine {m_from} has no step {step}: nothing changed"
+            )));
+        }
+    }
+    Ok((m_from, s_from, s_to))
+}

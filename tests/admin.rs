@@ -1,0 +1,228 @@
+//! The admin API: counts per step and state, lists by filter, show, resume,
+//! redrive (checked against the machine's types), cancel and purge; none
+//! touches a task a worker holds, and one that matches nothing is an error
+//! that changes nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{conformance, finished, Db, TestDb};
+use jetpack::admin::{self, Filter};
+use jetpack::{Context, NextStep, Step, StepError, StepResult, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// Parks at once with `boom <n>`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Fail {
+    n: u32,
+}
+
+/// Succeeds; the same fields as [`Fail`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Fixed {
+    n: u32,
+}
+
+/// Fields [`Fail`]'s do not fit.
+#[derive(Debug, Serialize, Deserialize)]
+struct Strict {
+    name: String,
+}
+
+jetpack::task!(Job {
+    Fail,
+    Fixed,
+    Strict
+});
+jetpack::task!(Other { Elsewhere });
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Elsewhere;
+
+jetpack::scheduler!(Tasks { Job, Other });
+
+#[jetpack::async_trait]
+impl Step<Job> for Fail {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        Err(StepError::permanent(format!("boom {}", self.n)))
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Job> for Fixed {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::none()
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Job> for Strict {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::none()
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Other> for Elsewhere {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::none()
+    }
+}
+
+conformance!(
+    counts_lists_and_show,
+    redrive_is_checked_against_the_machine_and_moves_parked_tasks,
+    resume_cancel_and_purge_leave_held_tasks_alone,
+);
+
+/// Three parked `Fail` tasks (`boom 1` to `boom 3`) and two `Fixed` ones
+/// scheduled in an hour; their ids.
+async fn parked_and_scheduled(db: &Db) -> (Vec<i64>, Vec<i64>) {
+    let parked = db.enqueue_many((1..=3).map(|n| Fail { n })).await;
+    let mut scheduled = Vec::new();
+    for n in [10, 11] {
+        let id = db
+            .delay(Fixed { n }, Duration::from_secs(3600))
+            .await
+            .expect("delay");
+        scheduled.push(id);
+    }
+    let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
+    for &id in &parked {
+        common::parked(db, id).await;
+    }
+    worker.shutdown().await;
+    (parked, scheduled)
+}
+
+/// Runs `f` on the backend's pool.
+macro_rules! on {
+    ($db:expr, $p:ident => $e:expr) => {
+        match &*$db {
+            Db::Postgres($p) => $e,
+            Db::Sqlite($p) => $e,
+        }
+    };
+}
+
+async fn counts_lists_and_show(db: TestDb) {
+    let (parked, _) = parked_and_scheduled(&db).await;
+    let counts: Vec<_> = on!(db, p => admin::counts(p).await)
+        .expect("counts")
+        .into_iter()
+        .map(|c| (c.kind, c.state, c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("Job.Fail".to_string(), TaskState::Parked, 3),
+            ("Job.Fixed".to_string(), TaskState::Scheduled, 2),
+        ]
+    );
+    let boom2 = Filter::new().parked().error_contains("boom 2");
+    let found = on!(db, p => admin::list(p, &boom2).await).expect("list");
+    assert_eq!(found.iter().map(|t| t.id).collect::<Vec<_>>(), [parked[1]]);
+    let page = Filter::new().step("Job.Fail").limit(2);
+    let first = on!(db, p => admin::list(p, &page).await).expect("list");
+    assert_eq!(first.len(), 2);
+    let rest =
+        on!(db, p => admin::list(p, &page.clone().after_id(first[1].id)).await).expect("list");
+    assert_eq!(rest.iter().map(|t| t.id).collect::<Vec<_>>(), [parked[2]]);
+    let of_machine =
+        on!(db, p => admin::list(p, &Filter::new().machine("Job")).await).expect("list");
+    assert_eq!(of_machine.len(), 5);
+
+    let (task, history) = on!(db, p => admin::show(p, parked[0]).await).expect("show");
+    assert_eq!(task.error.as_deref(), Some("boom 1"));
+    let events: Vec<_> = history.iter().map(|t| t.event.as_str()).collect();
+    assert_eq!(events, ["enqueued", "parked"]);
+    let missing = on!(db, p => admin::show(p, 999_999).await).expect_err("no such task");
+    assert!(missing.to_string().contains("no task 999999"), "{missing}");
+    let bad =
+        on!(db, p => admin::list(p, &Filter::new().state("stuck")).await).expect_err("a bad state");
+    assert!(bad.to_string().contains("unknown state"), "{bad}");
+}
+
+async fn redrive_is_checked_against_the_machine_and_moves_parked_tasks(db: TestDb) {
+    let (parked, _) = parked_and_scheduled(&db).await;
+    let all_parked = Filter::new().parked();
+    for (to, says) in [
+        ("Other.Elsewhere", "another machine"),
+        ("Job.Missing", "no step Missing"),
+        ("Job.Strict", "do not fit"),
+    ] {
+        let refused =
+            on!(db, p => admin::redrive::<Tasks, _>(p, "Job.Fail", to, &all_parked).await)
+                .expect_err("refused");
+        assert!(refused.to_string().contains(says), "{to}: {refused}");
+    }
+    let still = db
+        .scalar(
+            "SELECT count(*) FROM jetpack_tasks WHERE state = 'parked' AND kind = 'Job.Fail'",
+            None,
+        )
+        .await;
+    assert_eq!(still, 3, "a refused redrive changed tasks");
+
+    let moved =
+        on!(db, p => admin::redrive::<Tasks, _>(p, "Job.Fail", "Job.Fixed", &all_parked).await)
+            .expect("redrive");
+    assert_eq!(moved, 3);
+    let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
+    for &id in &parked {
+        finished(&db, id).await;
+    }
+    worker.shutdown().await;
+    let none =
+        on!(db, p => admin::redrive::<Tasks, _>(p, "Job.Fail", "Job.Fixed", &all_parked).await)
+            .expect_err("nothing left");
+    assert!(none.to_string().contains("nothing changed"), "{none}");
+}
+
+async fn resume_cancel_and_purge_leave_held_tasks_alone(db: TestDb) {
+    let (parked, scheduled) = parked_and_scheduled(&db).await;
+    // One parked task is held by a worker (a live lease, written here).
+    db.exec(
+        "UPDATE jetpack_tasks SET locked_by = 'elsewhere', lease_until = '9999-01-01 00:00:00' WHERE id = $1",
+        Some(parked[0]),
+        None,
+    )
+    .await;
+    let resumed =
+        on!(db, p => admin::resume(p, &Filter::new().step("Job.Fail")).await).expect("resume");
+    assert_eq!(resumed, 2);
+    let held = db.find(parked[0]).await.expect("the held task");
+    assert_eq!(
+        held.error.as_deref(),
+        Some("boom 1"),
+        "a held task was resumed"
+    );
+    let nothing =
+        on!(db, p => admin::resume(p, &Filter::new().error_contains("no such error")).await)
+            .expect_err("nothing matched");
+    assert!(nothing.to_string().contains("nothing changed"), "{nothing}");
+
+    let cancelled =
+        on!(db, p => admin::cancel(p, &Filter::new().step("Job.Fixed"), "not needed").await)
+            .expect("cancel");
+    assert_eq!(cancelled, 2);
+    for &id in &scheduled {
+        let row = db.find(id).await.expect("kept while cancelled");
+        assert_eq!(
+            (row.state, row.error.as_deref()),
+            (TaskState::Cancelled, Some("not needed"))
+        );
+    }
+    let purged = on!(db, p => admin::purge(p, &Filter::new().machine("Job")).await).expect("purge");
+    assert_eq!(purged, 2);
+    assert!(db.find(scheduled[0]).await.is_none());
+    let again =
+        on!(db, p => admin::purge(p, &Filter::new()).await).expect_err("nothing left to purge");
+    assert!(
+        again
+            .to_string()
+            .contains("no finished or cancelled tasks match"),
+        "{again}"
+    );
+}
