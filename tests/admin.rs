@@ -157,6 +157,18 @@ async fn redrive_is_checked_against_the_machine_and_moves_parked_tasks(db: TestD
                 .expect_err("refused");
         assert!(refused.to_string().contains(says), "{to}: {refused}");
     }
+    // Without the types: checked against the graphs the workers recorded.
+    for (to, says) in [
+        ("Other.Elsewhere", "another machine"),
+        ("Job.Missing", "no step Missing"),
+    ] {
+        let refused = on!(db, p => admin::redrive_recorded(p, "Job.Fail", to, &all_parked).await)
+            .expect_err("refused");
+        assert!(refused.to_string().contains(says), "{to}: {refused}");
+    }
+    let unknown = on!(db, p => admin::redrive_recorded(p, "Nope.A", "Nope.B", &all_parked).await)
+        .expect_err("an unknown machine");
+    assert!(unknown.to_string().contains("no machine Nope"), "{unknown}");
     let still = db
         .scalar(
             "SELECT count(*) FROM jetpack_tasks WHERE state = 'parked' AND kind = 'Job.Fail'",
@@ -165,10 +177,14 @@ async fn redrive_is_checked_against_the_machine_and_moves_parked_tasks(db: TestD
         .await;
     assert_eq!(still, 3, "a refused redrive changed tasks");
 
+    let first = all_parked.clone().error_contains("boom 1");
+    let moved = on!(db, p => admin::redrive_recorded(p, "Job.Fail", "Job.Fixed", &first).await)
+        .expect("redrive by the recorded graph");
+    assert_eq!(moved, 1);
     let moved =
         on!(db, p => admin::redrive::<Tasks, _>(p, "Job.Fail", "Job.Fixed", &all_parked).await)
             .expect("redrive");
-    assert_eq!(moved, 3);
+    assert_eq!(moved, 2);
     let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
     for &id in &parked {
         finished(&db, id).await;

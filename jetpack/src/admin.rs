@@ -297,12 +297,61 @@ where
     for<'c> &'c mut <A::Database as sqlx::Database>::Connection:
         Executor<'c, Database = A::Database>,
 {
+    let steps = steps_of(&T::graphs(), from, to)?;
+    let fits = |moved: serde_json::Value| {
+        serde_json::from_value::<T>(moved)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    let mut conn = db.acquire().await?;
+    move_tasks::<A::Database>(&mut conn, steps, from, to, filter, fits).await
+}
+
+/// [`redrive`] for a program that does not have the machine's types (the
+/// `jetpack` command line): the steps are checked against the graphs the
+/// workers recorded in `jetpack_machines`, the fields are not (a task whose
+/// fields do not fit step `to` parks when a worker claims it, saying why).
+pub async fn redrive_recorded<'a, A>(
+    db: A,
+    from: &str,
+    to: &str,
+    filter: &Filter,
+) -> Result<u64, Error>
+where
+    A: Acquire<'a>,
+    A::Database: Backend,
+    for<'c> &'c mut <A::Database as sqlx::Database>::Connection:
+        Executor<'c, Database = A::Database>,
+{
+    let mut conn = db.acquire().await?;
+    let machine = from.split_once('.').map_or(from, |(m, _)| m);
+    let graphs =
+        match <A::Database as Backend>::recorded_graph(&mut *conn, machine.to_string()).await? {
+            Some(graph) => vec![crate::machine::RecordedGraph::parse(&graph)?],
+            None => Vec::new(),
+        };
+    let steps = steps_of(&graphs, from, to)?;
+    move_tasks::<A::Database>(&mut conn, steps, from, to, filter, |_| Ok(())).await
+}
+
+/// Moves the tasks at `from` that `filter` takes to `to`, each checked by
+/// `fits` first.
+async fn move_tasks<DB>(
+    conn: &mut DB::Connection,
+    (machine, from_step, to_step): (String, String, String),
+    from: &str,
+    to: &str,
+    filter: &Filter,
+    fits: impl Fn(serde_json::Value) -> Result<(), String>,
+) -> Result<u64, Error>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
     filter.check()?;
-    let (machine, from_step, to_step) = steps_of::<T>(from, to)?;
     let mut filter = filter.clone();
     filter.step = Some(from.to_string());
-    let mut conn = db.acquire().await?;
-    let found = <A::Database as Backend>::admin_redrivable(&mut *conn, filter.clone()).await?;
+    let found = DB::admin_redrivable(&mut *conn, filter.clone()).await?;
     if found.is_empty() {
         return Err(Error::Admin(format!(
             "no ready or parked task not running matches ({}): nothing changed",
@@ -314,8 +363,8 @@ where
         let fields = serde_json::from_str::<serde_json::Value>(&step)
             .ok()
             .and_then(|mut v| {
-                v.get_mut(machine)?
-                    .get_mut(from_step)
+                v.get_mut(&machine)?
+                    .get_mut(&from_step)
                     .map(serde_json::Value::take)
             })
             .ok_or_else(|| {
@@ -323,25 +372,27 @@ where
                     "task {id}'s step {step} is not a {from} step: nothing changed"
                 ))
             })?;
-        let moved = serde_json::json!({ machine: { to_step: fields } });
-        if let Err(e) = serde_json::from_value::<T>(moved.clone()) {
+        let moved = serde_json::json!({ machine.clone(): { to_step.clone(): fields } });
+        if let Err(e) = fits(moved.clone()) {
             return Err(Error::Admin(format!(
                 "task {id}'s fields do not fit step {to} ({e}): nothing changed"
             )));
         }
         moves.push((id, fence, moved.to_string()));
     }
-    <A::Database as Backend>::admin_redrive(&mut *conn, moves, to.to_string()).await
+    DB::admin_redrive(&mut *conn, moves, to.to_string()).await
 }
 
 /// The machine and the two steps named by kinds `from` and `to`, checked to
-/// be steps of one machine of `T`.
-fn steps_of<'k, T: Scheduler>(
-    from: &'k str,
-    to: &'k str,
-) -> Result<(&'k str, &'k str, &'k str), Error> {
-    let split = |kind: &'k str| {
+/// be steps of one machine among `graphs`.
+fn steps_of<G: Steps>(
+    graphs: &[G],
+    from: &str,
+    to: &str,
+) -> Result<(String, String, String), Error> {
+    let split = |kind: &str| {
         kind.split_once('.')
+            .map(|(m, s)| (m.to_string(), s.to_string()))
             .ok_or_else(|| Error::Admin(format!("{kind:?} is not a step: write Machine.Step")))
     };
     let ((m_from, s_from), (m_to, s_to)) = (split(from)?, split(to)?);
@@ -350,18 +401,41 @@ fn steps_of<'k, T: Scheduler>(
             "{to} is a step of another machine than {from}: a task stays in its machine; nothing changed"
         )));
     }
-    let graphs = T::graphs();
-    let Some(graph) = graphs.iter().find(|g| g.machine == m_from) else {
+    let Some(graph) = graphs.iter().find(|g| g.machine() == m_from) else {
         return Err(Error::Admin(format!(
-            "no machine {m_from} in this program: nothing changed"
+            "no machine {m_from} is known: nothing changed"
         )));
     };
-    for step in [s_from, s_to] {
-        if !graph.steps.iter().any(|s| s.name == step) {
+    for step in [&s_from, &s_to] {
+        if !graph.has_step(step) {
             return Err(Error::Admin(format!(
                 "machine {m_from} has no step {step}: nothing changed"
             )));
         }
     }
     Ok((m_from, s_from, s_to))
+}
+
+/// A machine's name and steps, from its types or as recorded.
+trait Steps {
+    fn machine(&self) -> &str;
+    fn has_step(&self, step: &str) -> bool;
+}
+
+impl Steps for crate::Graph {
+    fn machine(&self) -> &str {
+        self.machine
+    }
+    fn has_step(&self, step: &str) -> bool {
+        self.steps.iter().any(|s| s.name == step)
+    }
+}
+
+impl Steps for crate::machine::RecordedGraph {
+    fn machine(&self) -> &str {
+        &self.machine
+    }
+    fn has_step(&self, step: &str) -> bool {
+        self.steps.iter().any(|s| s.name == step)
+    }
 }

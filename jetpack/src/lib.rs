@@ -39,7 +39,7 @@ pub use history::{counts_at, history, history_at, set_history, Transition};
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
     Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
-    Scheduler, StepNode, StepOf, TaskOf,
+    RecordedGraph, RecordedStep, Scheduler, StepNode, StepOf, TaskOf,
 };
 #[cfg(feature = "cron")]
 pub use schedule::{Missed, Schedule};

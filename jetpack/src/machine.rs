@@ -383,29 +383,121 @@ impl Graph {
     /// and leaves the terminal ones; an edge reached by a join of children is
     /// labelled `join children`, one reached by a wait `signal or timeout`.
     pub fn to_mermaid(&self) -> String {
+        self.recorded().to_mermaid()
+    }
+
+    /// A Graphviz `digraph` of the machine, labelled as [`to_mermaid`](Graph::to_mermaid).
+    pub fn to_dot(&self) -> String {
+        self.recorded().to_dot()
+    }
+
+    /// The graph as [`to_json`](Graph::to_json) records it.
+    fn recorded(&self) -> RecordedGraph {
+        let names = |v: &[&'static str]| v.iter().map(|s| s.to_string()).collect();
+        RecordedGraph {
+            machine: self.machine.to_string(),
+            steps: (self.steps.iter())
+                .map(|s| RecordedStep {
+                    name: s.name.to_string(),
+                    initial: s.initial,
+                    next: names(&s.next),
+                    joins: names(&s.joins),
+                    waits: names(&s.waits),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A machine's graph as workers recorded it in `jetpack_machines`
+/// ([`Graph::to_json`]): what a tool without the machine's types (the
+/// `jetpack` command line) reads.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+pub struct RecordedGraph {
+    /// The machine's name.
+    pub machine: String,
+    /// Its steps in declaration order.
+    pub steps: Vec<RecordedStep>,
+}
+
+/// One step of a [`RecordedGraph`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+pub struct RecordedStep {
+    /// The step's name.
+    pub name: String,
+    /// Whether a task normally starts here.
+    pub initial: bool,
+    /// The steps that may follow it.
+    pub next: Vec<String>,
+    /// Those of `next` reached by a join.
+    pub joins: Vec<String>,
+    /// Those of `next` reached by a wait.
+    pub waits: Vec<String>,
+}
+
+impl RecordedGraph {
+    /// Reads a graph as [`Graph::to_json`] wrote it.
+    pub fn parse(json: &str) -> Result<Self, crate::Error> {
+        serde_json::from_str(json)
+            .map_err(|e| crate::Error::Admin(format!("a recorded graph does not read: {e}")))
+    }
+
+    /// Each edge `(from, to, label)`, the label empty, `join children` or
+    /// `signal or timeout`.
+    fn labelled_edges(&self) -> Vec<(&str, &str, &'static str)> {
+        (self.steps.iter())
+            .flat_map(|s| {
+                s.next.iter().map(move |to| {
+                    let label = if s.joins.contains(to) {
+                        "join children"
+                    } else if s.waits.contains(to) {
+                        "signal or timeout"
+                    } else {
+                        ""
+                    };
+                    (s.name.as_str(), to.as_str(), label)
+                })
+            })
+            .collect()
+    }
+
+    /// A Mermaid `stateDiagram-v2`, as [`Graph::to_mermaid`].
+    pub fn to_mermaid(&self) -> String {
         let mut out = String::from("stateDiagram-v2\n");
         let _ = writeln!(out, "    %% {}", self.machine);
-        for step in &self.steps {
-            if step.initial {
-                let _ = writeln!(out, "    [*] --> {}", step.name);
-            }
+        for step in self.steps.iter().filter(|s| s.initial) {
+            let _ = writeln!(out, "    [*] --> {}", step.name);
         }
-        for step in &self.steps {
-            for &to in &step.next {
-                let from = step.name;
-                let label = if step.joins.contains(&to) {
-                    ": join children"
-                } else if step.waits.contains(&to) {
-                    ": signal or timeout"
-                } else {
-                    ""
-                };
-                let _ = writeln!(out, "    {from} --> {to}{label}");
-            }
+        for (from, to, label) in self.labelled_edges() {
+            let label = if label.is_empty() {
+                String::new()
+            } else {
+                format!(": {label}")
+            };
+            let _ = writeln!(out, "    {from} --> {to}{label}");
         }
-        for step in self.terminal() {
-            let _ = writeln!(out, "    {step} --> [*]");
+        for step in self.steps.iter().filter(|s| s.next.is_empty()) {
+            let _ = writeln!(out, "    {} --> [*]", step.name);
         }
+        out
+    }
+
+    /// A Graphviz `digraph`.
+    pub fn to_dot(&self) -> String {
+        let mut out = format!("digraph \"{}\" {{\n    rankdir=LR;\n", self.machine);
+        out.push_str("    start [shape=point]; end [shape=doublecircle, label=\"\", width=0.2];\n");
+        for step in self.steps.iter().filter(|s| s.initial) {
+            let _ = writeln!(out, "    start -> \"{}\";", step.name);
+        }
+        for (from, to, label) in self.labelled_edges() {
+            let _ = writeln!(out, "    \"{from}\" -> \"{to}\" [label=\"{label}\"];");
+        }
+        for step in self.steps.iter().filter(|s| s.next.is_empty()) {
+            let _ = writeln!(out, "    \"{}\" -> end;", step.name);
+        }
+        out.push_str("}\n");
         out
     }
 }

@@ -56,6 +56,14 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn recorded_graph<'e, E>(
+        db: E,
+        machine: String,
+    ) -> BoxFuture<'e, Result<Option<String>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;

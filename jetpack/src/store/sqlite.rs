@@ -2102,6 +2102,19 @@ impl crate::Backend for Sqlite {
         })
     }
 
+    fn recorded_graph<'e, E>(db: E, machine: String) -> BoxFuture<'e, Result<Option<String>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let sql = "SELECT graph FROM jetpack_machines WHERE name = ?1";
+            Ok(sqlx::query_scalar(sql)
+                .bind(machine)
+                .fetch_optional(db)
+                .await?)
+        })
+    }
+
     fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
