@@ -219,6 +219,22 @@ where
     Ok((task, history))
 }
 
+/// Machine `name`'s graph as the workers recorded it in `jetpack_machines`,
+/// read, and as its JSON ([`Graph::to_json`](crate::Graph::to_json)).
+pub async fn recorded_graph<'e, E>(
+    db: E,
+    name: &str,
+) -> Result<Option<(crate::RecordedGraph, String)>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    match <E::Database as Backend>::recorded_graph(db, name.to_string()).await? {
+        Some(json) => Ok(Some((crate::RecordedGraph::parse(&json)?, json))),
+        None => Ok(None),
+    }
+}
+
 /// Resumes the parked tasks `filter` matches (clears their errors: each runs
 /// again with a full retry budget); how many.
 pub async fn resume<'e, E>(db: E, filter: &Filter) -> Result<u64, Error>

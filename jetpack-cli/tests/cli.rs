@@ -1,0 +1,224 @@
+//! The `jetpack` binary, run against real databases (PostgreSQL at
+//! `DATABASE_URL`, and an SQLite file): every command on tasks made by the
+//! library, and a one-line error with exit status 1 for a bad URL, a database
+//! that is unreachable or not migrated, an unknown id, a filter that matches
+//! nothing.
+
+use std::process::Command;
+
+use jetpack::Machine;
+use jetpack_suite::readme::{Greeter, ReadName};
+use jetpack_suite::{Db, TestDb};
+use serde_json::Value;
+
+/// What a run of `jetpack args…` did: exit code, stdout, stderr.
+fn jetpack(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_jetpack"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the jetpack binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `jetpack --url <db> args…`, which must succeed; its stdout.
+fn ok(db: &TestDb, args: &[&str]) -> String {
+    let mut all = vec!["--url", db.url.as_str()];
+    all.extend_from_slice(args);
+    let (code, out, err) = jetpack(&all);
+    assert_eq!(code, 0, "jetpack {args:?} failed: {err}");
+    out
+}
+
+/// `jetpack --url <db> args…`, which must fail with one line saying `says`.
+fn fails(db: &TestDb, args: &[&str], says: &str) {
+    let mut all = vec!["--url", db.url.as_str()];
+    all.extend_from_slice(args);
+    let (code, _, err) = jetpack(&all);
+    assert_eq!(code, 1, "jetpack {args:?} should fail: {err}");
+    assert!(
+        err.starts_with("jetpack: ") && err.trim_end().lines().count() == 1,
+        "{err:?}"
+    );
+    assert!(err.contains(says), "jetpack {args:?}: {err}");
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+async fn commands_operate_on_tasks(db: TestDb) {
+    let ids = db
+        .enqueue_many(["a.txt", "b.txt"].map(|f| ReadName { filename: f.into() }))
+        .await;
+    db.exec(
+        "UPDATE jetpack_tasks SET error = 'boom' WHERE id = $1",
+        Some(ids[0]),
+        None,
+    )
+    .await;
+
+    let status = json(&ok(&db, &["--json", "status"]));
+    let mut rows: Vec<(String, String, i64)> = (status.as_array().expect("rows").iter())
+        .map(|r| {
+            (
+                r["step"].as_str().unwrap_or("").into(),
+                r["state"].as_str().unwrap_or("").into(),
+                r["count"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("Greeter.ReadName".into(), "parked".into(), 1),
+            ("Greeter.ReadName".into(), "ready".into(), 1)
+        ]
+    );
+    assert!(ok(&db, &["status"]).contains("Greeter.ReadName"));
+
+    let parked = json(&ok(&db, &["--json", "list", "--state", "parked"]));
+    assert_eq!(parked[0]["id"], ids[0]);
+    assert_eq!(parked.as_array().map(Vec::len), Some(1));
+    let shown = ok(&db, &["show", &ids[0].to_string()]);
+    assert!(
+        shown.contains("error      boom") && shown.contains("history:"),
+        "{shown}"
+    );
+    let history = json(&ok(&db, &["--json", "history", &ids[0].to_string()]));
+    let events: Vec<&str> = history
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|t| t["event"].as_str())
+        .collect();
+    assert_eq!(events, ["enqueued", "parked"]);
+
+    assert_eq!(
+        ok(&db, &["resume", &ids[0].to_string()]).trim(),
+        "resumed 1 task"
+    );
+    fails(&db, &["resume", "--error", "boom"], "nothing changed");
+    fails(&db, &["show", "999999"], "no task 999999");
+
+    // Redrive, checked against the graph a worker recorded.
+    fails(
+        &db,
+        &[
+            "redrive",
+            "--from",
+            "Greeter.ReadName",
+            "--to",
+            "Greeter.SayHello",
+        ],
+        "no machine Greeter",
+    );
+    let graph = Greeter::graph().to_json().to_string();
+    let record = match &*db {
+        Db::Postgres(_) => {
+            "INSERT INTO jetpack_machines (name, graph) VALUES ('Greeter', $1::jsonb)"
+        }
+        Db::Sqlite(_) => "INSERT INTO jetpack_machines (name, graph) VALUES ('Greeter', $1)",
+    };
+    db.exec(record, None, Some(&graph)).await;
+    fails(
+        &db,
+        &[
+            "redrive",
+            "--from",
+            "Greeter.ReadName",
+            "--to",
+            "Other.Step",
+        ],
+        "another machine",
+    );
+    let moved = ok(
+        &db,
+        &[
+            "--json",
+            "redrive",
+            "--from",
+            "Greeter.ReadName",
+            "--to",
+            "Greeter.SayHello",
+            "--state",
+            "ready",
+        ],
+    );
+    assert_eq!(json(&moved)["redrove"], 2);
+    let dot = ok(&db, &["graph", "Greeter", "--format", "dot"]);
+    assert!(dot.contains("\"ReadName\" -> \"SayHello\""), "{dot}");
+    assert!(ok(&db, &["graph", "Greeter"]).contains("ReadName --> SayHello"));
+    fails(&db, &["graph", "Nope"], "no machine Nope is recorded");
+
+    assert_eq!(
+        ok(&db, &["cancel", "--reason", "no", "--machine", "Greeter"]).trim(),
+        "cancelled 2 tasks"
+    );
+    assert_eq!(
+        ok(&db, &["purge", "--state", "cancelled"]).trim(),
+        "purged 2 tasks"
+    );
+    assert_eq!(ok(&db, &["status"]).trim(), "no tasks");
+    let counts = json(&ok(
+        &db,
+        &["--json", "history", "--at", "2000-01-01 00:00:00"],
+    ));
+    assert_eq!(counts, Value::Array(vec![]));
+    if let Db::Postgres(_) = &*db {
+        // The tables' owner dropped them: a clear hint.
+        db.exec("DROP TABLE jetpack_tasks CASCADE", None, None)
+            .await;
+        fails(&db, &["status"], "run `jetpack migrate`");
+    }
+}
+
+#[tokio::test]
+async fn postgres_commands_operate_on_tasks() {
+    commands_operate_on_tasks(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_commands_operate_on_tasks() {
+    commands_operate_on_tasks(TestDb::sqlite().await).await;
+}
+
+#[test]
+fn bad_urls_and_missing_databases_are_one_line_errors() {
+    let dir = std::env::temp_dir().join(format!("jetpack_cli_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    let file = dir.join("new.db");
+    let url = format!("sqlite://{}", file.display());
+    for (args, says) in [
+        (vec!["status"], "no database: give --url"),
+        (
+            vec!["--url", "mysql://db", "status"],
+            "unsupported database URL",
+        ),
+        (vec!["--url", url.as_str(), "status"], "no database file at"),
+        (
+            vec!["--url", "postgres://postgres@127.0.0.1:1/none", "status"],
+            "cannot connect to",
+        ),
+    ] {
+        let (code, _, err) = jetpack(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("jetpack: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, _, err) = jetpack(&["list", "--older-than", "5x"]);
+    assert_eq!(code, 2, "a bad argument is a usage error: {err}");
+    let (code, out, err) = jetpack(&["--url", url.as_str(), "migrate"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("migrated"), "{out}");
+    let (code, out, err) = jetpack(&["--url", url.as_str(), "status"]);
+    assert_eq!((code, out.trim()), (0, "no tasks"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
