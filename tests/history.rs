@@ -14,7 +14,7 @@ use jetpack::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Fails its first attempt, then waits for [`Go`].
+/// Fails its first attempt (every attempt when `n` is 0), then waits for [`Go`].
 #[derive(Debug, Serialize, Deserialize)]
 struct Start {
     n: u32,
@@ -40,7 +40,7 @@ impl Step<Flow> for Start {
     const RETRY_LIMIT: i32 = 1;
     const RETRY_DELAY: Duration = Duration::from_millis(10);
     async fn step(self, cx: &Context<'_>) -> StepResult<Self> {
-        if cx.attempt() == 1 {
+        if cx.attempt() == 1 || self.n == 0 {
             return Err("not yet".into());
         }
         NextStep::wait(Done { n: self.n + 1 }, Wait::signal::<Go>())
@@ -65,6 +65,7 @@ conformance!(
     history_can_be_switched_off,
     history_is_deleted_after_its_retention,
     workers_record_their_machines_once,
+    failed_attempts_are_told_as_they_are_written,
 );
 
 async fn every_transition_is_recorded_with_its_attempt(db: TestDb) {
@@ -249,4 +250,64 @@ async fn workers_record_their_machines_once(db: TestDb) {
         first,
         "an unchanged machine is not written again"
     );
+}
+
+async fn failed_attempts_are_told_as_they_are_written(db: TestDb) {
+    let mut listener = match &*db {
+        Db::Postgres(pool) => {
+            let mut l = jetpack::sqlx::postgres::PgListener::connect_with(pool)
+                .await
+                .expect("listen");
+            l.listen(jetpack::ERRORS_CHANNEL).await.expect("listen");
+            Some(l)
+        }
+        Db::Sqlite(_) => None,
+    };
+    let worker = db
+        .worker::<Tasks>()
+        .name("w-errors")
+        .build()
+        .expect("worker");
+    let mut errors = worker.errors();
+    let worker = common::spawn(worker);
+    // Fails twice: a retry, then (RETRY_LIMIT 1) a park.
+    let id = db.enqueue(Start { n: 0 }).await;
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let e = tokio::time::timeout(DEADLINE, errors.recv())
+            .await
+            .expect("an error event in time")
+            .expect("an error event");
+        told.push(e);
+    }
+    worker.shutdown().await;
+    let seen: Vec<_> = (told.iter())
+        .map(|e| {
+            (
+                e.task_id,
+                e.kind.as_deref(),
+                e.attempt,
+                e.parked,
+                e.error.as_str(),
+                e.worker.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (id, Some("Flow.Start"), 1, false, "not yet", "w-errors"),
+            (id, Some("Flow.Start"), 2, true, "not yet", "w-errors"),
+        ]
+    );
+    if let Some(listener) = listener.as_mut() {
+        for want in &told {
+            let n = tokio::time::timeout(DEADLINE, listener.recv())
+                .await
+                .expect("a notification in time")
+                .expect("a notification");
+            let got: jetpack::TaskError = serde_json::from_str(n.payload()).expect("the payload");
+            assert_eq!(&got, want);
+        }
+    }
 }

@@ -45,6 +45,68 @@ pub struct Transition {
     pub error: Option<String>,
 }
 
+/// A failed attempt, as [`Worker::errors`](crate::Worker::errors) tells it
+/// in the worker's process and, on PostgreSQL, a notification on the channel
+/// `jetpack_errors` tells every listener (its payload is this, as JSON:
+/// `serde_json::from_str::<TaskError>(payload)`). A retry and a park alike;
+/// `parked` tells them apart. Sent once the outcome is written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct TaskError {
+    /// The task.
+    pub task_id: i64,
+    /// The step it was at (`Machine.Step`); `None` when its JSON did not decode.
+    pub kind: Option<String>,
+    /// The attempt that failed.
+    pub attempt: i32,
+    /// Whether the task is parked (no retry left, or a permanent error).
+    pub parked: bool,
+    /// The error, at most 4,000 bytes of it.
+    pub error: String,
+    /// The worker that ran the attempt.
+    pub worker: String,
+}
+
+/// The channel of [`TaskError`] notifications on PostgreSQL.
+pub const ERRORS_CHANNEL: &str = "jetpack_errors";
+
+/// The most of an error a [`TaskError`] carries: a PostgreSQL notification
+/// holds at most 8,000 bytes.
+const MAX_EVENT_ERROR: usize = 4000;
+
+impl TaskError {
+    /// The event of a failed attempt `outcome` of `trace` by `worker`, if it
+    /// is one.
+    pub(crate) fn of(
+        id: i64,
+        outcome: &crate::store::Outcome,
+        trace: &crate::store::Trace,
+        worker: &str,
+    ) -> Option<Self> {
+        let (error, parked) = match outcome {
+            crate::store::Outcome::Retry { error, .. } => (error, false),
+            crate::store::Outcome::Park { error } => (error, true),
+            _ => return None,
+        };
+        let mut error = error.clone();
+        if error.len() > MAX_EVENT_ERROR {
+            let mut end = MAX_EVENT_ERROR;
+            while !error.is_char_boundary(end) {
+                end -= 1;
+            }
+            error.truncate(end);
+        }
+        Some(TaskError {
+            task_id: id,
+            kind: trace.kind.clone(),
+            attempt: trace.attempt,
+            parked,
+            error,
+            worker: worker.to_string(),
+        })
+    }
+}
+
 /// Every transition of task `id` still kept, oldest first.
 ///
 /// ```no_run

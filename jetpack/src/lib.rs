@@ -35,7 +35,9 @@ pub use enqueue::{
     TaskState, MAX_PRIORITY,
 };
 pub use error::Error;
-pub use history::{counts_at, history, history_at, set_history, Transition};
+pub use history::{
+    counts_at, history, history_at, set_history, TaskError, Transition, ERRORS_CHANNEL,
+};
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{
     Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,

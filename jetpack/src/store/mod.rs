@@ -289,6 +289,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// writing only those that changed.
     async fn register(&self, machines: &[(String, String)]) -> Result<(), Error>;
 
+    /// Tells every listener of [`ERRORS_CHANNEL`](crate::ERRORS_CHANNEL) of
+    /// failed attempts (JSON payloads); a backend without notifications does
+    /// nothing.
+    async fn notify_errors(&self, payloads: &[String]) -> Result<(), Error>;
+
     /// Whether the history is on (`jetpack_config.history`).
     async fn history_on(&self) -> Result<bool, Error>;
 

@@ -1254,6 +1254,15 @@ impl Store for PgStore {
         Ok(sqlx::query_scalar(HISTORY_ON).fetch_one(&self.pool).await?)
     }
 
+    async fn notify_errors(&self, payloads: &[String]) -> Result<(), Error> {
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(crate::ERRORS_CHANNEL)
+            .bind(payloads)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn register(&self, machines: &[(String, String)]) -> Result<(), Error> {
         let (names, graphs): (Vec<&str>, Vec<&str>) = (machines.iter())
             .map(|(n, g)| (n.as_str(), g.as_str()))

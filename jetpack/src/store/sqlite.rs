@@ -1690,6 +1690,11 @@ impl Store for SqliteStore {
         writer.done(done.map_err(Error::from))
     }
 
+    async fn notify_errors(&self, _payloads: &[String]) -> Result<(), Error> {
+        // SQLite has no notifications: `Worker::errors` tells this process.
+        Ok(())
+    }
+
     async fn register(&self, machines: &[(String, String)]) -> Result<(), Error> {
         let machines = json_list(&machines)?;
         let mut writer = self.writer().await?;

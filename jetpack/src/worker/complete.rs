@@ -55,6 +55,11 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
         let history = rt.history(&traces);
         match rt.store.complete_many(&done, history.as_ref()).await {
             Ok(held) => {
+                tell_errors(
+                    &rt,
+                    batch.iter().zip(&held).filter(|(_, h)| **h).map(|(c, _)| c),
+                )
+                .await;
                 for (completion, held) in batch.drain(..).zip(held) {
                     let _ = completion.reply.send(Ok(held));
                 }
@@ -78,6 +83,29 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
                 }
             }
         }
+    }
+}
+
+/// Tells of the failed attempts among `written` (their outcomes written):
+/// this process's [`Worker::errors`](crate::Worker::errors) receivers, and on
+/// PostgreSQL every listener, in one statement.
+async fn tell_errors<'a>(rt: &Runtime, written: impl Iterator<Item = &'a Completion>) {
+    let events: Vec<crate::TaskError> = written
+        .filter_map(|c| crate::TaskError::of(c.id, &c.outcome, &c.trace, &rt.config.name))
+        .collect();
+    if events.is_empty() {
+        return;
+    }
+    let payloads: Vec<String> = events
+        .iter()
+        .filter_map(|e| serde_json::to_string(e).ok())
+        .collect();
+    for event in events {
+        // No receiver is not an error.
+        let _ = rt.errors.send(event);
+    }
+    if let Err(e) = rt.store.notify_errors(&payloads).await {
+        tracing::warn!(error = %e, "notifying listeners of failed attempts failed");
     }
 }
 

@@ -110,6 +110,8 @@ struct Runtime {
     limited_busy: Mutex<Option<Instant>>,
     /// Whether the history is on, as the database last said.
     history: std::sync::atomic::AtomicBool,
+    /// Failed attempts, for [`Worker::errors`].
+    errors: tokio::sync::broadcast::Sender<crate::TaskError>,
 }
 
 impl Runtime {
@@ -283,6 +285,28 @@ impl<T: Scheduler> Worker<T> {
     /// does the same for every worker on the database.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.rt.shared.shutdown.clone()
+    }
+
+    /// The failed attempts of this worker's steps, retried or parked, as
+    /// their outcomes are written: for alerts. A receiver that falls more
+    /// than 1,024 events behind misses the oldest (`RecvError::Lagged`). On
+    /// PostgreSQL every worker also notifies
+    /// [`ERRORS_CHANNEL`](crate::ERRORS_CHANNEL), for listeners anywhere.
+    ///
+    /// ```no_run
+    /// # async fn f<T: jetpack::Scheduler>(worker: jetpack::Worker<T>) {
+    /// let mut errors = worker.errors();
+    /// tokio::spawn(async move {
+    ///     while let Ok(e) = errors.recv().await {
+    ///         if e.parked {
+    ///             tracing::error!(task = e.task_id, step = ?e.kind, error = %e.error, "parked");
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn errors(&self) -> tokio::sync::broadcast::Receiver<crate::TaskError> {
+        self.rt.errors.subscribe()
     }
 
     /// The name this worker writes into `locked_by` of the tasks it runs.
@@ -801,6 +825,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 idle: Notify::new(),
                 limited_busy: Mutex::new(None),
                 history: std::sync::atomic::AtomicBool::new(true),
+                errors: tokio::sync::broadcast::channel(1024).0,
             }),
             _tasks: PhantomData,
         }
