@@ -74,6 +74,7 @@ conformance!(
     counts_lists_and_show,
     redrive_is_checked_against_the_machine_and_moves_parked_tasks,
     resume_cancel_and_purge_leave_held_tasks_alone,
+    verify_lists_rows_the_program_cannot_run,
 );
 
 /// Three parked `Fail` tasks (`boom 1` to `boom 3`) and two `Fixed` ones
@@ -241,4 +242,53 @@ async fn resume_cancel_and_purge_leave_held_tasks_alone(db: TestDb) {
             .contains("no finished or cancelled tasks match"),
         "{again}"
     );
+}
+
+async fn verify_lists_rows_the_program_cannot_run(db: TestDb) {
+    let ok = on!(db, p => jetpack::verify::<Tasks, _>(p).await).expect("verify");
+    assert!(ok.is_ok() && ok.checked == 0, "{ok}");
+    let good = db
+        .insert_raw(r#"{"Job":{"Fixed":{"n":1}}}"#)
+        .await
+        .expect("insert");
+    let bad = db
+        .insert_raw(r#"{"Job":{"Fixed":{"n":"one"}}}"#)
+        .await
+        .expect("insert");
+    let gone = db
+        .insert_raw(r#"{"Gone":{"Step":null}}"#)
+        .await
+        .expect("insert");
+    let renamed = db
+        .insert_raw(r#"{"Job":{"Renamed":{"n":1}}}"#)
+        .await
+        .expect("insert");
+    // A finished task is not read again: it does not count.
+    let done = db
+        .insert_raw(r#"{"Job":{"Fixed":{"n":"no"}}}"#)
+        .await
+        .expect("insert");
+    db.exec(
+        "UPDATE jetpack_tasks SET state = 'finished' WHERE id = $1",
+        Some(done),
+        None,
+    )
+    .await;
+    let report = on!(db, p => jetpack::verify::<Tasks, _>(p).await).expect("verify");
+    assert!(!report.is_ok());
+    assert_eq!(report.checked, 4, "{report}");
+    let unknown: Vec<_> = (report.unknown.iter())
+        .map(|(k, (n, ids))| (k.as_str(), *n, ids.clone()))
+        .collect();
+    assert_eq!(
+        unknown,
+        [
+            ("Gone.Step", 1, vec![gone]),
+            ("Job.Renamed", 1, vec![renamed])
+        ]
+    );
+    assert_eq!(report.undecodable, 1);
+    assert_eq!(report.undecodable_examples[0].0, bad);
+    assert!(report.to_string().contains("task"), "{report}");
+    let _ = good;
 }

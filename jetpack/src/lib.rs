@@ -26,6 +26,7 @@ mod machine;
 mod schedule;
 mod step;
 mod store;
+mod verify;
 mod worker;
 
 pub use async_trait::async_trait;
@@ -50,6 +51,7 @@ pub use step::{
     StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use verify::{verify, VerifyReport};
 pub use worker::{Worker, WorkerBuilder};
 
 /// The SQLite backend's helpers.
