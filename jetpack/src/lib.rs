@@ -22,6 +22,7 @@ mod enqueue;
 mod error;
 mod history;
 mod machine;
+pub mod metrics;
 #[cfg(feature = "cron")]
 mod schedule;
 mod step;
@@ -44,6 +45,8 @@ pub use machine::{
     Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
     RecordedGraph, RecordedStep, Scheduler, StepNode, StepOf, TaskOf,
 };
+#[cfg(feature = "prometheus")]
+pub use metrics::serve_prometheus;
 #[cfg(feature = "cron")]
 pub use schedule::{Missed, Schedule};
 pub use step::{

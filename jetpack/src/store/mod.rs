@@ -79,6 +79,8 @@ pub(crate) struct Trace {
     pub attempt: i32,
     /// From its claim to its outcome, in µs.
     pub duration_us: i64,
+    /// The labels of its metrics, when its step decoded.
+    pub labels: Option<crate::metrics::Labels>,
 }
 
 impl Outcome {

@@ -29,13 +29,14 @@ pub(super) async fn run<T: Scheduler>(
     );
     let started = std::time::Instant::now();
     async {
-        let Some((outcome, tx, kind)) = attempt::<T>(&rt, &task, &stop).await else {
+        let Some((outcome, tx, kind, labels)) = attempt::<T>(&rt, &task, &stop).await else {
             return;
         };
         let trace = Trace {
             kind,
             attempt: task.tried,
             duration_us: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
+            labels,
         };
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
@@ -59,9 +60,14 @@ pub(super) async fn run<T: Scheduler>(
 }
 
 /// What an attempt ended with: the outcome to record, the step's
-/// transaction if it opened one, and the kind of the step it ran (`None`
-/// when its JSON did not decode).
-type Ended = (Outcome, Option<Box<dyn Any + Send>>, Option<String>);
+/// transaction if it opened one, and the kind and metric labels of the step
+/// it ran (`None` when its JSON did not decode).
+type Ended = (
+    Outcome,
+    Option<Box<dyn Any + Send>>,
+    Option<String>,
+    Option<crate::metrics::Labels>,
+);
 
 /// Parks a task with `error`, logged.
 fn park(error: String) -> (Outcome, Option<Box<dyn Any + Send>>) {
@@ -78,17 +84,15 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
             let (outcome, tx) = park(format!(
                 "cannot decode the step JSON: {e} (a step is stored as {{\"Machine\":{{\"Step\":{{..fields..}}}}}})"
             ));
-            return Some((outcome, tx, None));
+            return Some((outcome, tx, None, None));
         }
     };
-    let kind = Some(crate::machine::kind(
-        value.machine_name(),
-        value.step_name(),
-    ));
+    let labels = (value.machine_name(), value.step_name());
+    let kind = Some(crate::machine::kind(labels.0, labels.1));
     match value.limit_scope() {
         Err(e) => {
             let (outcome, tx) = park(e);
-            return Some((outcome, tx, kind));
+            return Some((outcome, tx, kind, Some(labels)));
         }
         // A row written without its scope (by hand): it goes back, with its
         // scope, to the claims that keep its step's limit.
@@ -101,8 +105,12 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
         }
         Ok(_) => {}
     }
-    let (outcome, tx) = run_step(rt, task, stop, value).await?;
-    Some((outcome, tx, kind))
+    let started = std::time::Instant::now();
+    crate::metrics::started(labels);
+    let ran = run_step(rt, task, stop, value).await;
+    crate::metrics::ended(labels, started.elapsed(), ran.as_ref().map(|(o, _)| o));
+    let (outcome, tx) = ran?;
+    Some((outcome, tx, kind, Some(labels)))
 }
 
 /// Runs the decoded step `value` of `task`; `None` when it was rate limited
@@ -336,6 +344,9 @@ async fn record(
                 return;
             }
             Ok(false) if stop.reason() == Some(StopReason::Cancelled) => {
+                if let Some(labels) = trace.labels {
+                    crate::metrics::cancelled(labels);
+                }
                 tracing::info!("the task was cancelled: the step's outcome is discarded");
                 return;
             }
