@@ -1,7 +1,7 @@
 //! The workers' metrics, through the [`metrics`](https://docs.rs/metrics)
-//! facade: install any recorder (or [`serve_prometheus`]) and they are
-//! recorded; without one they cost a check. Every metric has the labels
-//! `machine` and `step`:
+//! facade: install any recorder (or [`serve_prometheus`]) before building the
+//! workers and they are recorded; without one they cost nothing. Every metric
+//! has the labels `machine` and `step`:
 //!
 //! | metric | kind | what |
 //! |---|---|---|
@@ -15,48 +15,103 @@
 //! | `jetpack_step_duration_seconds` | histogram | how long attempts ran |
 //! | `jetpack_steps_in_flight` | gauge | attempts running now |
 
+use std::collections::HashMap;
 use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::store::Outcome;
 
 /// A step's labels: its machine and its name.
 pub(crate) type Labels = (&'static str, &'static str);
 
-/// An attempt of a step of `labels` starts.
-pub(crate) fn started((machine, step): Labels) {
-    metrics::counter!("jetpack_steps_started_total", "machine" => machine, "step" => step)
-        .increment(1);
-    metrics::gauge!("jetpack_steps_in_flight", "machine" => machine, "step" => step).increment(1.0);
+/// The metrics of one step type, registered once when the worker is built:
+/// an attempt then costs no allocation, and nothing without a recorder.
+struct StepMetrics {
+    started: Counter,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    parked: Counter,
+    rate_limited: Counter,
+    cancelled: Counter,
+    duration: Histogram,
+    in_flight: Gauge,
 }
 
-/// An attempt that started ended after `took` with `outcome` (`None`: it
-/// reported a rate limit).
-pub(crate) fn ended((machine, step): Labels, took: Duration, outcome: Option<&Outcome>) {
-    metrics::gauge!("jetpack_steps_in_flight", "machine" => machine, "step" => step).decrement(1.0);
-    metrics::histogram!("jetpack_step_duration_seconds", "machine" => machine, "step" => step)
-        .record(took.as_secs_f64());
-    let names: &[&'static str] = match outcome {
-        None => &["jetpack_steps_rate_limited_total"],
-        Some(Outcome::Retry { .. }) => {
-            &["jetpack_steps_failed_total", "jetpack_steps_retried_total"]
+/// The metrics of a worker's steps. The recorder must be installed before the
+/// worker is built.
+#[derive(Default)]
+pub(crate) struct Metrics(HashMap<Labels, StepMetrics>);
+
+impl Metrics {
+    /// Registers the metrics of every step of `graphs`.
+    pub(crate) fn of(graphs: &[crate::Graph]) -> Self {
+        let mut all = HashMap::new();
+        for g in graphs {
+            for s in &g.steps {
+                let (machine, step) = (g.machine, s.name);
+                let counter = |name: &'static str| metrics::counter!(name, "machine" => machine, "step" => step);
+                all.insert(
+                    (machine, step),
+                    StepMetrics {
+                        started: counter("jetpack_steps_started_total"),
+                        succeeded: counter("jetpack_steps_succeeded_total"),
+                        failed: counter("jetpack_steps_failed_total"),
+                        retried: counter("jetpack_steps_retried_total"),
+                        parked: counter("jetpack_steps_parked_total"),
+                        rate_limited: counter("jetpack_steps_rate_limited_total"),
+                        cancelled: counter("jetpack_steps_cancelled_total"),
+                        duration: metrics::histogram!("jetpack_step_duration_seconds", "machine" => machine, "step" => step),
+                        in_flight: metrics::gauge!("jetpack_steps_in_flight", "machine" => machine, "step" => step),
+                    },
+                );
+            }
         }
-        Some(Outcome::Park { .. }) => &["jetpack_steps_failed_total", "jetpack_steps_parked_total"],
-        Some(_) => &["jetpack_steps_succeeded_total"],
-    };
-    for &name in names {
-        metrics::counter!(name, "machine" => machine, "step" => step).increment(1);
+        Metrics(all)
     }
-}
 
-/// An attempt's outcome was discarded: its task was cancelled meanwhile.
-pub(crate) fn cancelled((machine, step): Labels) {
-    metrics::counter!("jetpack_steps_cancelled_total", "machine" => machine, "step" => step)
-        .increment(1);
+    /// An attempt of a step of `labels` starts.
+    pub(crate) fn started(&self, labels: Labels) {
+        if let Some(m) = self.0.get(&labels) {
+            m.started.increment(1);
+            m.in_flight.increment(1.0);
+        }
+    }
+
+    /// An attempt that started ended after `took` with `outcome` (`None`: it
+    /// reported a rate limit).
+    pub(crate) fn ended(&self, labels: Labels, took: Duration, outcome: Option<&Outcome>) {
+        let Some(m) = self.0.get(&labels) else {
+            return;
+        };
+        m.in_flight.decrement(1.0);
+        m.duration.record(took.as_secs_f64());
+        match outcome {
+            None => m.rate_limited.increment(1),
+            Some(Outcome::Retry { .. }) => {
+                m.failed.increment(1);
+                m.retried.increment(1);
+            }
+            Some(Outcome::Park { .. }) => {
+                m.failed.increment(1);
+                m.parked.increment(1);
+            }
+            Some(_) => m.succeeded.increment(1),
+        }
+    }
+
+    /// An attempt's outcome was discarded: its task was cancelled meanwhile.
+    pub(crate) fn cancelled(&self, labels: Labels) {
+        if let Some(m) = self.0.get(&labels) {
+            m.cancelled.increment(1);
+        }
+    }
 }
 
 /// Serves the metrics in Prometheus's text format on `addr` (`GET /metrics`,
 /// or any path), from a recorder installed for the whole process. Call it
-/// once, before the workers start; a second recorder is refused.
+/// once, before the workers are built; a second recorder is refused.
 ///
 /// ```no_run
 /// jetpack::serve_prometheus("127.0.0.1:9464".parse().unwrap())?;

@@ -106,9 +106,10 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
         Ok(_) => {}
     }
     let started = std::time::Instant::now();
-    crate::metrics::started(labels);
+    rt.metrics.started(labels);
     let ran = run_step(rt, task, stop, value).await;
-    crate::metrics::ended(labels, started.elapsed(), ran.as_ref().map(|(o, _)| o));
+    rt.metrics
+        .ended(labels, started.elapsed(), ran.as_ref().map(|(o, _)| o));
     let (outcome, tx) = ran?;
     Some((outcome, tx, kind, Some(labels)))
 }
@@ -345,7 +346,7 @@ async fn record(
             }
             Ok(false) if stop.reason() == Some(StopReason::Cancelled) => {
                 if let Some(labels) = trace.labels {
-                    crate::metrics::cancelled(labels);
+                    rt.metrics.cancelled(labels);
                 }
                 tracing::info!("the task was cancelled: the step's outcome is discarded");
                 return;

@@ -112,6 +112,8 @@ struct Runtime {
     history: std::sync::atomic::AtomicBool,
     /// Failed attempts, for [`Worker::errors`].
     errors: tokio::sync::broadcast::Sender<crate::TaskError>,
+    /// The steps' metrics.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Runtime {
@@ -826,6 +828,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 limited_busy: Mutex::new(None),
                 history: std::sync::atomic::AtomicBool::new(true),
                 errors: tokio::sync::broadcast::channel(1024).0,
+                metrics: crate::metrics::Metrics::of(&T::graphs()),
             }),
             _tasks: PhantomData,
         }
