@@ -34,6 +34,84 @@ macro_rules! back_and_slow {
     }};
 }
 
+/// Binds an admin filter's five conditions (`$1`…`$5`) to `$query`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! bind_filter {
+    ($query:expr, $filter:expr) => {{
+        let older = $filter.older_than_us();
+        $query
+            .bind($filter.step)
+            .bind($filter.machine)
+            .bind($filter.state)
+            .bind($filter.error_contains)
+            .bind(older)
+    }};
+}
+
+/// The reading methods of the admin API in `impl Backend`, the same on both
+/// backends but for their statements (`RECORDED_GRAPH`, `ADMIN_COUNTS`,
+/// `ADMIN_LIST`, `ADMIN_REDRIVABLE`) and rows (`FoundRow`, `task_row`),
+/// named where it expands.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! admin_reads {
+    () => {
+        fn recorded_graph<'e, E>(
+            db: E,
+            machine: String,
+        ) -> BoxFuture<'e, Result<Option<String>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let query = sqlx::query_scalar(RECORDED_GRAPH).bind(machine);
+                Ok(query.fetch_optional(db).await?)
+            })
+        }
+
+        fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let rows: Vec<(String, String, i64)> =
+                    sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
+                crate::admin::counted(rows)
+            })
+        }
+
+        fn admin_list<'e, E>(
+            db: E,
+            filter: crate::admin::Filter,
+        ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let (after, limit) = (filter.after_id, i64::from(filter.limit.unwrap_or(100)));
+                let rows: Vec<FoundRow> = bind_filter!(sqlx::query_as(ADMIN_LIST), filter)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(db)
+                    .await?;
+                rows.into_iter().map(task_row).collect()
+            })
+        }
+
+        fn admin_redrivable<'e, E>(
+            db: E,
+            filter: crate::admin::Filter,
+        ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let query = bind_filter!(sqlx::query_as(ADMIN_REDRIVABLE), filter);
+                Ok(query.fetch_all(db).await?)
+            })
+        }
+    };
+}
+
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]

@@ -1833,6 +1833,9 @@ macro_rules! admin_filter {
     };
 }
 
+/// The graph machine `$1` has recorded.
+const RECORDED_GRAPH: &str = "SELECT graph FROM jetpack_machines WHERE name = ?1";
+
 /// Counts per step and state.
 const ADMIN_COUNTS: &str = concat!(
     "SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
@@ -1981,6 +1984,8 @@ type HistoryRow = (
 );
 
 impl crate::Backend for Sqlite {
+    admin_reads!();
+
     fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
@@ -2107,53 +2112,6 @@ impl crate::Backend for Sqlite {
         })
     }
 
-    fn recorded_graph<'e, E>(db: E, machine: String) -> BoxFuture<'e, Result<Option<String>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let sql = "SELECT graph FROM jetpack_machines WHERE name = ?1";
-            Ok(sqlx::query_scalar(sql)
-                .bind(machine)
-                .fetch_optional(db)
-                .await?)
-        })
-    }
-
-    fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let rows: Vec<(String, String, i64)> =
-                sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
-            crate::admin::counted(rows)
-        })
-    }
-
-    fn admin_list<'e, E>(
-        db: E,
-        filter: crate::admin::Filter,
-    ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let older = filter.older_than_us();
-            let rows: Vec<FoundRow> = sqlx::query_as(ADMIN_LIST)
-                .bind(filter.step)
-                .bind(filter.machine)
-                .bind(filter.state)
-                .bind(filter.error_contains)
-                .bind(older)
-                .bind(filter.after_id)
-                .bind(i64::from(filter.limit.unwrap_or(100)))
-                .fetch_all(db)
-                .await?;
-            rows.into_iter().map(task_row).collect()
-        })
-    }
-
     fn admin_change<'e, E>(
         db: E,
         filter: crate::admin::Filter,
@@ -2169,39 +2127,13 @@ impl crate::Backend for Sqlite {
                 Change::Cancel(_) => ADMIN_CANCEL,
                 Change::Purge => ADMIN_PURGE,
             };
-            let older = filter.older_than_us();
-            let mut query = sqlx::query(sql)
-                .bind(filter.step)
-                .bind(filter.machine)
-                .bind(filter.state)
-                .bind(filter.error_contains)
-                .bind(older);
+            let mut query = bind_filter!(sqlx::query(sql), filter);
             if let Change::Cancel(reason) = change {
                 query = query.bind(reason);
             }
             let done = query.execute(db).await?;
             LOCAL_WAKE.notify_waiters();
             Ok(done.rows_affected())
-        })
-    }
-
-    fn admin_redrivable<'e, E>(
-        db: E,
-        filter: crate::admin::Filter,
-    ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let older = filter.older_than_us();
-            Ok(sqlx::query_as(ADMIN_REDRIVABLE)
-                .bind(filter.step)
-                .bind(filter.machine)
-                .bind(filter.state)
-                .bind(filter.error_contains)
-                .bind(older)
-                .fetch_all(db)
-                .await?)
         })
     }
 
