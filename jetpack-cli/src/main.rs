@@ -9,6 +9,7 @@
 //! jetpack redrive --from Greeter.ReadName --to Greeter.SayHello --state parked
 //! jetpack graph Greeter --format dot
 //! jetpack --json history 42
+//! jetpack watch
 //! ```
 //!
 //! Every command prints JSON with `--json`. Errors are one line on stderr
@@ -102,6 +103,17 @@ enum Command {
     },
     /// Applies Jetpack's migrations (creating an SQLite file if missing).
     Migrate,
+    /// Live counts per step, with a bar of how much of each step's backlog has
+    /// drained since the watch began (Ctrl-C ends it). Without a terminal, or
+    /// with --json, one report per refresh.
+    Watch {
+        /// Between refreshes: 1s, 5s, 1m.
+        #[arg(long, value_parser = age, default_value = "1s")]
+        every: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        times: Option<u64>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -479,6 +491,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .map_err(explain)?;
             changed(json, "redrove", n);
         }
+        Command::Watch { every, times } => watch(&db, json, every, times).await?,
         Command::Graph { machine, format } => {
             let graph = on!(&db, p => admin::recorded_graph(p, &machine).await).map_err(explain)?;
             let (graph, recorded) = graph.ok_or(format!(
@@ -495,6 +508,77 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Per step, the live tasks (not finished or cancelled) by state.
+type Live = std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>;
+
+async fn live(db: &Db) -> Result<Live, String> {
+    let counts = on!(db, p => admin::counts(p).await).map_err(explain)?;
+    let mut live = Live::new();
+    for c in counts {
+        let state = format!("{:?}", c.state).to_lowercase();
+        if state != "finished" && state != "cancelled" {
+            *live.entry(c.kind).or_default().entry(state).or_default() += c.count;
+        }
+    }
+    Ok(live)
+}
+
+/// `jetpack watch`: progress bars on a terminal, one report per refresh
+/// otherwise.
+async fn watch(db: &Db, json: bool, every: Duration, times: Option<u64>) -> Result<(), String> {
+    use std::io::IsTerminal;
+    let bars = (!json && std::io::stderr().is_terminal()).then(indicatif::MultiProgress::new);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:<40} [{bar:30}] {pos}/{len} drained  {msg}",
+    )
+    .map_err(|e| e.to_string())?
+    .progress_chars("=> ");
+    let mut shown: std::collections::BTreeMap<String, (indicatif::ProgressBar, i64)> =
+        Default::default();
+    let mut refresh = 0;
+    loop {
+        let now = live(db).await?;
+        if json {
+            println!("{}", serde_json::to_value(&now).map_err(|e| e.to_string())?);
+        } else if let Some(bars) = &bars {
+            for (kind, states) in &now {
+                let total: i64 = states.values().sum();
+                let (bar, most) = shown.entry(kind.clone()).or_insert_with(|| {
+                    let bar = bars.add(indicatif::ProgressBar::new(0).with_style(style.clone()));
+                    bar.set_prefix(kind.clone());
+                    (bar, 0)
+                });
+                *most = (*most).max(total);
+                bar.set_length(u64::try_from(*most).unwrap_or(0));
+                bar.set_position(u64::try_from(*most - total).unwrap_or(0));
+                let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                bar.set_message(parts.join(", "));
+            }
+            for (kind, (bar, most)) in &shown {
+                if !now.contains_key(kind) {
+                    bar.set_position(u64::try_from(*most).unwrap_or(0));
+                    bar.set_message("none left");
+                }
+            }
+        } else {
+            let total: i64 = now.values().flat_map(|s| s.values()).sum();
+            println!("{total} live tasks");
+            for (kind, states) in &now {
+                let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+                println!("  {kind:<40} {}", parts.join(", "));
+            }
+        }
+        refresh += 1;
+        if times.is_some_and(|t| refresh >= t) {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 #[tokio::main]

@@ -81,6 +81,15 @@ async fn commands_operate_on_tasks(db: TestDb) {
         ]
     );
     assert!(ok(&db, &["status"]).contains("Greeter.ReadName"));
+    let watched = ok(&db, &["--json", "watch", "--times", "2", "--every", "1s"]);
+    let reports: Vec<Value> = watched.lines().map(json).collect();
+    let want = serde_json::json!({ "Greeter.ReadName": { "parked": 1, "ready": 1 } });
+    assert_eq!(reports, [want.clone(), want], "{watched}");
+    let plain = ok(&db, &["watch", "--times", "1"]);
+    assert!(
+        plain.starts_with("2 live tasks") && plain.contains("parked 1, ready 1"),
+        "{plain}"
+    );
 
     let parked = json(&ok(&db, &["--json", "list", "--state", "parked"]));
     assert_eq!(parked[0]["id"], ids[0]);
