@@ -177,23 +177,23 @@ JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY
 WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
 GROUP BY h.to_kind ORDER BY h.to_kind";
 
+/// A row of history as the backends select it, its time of type `T`.
+pub(crate) type TransitionRow<T> = (
+    i64,
+    i64,
+    T,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i32>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
 /// A transition as selected, with its time already read.
-#[allow(clippy::type_complexity)]
-pub(crate) fn transition(
-    row: (
-        i64,
-        i64,
-        DateTime<Utc>,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<i32>,
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-    ),
-) -> Transition {
+pub(crate) fn transition(row: TransitionRow<DateTime<Utc>>) -> Transition {
     let (id, task_id, at, event, from_kind, to_kind, step, attempt, worker, duration_us, error) =
         row;
     Transition {

@@ -41,7 +41,6 @@ struct StepMetrics {
 
 /// The metrics of a worker's steps. The recorder must be installed before the
 /// worker is built.
-#[derive(Default)]
 pub(crate) struct Metrics(HashMap<Labels, StepMetrics>);
 
 impl Metrics {

@@ -1521,11 +1521,7 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await?;
         let last = last.unwrap_or_default();
-        chrono::NaiveDateTime::parse_from_str(&last, "%Y-%m-%d %H:%M:%S%.f")
-            .map(|t| t.and_utc())
-            .map_err(|e| {
-                Error::InvalidTime(format!("last_tick {last:?} of schedule {name:?}: {e}"))
-            })
+        read_time(&last, || format!("last_tick of schedule {name:?}"))
     }
 
     async fn fire(
@@ -1794,11 +1790,7 @@ fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
         priority,
         unique_key,
     ) = row;
-    let time = |column: &str, text: &str| {
-        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .map(|t| t.and_utc())
-            .map_err(|e| Error::InvalidTime(format!("{column} {text:?} of task {id}: {e}")))
-    };
+    let time = |column: &str, text: &str| read_time(text, || format!("{column} of task {id}"));
     Ok(TaskRow {
         id,
         state: TaskState::parse(&state)?,
@@ -1968,20 +1960,16 @@ const SET_HISTORY: &str = "
 INSERT INTO jetpack_config (singleton, history) VALUES (1, ?1)
 ON CONFLICT (singleton) DO UPDATE SET history = excluded.history";
 
-/// A row of [`HISTORY_OF`].
-type HistoryRow = (
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<i32>,
-    Option<String>,
-    Option<i64>,
-    Option<String>,
-);
+/// A row of [`HISTORY_OF`], its time as the table's text.
+type HistoryRow = crate::history::TransitionRow<String>;
+
+/// A time as the tables store it (`YYYY-MM-DD HH:MM:SS.SSS`, UTC); the error
+/// names the column `what` says.
+fn read_time(text: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>, Error> {
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .map(|t| t.and_utc())
+        .map_err(|e| Error::InvalidTime(format!("{} {text:?}: {e}", what())))
+}
 
 impl crate::Backend for Sqlite {
     admin_reads!();
@@ -1995,13 +1983,7 @@ impl crate::Backend for Sqlite {
             rows.into_iter()
                 .map(
                     |(row_id, task, at, event, from, to, step, attempt, worker, us, error)| {
-                        let at = chrono::NaiveDateTime::parse_from_str(&at, "%Y-%m-%d %H:%M:%S%.f")
-                            .map_err(|e| {
-                                Error::InvalidTime(format!(
-                                    "at {at:?} of history row {row_id}: {e}"
-                                ))
-                            })?
-                            .and_utc();
+                        let at = read_time(&at, || format!("at of history row {row_id}"))?;
                         Ok(crate::history::transition((
                             row_id, task, at, event, from, to, step, attempt, worker, us, error,
                         )))
