@@ -48,18 +48,18 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
             }
         }
         tracing::trace!(outcomes = batch.len(), "recording outcomes");
-        let _writes = rt.writes.lock().await;
+        let writes = rt.writes.lock().await;
+        let mut failed = Vec::new();
         let done: Vec<(i64, i64, &Outcome)> =
             batch.iter().map(|c| (c.id, c.fence, &*c.outcome)).collect();
         let traces: Vec<&Trace> = batch.iter().map(|c| &*c.trace).collect();
         let history = rt.history(&traces);
         match rt.store.complete_many(&done, history.as_ref()).await {
             Ok(held) => {
-                tell_errors(
+                failed = failures(
                     &rt,
                     batch.iter().zip(&held).filter(|(_, h)| **h).map(|(c, _)| c),
-                )
-                .await;
+                );
                 for (completion, held) in batch.drain(..).zip(held) {
                     let _ = completion.reply.send(Ok(held));
                 }
@@ -83,16 +83,26 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
                 }
             }
         }
+        drop(writes);
+        tell_errors(&rt, failed).await;
     }
 }
 
-/// Tells of the failed attempts among `written` (their outcomes written):
-/// this process's [`Worker::errors`](crate::Worker::errors) receivers, and on
-/// PostgreSQL every listener, in one statement.
-async fn tell_errors<'a>(rt: &Runtime, written: impl Iterator<Item = &'a Completion>) {
-    let events: Vec<crate::TaskError> = written
+/// The failed attempts among `written` (their outcomes written).
+fn failures<'a>(
+    rt: &Runtime,
+    written: impl Iterator<Item = &'a Completion>,
+) -> Vec<crate::TaskError> {
+    written
         .filter_map(|c| crate::TaskError::of(c.id, &c.outcome, &c.trace, &rt.config.name))
-        .collect();
+        .collect()
+}
+
+/// Tells of failed attempts: this process's
+/// [`Worker::errors`](crate::Worker::errors) receivers, and on PostgreSQL
+/// every listener, in one statement (after the flush has answered its steps
+/// and let go of the writes).
+async fn tell_errors(rt: &Runtime, events: Vec<crate::TaskError>) {
     if events.is_empty() {
         return;
     }
@@ -100,12 +110,14 @@ async fn tell_errors<'a>(rt: &Runtime, written: impl Iterator<Item = &'a Complet
         .iter()
         .filter_map(|e| serde_json::to_string(e).ok())
         .collect();
+    // Listeners elsewhere first: once this process's receivers have heard
+    // of a failure, every listener has been told too.
+    if let Err(e) = rt.store.notify_errors(&payloads).await {
+        tracing::warn!(error = %e, "notifying listeners of failed attempts failed");
+    }
     for event in events {
         // No receiver is not an error.
         let _ = rt.errors.send(event);
-    }
-    if let Err(e) = rt.store.notify_errors(&payloads).await {
-        tracing::warn!(error = %e, "notifying listeners of failed attempts failed");
     }
 }
 
