@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, finished, Db, TestDb};
+use common::{conformance, finished, run_to_the_end, Db, TestDb};
 use jetpack::admin::{self, Filter};
 use jetpack::{Context, NextStep, Step, StepError, StepResult, TaskState};
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,48 @@ struct Elsewhere;
 
 jetpack::scheduler!(Tasks { Job, Other });
 
+/// A step renamed from `Bill` (and its field from `cents`), with a
+/// concurrency limit, and the step after it, renamed from `Thank`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Charge {
+    #[serde(alias = "cents")]
+    amount: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    amount: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, jetpack::Machine)]
+enum Pay {
+    #[next(Receipt)]
+    #[serde(alias = "Bill")]
+    Charge(Charge),
+    #[serde(alias = "Thank", alias = "Thanks")]
+    Receipt(Receipt),
+}
+
+jetpack::scheduler!(Renamed { Pay });
+
+#[jetpack::async_trait]
+impl Step<Pay> for Charge {
+    const CONCURRENCY: Option<u32> = Some(2);
+
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::now(Receipt {
+            amount: self.amount,
+        })
+    }
+}
+
+#[jetpack::async_trait]
+impl Step<Pay> for Receipt {
+    async fn step(self, _: &Context<'_>) -> StepResult<Self> {
+        NextStep::none()
+    }
+}
+
 #[jetpack::async_trait]
 impl Step<Job> for Fail {
     async fn step(self, _: &Context<'_>) -> StepResult<Self> {
@@ -75,6 +117,7 @@ conformance!(
     redrive_is_checked_against_the_machine_and_moves_parked_tasks,
     resume_cancel_and_purge_leave_held_tasks_alone,
     verify_lists_rows_the_program_cannot_run,
+    rows_stored_under_a_former_name_are_claimed_and_run,
 );
 
 /// Three parked `Fail` tasks (`boom 1` to `boom 3`) and two `Fixed` ones
@@ -291,4 +334,70 @@ async fn verify_lists_rows_the_program_cannot_run(db: TestDb) {
     assert_eq!(report.undecodable_examples[0].0, bad);
     assert!(report.to_string().contains("task"), "{report}");
     let _ = good;
+    // Rows of a step the machine no longer has are what a redrive rescues.
+    let moved = on!(db, p => admin::redrive::<Tasks, _>(p, "Job.Renamed", "Job.Fixed", &Filter::new()).await)
+        .expect("redrive from a step that is gone");
+    assert_eq!(moved, 1);
+    let after = on!(db, p => jetpack::verify::<Tasks, _>(p).await).expect("verify");
+    assert!(!after.unknown.contains_key("Job.Renamed"), "{after}");
+}
+
+async fn rows_stored_under_a_former_name_are_claimed_and_run(db: TestDb) {
+    // Rows an older binary wrote: the old step names, the old field name.
+    let mut ids = Vec::new();
+    for step in [
+        r#"{"Pay":{"Bill":{"cents":100}}}"#,
+        r#"{"Pay":{"Bill":{"amount":200}}}"#,
+        r#"{"Pay":{"Thank":{"amount":300}}}"#,
+        r#"{"Pay":{"Thanks":{"amount":400}}}"#,
+        r#"{"Pay":{"Charge":{"amount":500}}}"#,
+    ] {
+        ids.push(db.insert_raw(step).await.expect("insert"));
+    }
+    let report = on!(db, p => jetpack::verify::<Renamed, _>(p).await).expect("verify");
+    assert!(report.is_ok(), "{report}");
+    assert_eq!(report.checked, 5, "{report}");
+    run_to_the_end::<Renamed>(&db, &ids).await;
+    // Each ran on: the renamed step wrote its successor under the new name.
+    // A row of a limited step first gets its scope, and with it the new name.
+    let history = on!(db, p => jetpack::history(p, ids[0]).await).expect("history");
+    let kinds = |history: &[jetpack::Transition]| -> Vec<(Option<String>, Option<String>)> {
+        (history.iter())
+            .map(|t| (t.from_kind.clone(), t.to_kind.clone()))
+            .collect()
+    };
+    let some = |k: &str| Some(k.to_string());
+    assert_eq!(
+        kinds(&history),
+        [
+            (None, some("Pay.Bill")),
+            (some("Pay.Charge"), some("Pay.Receipt")),
+            (some("Pay.Receipt"), None)
+        ]
+    );
+    // One of no limit runs as it is stored; its attempt is recorded under
+    // the name the step has now.
+    let thanked = on!(db, p => jetpack::history(p, ids[2]).await).expect("history");
+    assert_eq!(
+        kinds(&thanked),
+        [(None, some("Pay.Thank")), (some("Pay.Receipt"), None)]
+    );
+    assert_eq!(
+        common::json(history[1].step.as_deref().expect("a step")),
+        common::json(r#"{"Pay":{"Receipt":{"amount":100}}}"#)
+    );
+    // The registry records the former names for tools without the types.
+    let (graph, _) = on!(db, p => admin::recorded_graph(p, "Pay").await)
+        .expect("read")
+        .expect("recorded");
+    let aliases: Vec<_> = (graph.steps.iter())
+        .map(|s| (s.name.as_str(), s.aliases.clone()))
+        .collect();
+    assert_eq!(
+        aliases,
+        [
+            ("Charge", vec!["Bill".to_string()]),
+            ("Receipt", vec!["Thank".to_string(), "Thanks".to_string()])
+        ]
+    );
 }

@@ -27,6 +27,9 @@ pub struct StepVariant<'a> {
     /// The successors marked `wait`: reached by `NextStep::wait`.
     pub waits: Vec<Ident>,
     pub initial: bool,
+    /// `#[serde(alias = "Old")]`: former names of the step, which live rows
+    /// may still carry and the claim takes too.
+    pub aliases: Vec<syn::LitStr>,
 }
 
 /// One entry of a `#[next(..)]` list: `Step`, `join Step` or `wait Step`.
@@ -121,6 +124,7 @@ impl<'a> Machine<'a> {
             };
             let (mut next, mut joins, mut waits) = (Vec::new(), Vec::new(), Vec::new());
             let mut initial = false;
+            let mut aliases = Vec::new();
             for attr in &variant.attrs {
                 if attr.path().is_ident("next") {
                     match parse_next(attr) {
@@ -152,6 +156,10 @@ impl<'a> Machine<'a> {
                         errors.push(e);
                     }
                     initial = true;
+                } else if attr.path().is_ident("serde") {
+                    if let Err(e) = parse_serde(attr, &mut aliases) {
+                        errors.push(e);
+                    }
                 }
             }
             steps.push(StepVariant {
@@ -161,6 +169,7 @@ impl<'a> Machine<'a> {
                 joins,
                 waits,
                 initial,
+                aliases,
             });
         }
         Ok(Machine {
@@ -170,6 +179,31 @@ impl<'a> Machine<'a> {
             errors,
         })
     }
+}
+
+/// Reads a variant's `#[serde(..)]`: its `alias`es are former names of the
+/// step; a `rename` is refused, because the stored step and its `kind` are
+/// named by the variant. Serde's other options are left to serde.
+fn parse_serde(attr: &Attribute, aliases: &mut Vec<syn::LitStr>) -> syn::Result<()> {
+    attr.parse_nested_meta(|meta| {
+        if meta.path.is_ident("alias") {
+            aliases.push(meta.value()?.parse()?);
+            return Ok(());
+        }
+        if meta.path.is_ident("rename") {
+            return Err(meta.error(
+                "a step is stored under its variant's name: rename the variant instead, \
+                 and keep the old name readable with `#[serde(alias = \"Old\")]`",
+            ));
+        }
+        // Anything else serde accepts: `key`, `key = value` or `key(..)`.
+        if meta.input.peek(Token![=]) {
+            meta.value()?.parse::<syn::Expr>()?;
+        } else if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+            meta.input.parse::<proc_macro2::TokenTree>()?;
+        }
+        Ok(())
+    })
 }
 
 fn parse_next(attr: &Attribute) -> syn::Result<Vec<Successor>> {

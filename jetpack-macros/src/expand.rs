@@ -28,7 +28,8 @@ pub fn machine(m: &Machine) -> TokenStream {
         let rate = quote!(<#ty as #p::Step<#machine>>::RATE);
         let policy = quote!(#p::RetryPolicy::of::<#ty, #machine>());
         let priority = quote!(<#ty as #p::Step<#machine>>::PRIORITY);
-        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency, #rate, #policy, #priority))
+        let aliases = &s.aliases;
+        quote!((#name, &[#(#next),*], &[#(#joins),*], &[#(#waits),*], #initial, #concurrency, #rate, #policy, #priority, &[#(#aliases),*]))
     });
     let name_arms = m.steps.iter().map(|s| {
         let v = s.variant;

@@ -50,6 +50,25 @@ pub fn machine(m: &Machine) -> syn::Result<()> {
             }
         }
     }
+    let mut aliases = BTreeSet::new();
+    for step in &m.steps {
+        for alias in &step.aliases {
+            let old = alias.value();
+            if names.contains(&old) {
+                errors.push(syn::Error::new_spanned(
+                    alias,
+                    format!("`{old}` is the name of a step of `{}`: an alias must be a former name no step has now", m.ident),
+                ));
+            } else if !aliases.insert(old.clone()) {
+                errors.push(syn::Error::new_spanned(
+                    alias,
+                    format!(
+                        "`{old}` is an alias of two steps: a stored `{old}` must mean one of them"
+                    ),
+                ));
+            }
+        }
+    }
     combine(errors)
 }
 

@@ -422,12 +422,12 @@ fn steps_of<G: Steps>(
             "no machine {m_from} is known: nothing changed"
         )));
     };
-    for step in [&s_from, &s_to] {
-        if !graph.has_step(step) {
-            return Err(Error::Admin(format!(
-                "machine {m_from} has no step {step}: nothing changed"
-            )));
-        }
+    // `from` may be a step the machine no longer has: moving its stranded
+    // rows on is what a redrive is for.
+    if !graph.has_step(&s_to) {
+        return Err(Error::Admin(format!(
+            "machine {m_from} has no step {s_to}: nothing changed"
+        )));
     }
     Ok((m_from, s_from, s_to))
 }

@@ -171,7 +171,10 @@ pub trait Scheduler: Serialize + DeserializeOwned + IntoTask + Send + 'static {
         let mut kinds = vec![String::new()];
         for graph in Self::graphs() {
             kinds.push(format!("{}.", graph.machine));
-            kinds.extend(graph.steps.iter().map(|s| kind(graph.machine, s.name)));
+            for step in &graph.steps {
+                kinds.push(kind(graph.machine, step.name));
+                kinds.extend(step.aliases.iter().map(|a| kind(graph.machine, a)));
+            }
         }
         kinds
     }
@@ -279,6 +282,9 @@ pub struct StepNode {
     pub policy: RetryPolicy,
     /// The priority of a task enqueued at it ([`Step::PRIORITY`](crate::Step::PRIORITY)).
     pub priority: u8,
+    /// Its former names (`#[serde(alias = "Old")]` on the variant): rows that
+    /// still carry one are claimed and decoded as this step.
+    pub aliases: Vec<&'static str>,
 }
 
 impl Graph {
@@ -296,6 +302,7 @@ impl Graph {
             Option<crate::Rate>,
             RetryPolicy,
             u8,
+            &[&'static str],
         )],
     ) -> Self {
         Graph {
@@ -303,7 +310,18 @@ impl Graph {
             steps: steps
                 .iter()
                 .map(
-                    |&(name, next, joins, waits, initial, concurrency, rate, policy, priority)| {
+                    |&(
+                        name,
+                        next,
+                        joins,
+                        waits,
+                        initial,
+                        concurrency,
+                        rate,
+                        policy,
+                        priority,
+                        aliases,
+                    )| {
                         StepNode {
                             name,
                             next: next.to_vec(),
@@ -314,6 +332,7 @@ impl Graph {
                             rate,
                             policy,
                             priority,
+                            aliases: aliases.to_vec(),
                         }
                     },
                 )
@@ -367,6 +386,7 @@ impl Graph {
                     "retry_max_delay_ms": ms(s.policy.max_delay),
                     "timeout_ms": s.policy.timeout.map(ms),
                     "priority": s.priority,
+                    "aliases": s.aliases,
                     "concurrency": s.concurrency,
                     "rate": s.rate.map(|r| serde_json::json!({
                         "count": r.count(),
@@ -403,6 +423,7 @@ impl Graph {
                     next: names(&s.next),
                     joins: names(&s.joins),
                     waits: names(&s.waits),
+                    aliases: names(&s.aliases),
                 })
                 .collect(),
         }
@@ -435,6 +456,10 @@ pub struct RecordedStep {
     pub joins: Vec<String>,
     /// Those of `next` reached by a wait.
     pub waits: Vec<String>,
+    /// Its former names, which rows may still carry (empty in a graph
+    /// recorded before aliases were).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 impl RecordedGraph {

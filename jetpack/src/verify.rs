@@ -84,9 +84,9 @@ where
 {
     let known: Vec<String> = (T::graphs().iter())
         .flat_map(|g| {
-            g.steps
-                .iter()
-                .map(|s| crate::machine::kind(g.machine, s.name))
+            (g.steps.iter())
+                .flat_map(|s| std::iter::once(&s.name).chain(&s.aliases))
+                .map(|name| crate::machine::kind(g.machine, name))
         })
         .collect();
     let mut conn = db.acquire().await?;

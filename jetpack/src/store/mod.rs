@@ -319,9 +319,17 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> Result<(), Error>;
 
     /// Gives a task claimed without a concurrency scope (a row written by
-    /// hand) its `scope`, and releases it to the claims of limited steps
-    /// (not counted as an attempt).
-    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error>;
+    /// hand, or under a step's former name) its `scope`, stores its step
+    /// again as `step` of `kind` (the step's current name), and releases it
+    /// to the claims of limited steps (not counted as an attempt).
+    async fn rescope(
+        &self,
+        id: i64,
+        fence: i64,
+        scope: &str,
+        step: &str,
+        kind: &str,
+    ) -> Result<(), Error>;
 
     /// The last tick schedule `name` fired, recorded as `start` when the
     /// schedule has no row yet.
@@ -763,7 +771,9 @@ mod tests {
                 .claim(10, &["M.A".to_string()], "w", Duration::from_secs(30))
                 .await?
             {
-                store.rescope(task.id, task.fence, "M.A").await?;
+                store
+                    .rescope(task.id, task.fence, "M.A", &task.step, "M.A")
+                    .await?;
             }
             let lease = Duration::from_millis(300);
             let first = store.claim_limited(10, &limits, "a", lease).await?;

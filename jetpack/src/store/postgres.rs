@@ -200,10 +200,11 @@ SET tokens = 0, refilled_at = EXCLUDED.refilled_at,
 WHERE r.refilled_at <= now()";
 
 /// Gives task `$1` (attempt `$2`), claimed without a concurrency scope,
-/// its scope `$3` and back to the claims, as a release does.
+/// its scope `$3` and back to the claims, as a release does; its step is
+/// stored again as `$4` of kind `$5` (a row under a former name gets the new).
 const RESCOPE: &str = "
 UPDATE jetpack_tasks
-SET limit_scope = $3, locked_by = NULL, lease_until = NULL, tried = greatest(tried - 1, 0),
+SET limit_scope = $3, step = $4::text::jsonb, kind = $5, locked_by = NULL, lease_until = NULL, tried = greatest(tried - 1, 0),
     updated_at = now()
 WHERE id = $1 AND fence = $2";
 
@@ -1078,11 +1079,20 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {
+    async fn rescope(
+        &self,
+        id: i64,
+        fence: i64,
+        scope: &str,
+        step: &str,
+        kind: &str,
+    ) -> Result<(), Error> {
         sqlx::query(RESCOPE)
             .bind(id)
             .bind(fence)
             .bind(scope)
+            .bind(step)
+            .bind(kind)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -299,10 +299,11 @@ const HOLD: &str = "INSERT INTO jetpack_holders (task_id, fence, scope)
      ON CONFLICT (task_id) DO UPDATE SET fence = excluded.fence, scope = excluded.scope";
 
 /// Gives task `?1` (attempt `?2`) its concurrency scope `?3` and back to the
-/// claims, as a release does.
+/// claims, as a release does; its step is stored again as `?4` of kind `?5`
+/// (a row under a former name gets the new).
 const RESCOPE: &str = concat!(
     "UPDATE jetpack_tasks
-     SET limit_scope = ?3, locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0),
+     SET limit_scope = ?3, step = ?4, kind = ?5, locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0),
          updated_at = ",
     now!(),
     " WHERE id = ?1 AND fence = ?2"
@@ -1497,12 +1498,21 @@ impl Store for SqliteStore {
         writer.done(done)
     }
 
-    async fn rescope(&self, id: i64, fence: i64, scope: &str) -> Result<(), Error> {
+    async fn rescope(
+        &self,
+        id: i64,
+        fence: i64,
+        scope: &str,
+        step: &str,
+        kind: &str,
+    ) -> Result<(), Error> {
         let mut writer = self.writer().await?;
         let done = sqlx::query(RESCOPE)
             .bind(id)
             .bind(fence)
             .bind(scope)
+            .bind(step)
+            .bind(kind)
             .execute(&mut writer.db)
             .await;
         writer.done(done.map(drop).map_err(Error::from))

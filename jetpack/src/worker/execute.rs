@@ -88,17 +88,30 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
         }
     };
     let labels = (value.machine_name(), value.step_name());
-    let kind = Some(crate::machine::kind(labels.0, labels.1));
+    let kind = crate::machine::kind(labels.0, labels.1);
     match value.limit_scope() {
         Err(e) => {
             let (outcome, tx) = park(e);
-            return Some((outcome, tx, kind, Some(labels)));
+            return Some((outcome, tx, Some(kind), Some(labels)));
         }
         // A row written without its scope (by hand): it goes back, with its
         // scope, to the claims that keep its step's limit.
         Ok(Some(scope)) if task.scope.is_none() => {
             tracing::info!(%scope, "a task of a limited step had no scope: given it, and released");
-            if let Err(e) = rt.store.rescope(task.id, task.fence, &scope).await {
+            // Stored again, so that a row under a former name of the step
+            // takes the name its scope is of.
+            let step = match value.into_step_json() {
+                Ok(step) => step,
+                Err(e) => {
+                    let (outcome, tx) = park(format!("cannot encode the step JSON: {e}"));
+                    return Some((outcome, tx, Some(kind), Some(labels)));
+                }
+            };
+            if let Err(e) = rt
+                .store
+                .rescope(task.id, task.fence, &scope, &step, &kind)
+                .await
+            {
                 tracing::warn!(error = %e, "giving a task its scope failed; its lease will expire");
             }
             return None;
@@ -111,7 +124,7 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
     rt.metrics
         .ended(labels, started.elapsed(), ran.as_ref().map(|(o, _)| o));
     let (outcome, tx) = ran?;
-    Some((outcome, tx, kind, Some(labels)))
+    Some((outcome, tx, Some(kind), Some(labels)))
 }
 
 /// Runs the decoded step `value` of `task`; `None` when it was rate limited

@@ -813,10 +813,14 @@ impl<T: Scheduler> WorkerBuilder<T> {
                     .flat_map(|g| {
                         (g.steps.iter())
                             .filter(|s| s.concurrency.is_some() || s.rate.is_some())
-                            .map(|s| Limit {
-                                kind: crate::machine::kind(g.machine, s.name),
-                                concurrency: s.concurrency,
-                                rate: s.rate,
+                            // A former name keeps the limits (its own budget:
+                            // its rows carry their own scope).
+                            .flat_map(|s| {
+                                (std::iter::once(&s.name).chain(&s.aliases)).map(|name| Limit {
+                                    kind: crate::machine::kind(g.machine, name),
+                                    concurrency: s.concurrency,
+                                    rate: s.rate,
+                                })
                             })
                     })
                     .collect(),
