@@ -25,6 +25,39 @@ fn jetpack(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Builds the `tasks` example, a program's own command line with the
+/// README's types (a no-op when it is up to date), and returns its path.
+fn tasks_binary() -> std::path::PathBuf {
+    let jetpack = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jetpack"));
+    let target = jetpack.parent().expect("target/<profile>");
+    let mut args = vec!["build", "-q", "-p", "jetpack-cli", "--example", "tasks"];
+    if target.ends_with("release") {
+        args.push("--release");
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(&args)
+        .status()
+        .expect("run cargo build --example tasks");
+    assert!(status.success(), "building the tasks example failed");
+    target.join("examples").join("tasks")
+}
+
+/// A run of the `tasks` example: exit code, stdout, stderr.
+fn typed(binary: &std::path::Path, db: Option<&TestDb>, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = db.map_or(vec![], |db| vec!["--url", db.url.as_str()]);
+    all.extend_from_slice(args);
+    let out = Command::new(binary)
+        .args(&all)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run the tasks example");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `jetpack --url <db> args…`, which must succeed; its stdout.
 fn ok(db: &TestDb, args: &[&str]) -> String {
     let mut all = vec!["--url", db.url.as_str()];
@@ -185,6 +218,96 @@ async fn commands_operate_on_tasks(db: TestDb) {
             .await;
         fails(&db, &["status"], "run `jetpack migrate`");
     }
+}
+
+/// A program's own command line (`jetpack_cli::run::<Tasks>()`): `verify`
+/// decodes every live row with its types, `redrive` checks the fields, and
+/// `graph` needs no database.
+async fn a_programs_own_command_line_checks_with_its_types(db: TestDb) {
+    let tasks = tasks_binary();
+    let (code, out, err) = typed(&tasks, None, &["graph", "Greeter"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ReadName --> SayHello"), "{out}");
+
+    let good = db
+        .enqueue_many([ReadName {
+            filename: "a.txt".into(),
+        }])
+        .await;
+    let bad = db
+        .insert_raw(r#"{"Greeter":{"SayHello":{"name":7}}}"#)
+        .await
+        .expect("insert");
+    let gone = db
+        .insert_raw(r#"{"Greeter":{"Wave":{"name":"Ann"}}}"#)
+        .await
+        .expect("insert");
+    let (code, out, err) = typed(&tasks, Some(&db), &["--json", "verify"]);
+    assert_eq!(code, 1, "verify must fail: {out} {err}");
+    let report = json(&out);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["checked"], 3);
+    assert_eq!(report["unknown"][0]["step"], "Greeter.Wave");
+    assert_eq!(report["unknown"][0]["examples"][0], gone);
+    assert_eq!(report["undecodable_examples"][0]["id"], bad);
+    let (code, out, _) = typed(&tasks, Some(&db), &["verify"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown step Greeter.Wave: 1 tasks"), "{out}");
+    // The `jetpack` binary has no types to decode with.
+    fails(&db, &["verify"], "jetpack_cli::run::<Tasks>()");
+
+    // A redrive whose fields do not fit the step they go to changes nothing.
+    let (code, _, err) = typed(
+        &tasks,
+        Some(&db),
+        &[
+            "redrive",
+            "--from",
+            "Greeter.ReadName",
+            "--to",
+            "Greeter.SayHello",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "task {}'s fields do not fit step Greeter.SayHello",
+            good[0]
+        )),
+        "{err}"
+    );
+    // A step that is gone is redriven to one that fits.
+    let (code, out, err) = typed(
+        &tasks,
+        Some(&db),
+        &[
+            "--json",
+            "redrive",
+            "--from",
+            "Greeter.Wave",
+            "--to",
+            "Greeter.SayHello",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["redrove"], 1);
+    ok(&db, &["cancel", &bad.to_string(), "--reason", "bad row"]);
+    let (code, out, err) = typed(&tasks, Some(&db), &["verify"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(
+        out.contains("2 live tasks checked") && out.contains("every live task decodes"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_programs_own_command_line() {
+    a_programs_own_command_line_checks_with_its_types(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_programs_own_command_line() {
+    a_programs_own_command_line_checks_with_its_types(TestDb::sqlite().await).await;
 }
 
 #[tokio::test]

@@ -59,7 +59,8 @@ impl fmt::Display for VerifyReport {
 /// deploy of a program whose `VerifyReport` is not [`is_ok`](VerifyReport::is_ok) would
 /// leave the tasks it lists without a worker (unknown steps) or park them
 /// (rows that do not decode). To rename a step or a field without that, keep
-/// the old name readable: `#[serde(alias = "old_name")]` on a field.
+/// the old name readable: `#[serde(alias = "Old")]` on the step's variant
+/// (the claim takes rows of that name too) or on the field.
 ///
 /// ```no_run
 /// # jetpack::task!(Mail { Send });
