@@ -61,6 +61,16 @@ async fn workers_metrics_are_scraped_from_the_prometheus_endpoint() {
         let ids = db
             .enqueue_many([false, false, true].map(|fail| Work { fail }))
             .await;
+        // One had been due for ten minutes when a worker came: its queue lag.
+        let due = match &*db {
+            common::Db::Postgres(_) => {
+                "UPDATE jetpack_tasks SET wakeup_at = now() - interval '600 seconds' WHERE id = $1"
+            }
+            common::Db::Sqlite(_) => {
+                "UPDATE jetpack_tasks SET wakeup_at = strftime('%Y-%m-%d %H:%M:%f', 'now', '-600 seconds') WHERE id = $1"
+            }
+        };
+        db.exec(due, Some(ids[0]), None).await;
         let worker = common::spawn(db.worker::<Tasks>().build().expect("worker"));
         finished(&db, ids[0]).await;
         finished(&db, ids[1]).await;
@@ -88,4 +98,12 @@ async fn workers_metrics_are_scraped_from_the_prometheus_endpoint() {
             "{metric} in:\n{page}"
         );
     }
+    let lag = |part: &str| sample(&page, &format!("jetpack_queue_lag_seconds_{part}{labels}"));
+    assert_eq!(lag("count"), Some(6.0), "{page}");
+    // Two waited ten minutes, the others a few milliseconds.
+    let sum = lag("sum").unwrap_or(0.0);
+    assert!(
+        (1200.0..1260.0).contains(&sum),
+        "queue lag {sum} s in:\n{page}"
+    );
 }

@@ -13,6 +13,7 @@
 //! | `jetpack_steps_rate_limited_total` | counter | attempts that reported a rate limit |
 //! | `jetpack_steps_cancelled_total` | counter | attempts whose task was cancelled meanwhile |
 //! | `jetpack_step_duration_seconds` | histogram | how long attempts ran |
+//! | `jetpack_queue_lag_seconds` | histogram | how long a task had been due when its attempt was claimed |
 //! | `jetpack_steps_in_flight` | gauge | attempts running now |
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ struct StepMetrics {
     rate_limited: Counter,
     cancelled: Counter,
     duration: Histogram,
+    lag: Histogram,
     in_flight: Gauge,
 }
 
@@ -62,6 +64,7 @@ impl Metrics {
                         rate_limited: counter("jetpack_steps_rate_limited_total"),
                         cancelled: counter("jetpack_steps_cancelled_total"),
                         duration: metrics::histogram!("jetpack_step_duration_seconds", "machine" => machine, "step" => step),
+                        lag: metrics::histogram!("jetpack_queue_lag_seconds", "machine" => machine, "step" => step),
                         in_flight: metrics::gauge!("jetpack_steps_in_flight", "machine" => machine, "step" => step),
                     },
                 );
@@ -71,9 +74,10 @@ impl Metrics {
     }
 
     /// An attempt of a step of `labels` starts.
-    pub(crate) fn started(&self, labels: Labels) {
+    pub(crate) fn started(&self, labels: Labels, lag: Duration) {
         if let Some(m) = self.0.get(&labels) {
             m.started.increment(1);
+            m.lag.record(lag.as_secs_f64());
             m.in_flight.increment(1.0);
         }
     }

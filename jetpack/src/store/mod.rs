@@ -137,6 +137,9 @@ pub(crate) struct Claimed {
     /// from [`Store::claim`], which takes only tasks without one.
     #[sqlx(default)]
     pub scope: Option<String>,
+    /// How long it had been due when claimed (claim time minus `wakeup_at`,
+    /// both the database's clock), in µs: the queue lag.
+    pub lag_us: i64,
 }
 
 /// What the history records of the attempts whose outcomes one write

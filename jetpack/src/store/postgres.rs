@@ -31,6 +31,13 @@ macro_rules! claim_order {
     };
 }
 
+/// A claimed task's queue lag: claim time minus due time, in µs.
+macro_rules! lag {
+    () => {
+        "(extract(epoch FROM now() - t.wakeup_at) * 1000000)::int8 AS lag_us"
+    };
+}
+
 /// Claims up to `$1` ready tasks of the kinds `$2` for worker `$3` with a lease
 /// of `$4` µs, in [`claim_order!`]: a due task's order is at most now, which
 /// bounds the index scan.
@@ -66,7 +73,10 @@ WHERE t.ctid = ANY(ARRAY(
     LIMIT $1
     FOR UPDATE SKIP LOCKED))
 RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
-    coalesce(t.awaited <> 'done', false) AS awaited"
+    coalesce(t.awaited <> 'done', false) AS awaited, ",
+    lag!(),
+    "
+"
 );
 
 /// Claims of limited steps take turns, across every process: this lock,
@@ -160,7 +170,9 @@ WITH RECURSIVE scopes AS (
         lease_until = now() + $5 * interval '1 microsecond', updated_at = now()
     WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM picked))
     RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
-        coalesce(t.awaited <> 'done', false) AS awaited, t.limit_scope AS scope
+        coalesce(t.awaited <> 'done', false) AS awaited, t.limit_scope AS scope, ",
+    lag!(),
+    "
 ), holding AS (
     INSERT INTO jetpack_holders (task_id, fence, scope)
     SELECT c.id, c.fence, c.scope FROM claimed c JOIN buckets b ON b.scope = c.scope

@@ -117,6 +117,14 @@ macro_rules! lease {
 }
 
 /// Whether a parent's join waits for the task (`Claimed::awaited`).
+/// A claimed task's queue lag: claim time minus due time, in µs (0 when a
+/// hand-written `wakeup_at` does not read as a time).
+macro_rules! lag {
+    () => {
+        "coalesce(CAST((julianday('now') - julianday(wakeup_at)) * 86400000000.0 AS INTEGER), 0)"
+    };
+}
+
 macro_rules! awaited {
     () => {
         "coalesce(awaited <> 'done', 0)"
@@ -136,8 +144,10 @@ const CLAIM_READ: &str = concat!(
     next_fence!(),
     ", wait_for, signal, ",
     awaited!(),
+    ", ",
+    lag!(),
     ")) FROM (",
-    ready_tasks!("id, step, tried, fence, wait_for, signal, awaited"),
+    ready_tasks!("id, step, tried, fence, wait_for, signal, awaited, wakeup_at"),
     ")"
 );
 
@@ -156,7 +166,9 @@ const CLAIM_FEW: &str = concat!(
     ready_tasks!("id"),
     ") RETURNING id, step, tried, fence, wait_for, signal, ",
     awaited!(),
-    " AS awaited"
+    " AS awaited, ",
+    lag!(),
+    " AS lag_us"
 );
 
 /// Records the history of attempts `?1` (a JSON array of `[id, event, kind
@@ -290,7 +302,9 @@ const CLAIM_LIMITED: &str = concat!(
     " WHERE id IN (SELECT value FROM json_each(?1))
      RETURNING id, step, tried, fence, wait_for, signal, ",
     awaited!(),
-    " AS awaited, limit_scope AS scope"
+    " AS awaited, limit_scope AS scope, ",
+    lag!(),
+    " AS lag_us"
 );
 
 /// Records attempts `?1` (a JSON array of `[id, fence, scope]`) as holders.
@@ -1317,8 +1331,16 @@ async fn claim_batch(
         .fetch_one(&mut *tx)
         .await?;
     #[allow(clippy::type_complexity)]
-    let claimed: Vec<(i64, String, i32, i64, Option<String>, Option<String>, u8)> =
-        serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let claimed: Vec<(
+        i64,
+        String,
+        i32,
+        i64,
+        Option<String>,
+        Option<String>,
+        u8,
+        i64,
+    )> = serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if claimed.is_empty() {
         tx.rollback().await?;
         return Ok(Vec::new());
@@ -1334,8 +1356,9 @@ async fn claim_batch(
     Ok(claimed
         .into_iter()
         .map(
-            |(id, step, tried, fence, wait_for, signal, awaited)| Claimed {
+            |(id, step, tried, fence, wait_for, signal, awaited, lag_us)| Claimed {
                 awaited: awaited != 0,
+                lag_us,
                 scope: None,
                 id,
                 step,

@@ -119,7 +119,8 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
         Ok(_) => {}
     }
     let started = std::time::Instant::now();
-    rt.metrics.started(labels);
+    let lag = Duration::from_micros(u64::try_from(task.lag_us).unwrap_or(0));
+    rt.metrics.started(labels, lag);
     let ran = run_step(rt, task, stop, value).await;
     rt.metrics
         .ended(labels, started.elapsed(), ran.as_ref().map(|(o, _)| o));
