@@ -13,6 +13,7 @@ use common::{conformance, new_key, Db, TestDb, DEADLINE};
 use jetpack::chrono::{TimeZone, Utc};
 use jetpack::{Context, NextStep, Step, StepResult};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 /// Moves on to `Carry`, whose text PostgreSQL's `jsonb` may refuse (a NUL), or
@@ -146,12 +147,13 @@ async fn a_refused_outcome_parks_only_its_own_task(db: TestDb) {
     // Claimed together, finished together: one flush.
     let ids = db.enqueue_many(tasks).await;
     let (nul, far, nul_in_tx) = (ids[100], ids[101], ids[102]);
-    let w = common::spawn(
-        db.worker::<Tasks>()
-            .lease(Duration::from_secs(1))
-            .build()
-            .unwrap(),
-    );
+    let worker = db
+        .worker::<Tasks>()
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut errors = worker.errors();
+    let w = common::spawn(worker);
     let postgres = matches!(&*db, Db::Postgres(_));
     let parked_ids: Vec<i64> = if postgres {
         vec![nul, far, nul_in_tx]
@@ -170,6 +172,17 @@ async fn a_refused_outcome_parks_only_its_own_task(db: TestDb) {
     })
     .await
     .unwrap_or_else(|e| panic!("only the refused outcomes' tasks should be left: {e}"));
+    // Each park is told, those of outcomes the database refused too.
+    let mut told = Vec::new();
+    while told.len() < parked_ids.len() {
+        match tokio::time::timeout(DEADLINE, errors.recv()).await {
+            Ok(Ok(e)) if e.parked => told.push(e.task_id),
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Err(RecvError::Closed)) | Err(_) => break,
+        }
+    }
+    told.sort_unstable();
+    assert_eq!(told, parked_ids, "the parks told as error events");
     w.shutdown().await;
 
     let db = &db;

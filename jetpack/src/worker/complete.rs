@@ -72,7 +72,12 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
                 tracing::debug!(error = %e, outcomes = batch.len(), "writing the outcomes one by one");
                 for completion in batch.drain(..) {
                     let held = alone(&rt, &completion).await;
-                    let _ = completion.reply.send(held);
+                    if let Ok((true, park)) = &held {
+                        let written = park.as_ref().unwrap_or(&completion.outcome);
+                        let (id, trace) = (completion.id, &completion.trace);
+                        failed.extend(crate::TaskError::of(id, written, trace, &rt.config.name));
+                    }
+                    let _ = completion.reply.send(held.map(|(held, _)| held));
                 }
             }
             Err(e) => {
@@ -122,8 +127,9 @@ async fn tell_errors(rt: &Runtime, events: Vec<crate::TaskError>) {
 }
 
 /// Writes one outcome; if the database refuses it, parks the task with the
-/// reason instead. Whether the attempt still held its task.
-async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
+/// reason instead. Whether the attempt still held its task, and the outcome
+/// that parked it instead of its own, if one did.
+async fn alone(rt: &Runtime, c: &Completion) -> Result<(bool, Option<Outcome>), Error> {
     let traces = [&*c.trace];
     let history = rt.history(&traces);
     let error = match rt
@@ -131,7 +137,7 @@ async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
         .complete_many(&[(c.id, c.fence, &c.outcome)], history.as_ref())
         .await
     {
-        Ok(held) => return Ok(held.first().copied().unwrap_or(false)),
+        Ok(held) => return Ok((held.first().copied().unwrap_or(false), None)),
         Err(e) if is_refusal(&e) => e,
         Err(e) => return Err(Error::Completion(e.to_string())),
     };
@@ -142,7 +148,7 @@ async fn alone(rt: &Runtime, c: &Completion) -> Result<bool, Error> {
         .complete_many(&[(c.id, c.fence, &park)], history.as_ref())
         .await
     {
-        Ok(held) => Ok(held.first().copied().unwrap_or(false)),
+        Ok(held) => Ok((held.first().copied().unwrap_or(false), Some(park))),
         Err(e) => Err(Error::Completion(e.to_string())),
     }
 }
