@@ -121,6 +121,15 @@ enum Command {
     },
     /// Applies Jetpack's migrations (creating an SQLite file if missing).
     Migrate,
+    /// Serves the dashboard (read-only unless --actions) until Ctrl-C.
+    Serve {
+        /// Where to listen; only this machine by default.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        bind: std::net::SocketAddr,
+        /// Turn on resume, cancel, redrive and edits (each asks for confirmation).
+        #[arg(long)]
+        actions: bool,
+    },
     /// Live counts per step, with a bar of how much of each step's backlog has
     /// drained since the watch began (Ctrl-C ends it). Without a terminal, or
     /// with --json, one report per refresh.
@@ -345,6 +354,8 @@ trait Types {
     async fn verify(db: &Db) -> Result<VerifyReport, String>;
     /// Moves tasks from step `from` to step `to`, checked as well as the types allow.
     async fn redrive(db: &Db, from: &str, to: &str, filter: &Filter) -> Result<u64, String>;
+    /// The dashboard of `db`, with the types when there are any.
+    fn dashboard(db: jetpack_web::Database) -> jetpack_web::Dashboard;
 }
 
 /// The `jetpack` binary's commands: the database alone.
@@ -366,6 +377,10 @@ impl Types for Untyped {
     async fn redrive(db: &Db, from: &str, to: &str, filter: &Filter) -> Result<u64, String> {
         on!(db, p => admin::redrive_recorded(p, from, to, filter).await).map_err(explain)
     }
+
+    fn dashboard(db: jetpack_web::Database) -> jetpack_web::Dashboard {
+        jetpack_web::Dashboard::new(db)
+    }
 }
 
 /// A program's own command line, with its scheduler `T`.
@@ -382,6 +397,10 @@ impl<T: Scheduler> Types for Typed<T> {
 
     async fn redrive(db: &Db, from: &str, to: &str, filter: &Filter) -> Result<u64, String> {
         on!(db, p => admin::redrive::<T, _>(p, from, to, filter).await).map_err(explain)
+    }
+
+    fn dashboard(db: jetpack_web::Database) -> jetpack_web::Dashboard {
+        jetpack_web::Dashboard::new(db).typed::<T>()
     }
 }
 
@@ -604,6 +623,26 @@ async fn execute<Y: Types>(cli: Cli) -> Result<Outcome, String> {
             changed(json, "redrove", n);
         }
         Command::Watch { every, times } => watch(&db, json, every, times).await?,
+        Command::Serve { bind, actions } => {
+            // A missing table is said now, not on the first page.
+            on!(&db, p => admin::counts(p).await).map_err(explain)?;
+            let pool = match &db {
+                Db::Postgres(p) => jetpack_web::Database::from(p.clone()),
+                Db::Sqlite(p) => jetpack_web::Database::from(p.clone()),
+            };
+            let dashboard = Y::dashboard(pool).actions(actions);
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+            let mode = if actions { "actions on" } else { "read-only" };
+            eprintln!("the dashboard of {url} is at http://{bind}/ ({mode}); Ctrl-C stops it");
+            jetpack_web::axum::serve(listener, dashboard.router())
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .map_err(|e| format!("the dashboard stopped: {e}"))?;
+        }
         Command::Graph { machine, format } => {
             let graph = on!(&db, p => admin::recorded_graph(p, &machine).await).map_err(explain)?;
             let (graph, recorded) = graph.ok_or(format!(

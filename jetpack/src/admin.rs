@@ -235,6 +235,85 @@ where
     }
 }
 
+/// Every machine's graph the workers recorded in `jetpack_machines`, by name.
+pub async fn recorded_graphs<'e, E>(db: E) -> Result<Vec<crate::RecordedGraph>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    let graphs = <E::Database as Backend>::recorded_graphs(db).await?;
+    graphs
+        .iter()
+        .map(|g| crate::RecordedGraph::parse(g))
+        .collect()
+}
+
+/// Tasks related to others, for [`children`] and [`by_key`].
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum Related {
+    /// The children of a task.
+    Children(i64),
+    /// The tasks holding a key.
+    Key(String),
+}
+
+/// The child tasks task `id` spawned and that still have rows, by id (at
+/// most 100).
+pub async fn children<'e, E>(db: E, id: i64) -> Result<Vec<TaskRow>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::admin_tasks(db, Related::Children(id)).await
+}
+
+/// The tasks that hold `key`, as their unique key or as the key signals are
+/// sent to (`wait_key`), by id (at most 100): search by correlation key.
+pub async fn by_key<'e, E>(db: E, key: &str) -> Result<Vec<TaskRow>, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::admin_tasks(db, Related::Key(key.to_string())).await
+}
+
+/// Replaces the step of task `id` by `step` (`{"Machine":{"Step":{..}}}`),
+/// checked first by decoding it as `T`: a parked task stays parked (resume
+/// it to run the new step), a ready one runs it when due. The history
+/// records the edit. A step that does not decode, or a task that is running,
+/// waiting, ended or missing, is an error, and nothing changes.
+///
+/// ```no_run
+/// # jetpack::task!(Greeter { ReadName });
+/// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct ReadName { filename: String }
+/// # #[jetpack::async_trait] impl jetpack::Step<Greeter> for ReadName { async fn step(self, _: &jetpack::Context<'_>) -> jetpack::StepResult<Self> { jetpack::NextStep::none() } }
+/// # jetpack::scheduler!(Tasks { Greeter });
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// let fixed = r#"{"Greeter":{"ReadName":{"filename":"name.txt"}}}"#;
+/// jetpack::admin::edit::<Tasks, _>(&pool, 42, fixed).await?;
+/// jetpack::resume(&pool, 42).await?;
+/// # Ok(()) }
+/// ```
+pub async fn edit<'e, T, E>(db: E, id: i64, step: &str) -> Result<(), Error>
+where
+    T: Scheduler,
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    if let Err(e) = serde_json::from_str::<T>(step) {
+        return Err(Error::Admin(format!(
+            "the step does not decode ({e}): write {{\"Machine\":{{\"Step\":{{..fields..}}}}}} with the fields of one of the program's steps; nothing changed"
+        )));
+    }
+    match <E::Database as Backend>::admin_edit(db, id, step.to_string()).await? {
+        0 => Err(Error::Admin(format!(
+            "task {id} is not ready or parked (or is running, or does not exist): nothing changed"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Resumes the parked tasks `filter` matches (clears their errors: each runs
 /// again with a full retry budget); how many.
 pub async fn resume<'e, E>(db: E, filter: &Filter) -> Result<u64, Error>

@@ -157,6 +157,72 @@ where
     <E::Database as Backend>::counts_at(db, at).await
 }
 
+/// What happened since a moment, from the history: per minute, and per edge
+/// of the machines' graphs ([`activity`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Activity {
+    /// Each minute with transitions, oldest first.
+    pub minutes: Vec<Minute>,
+    /// How many tasks moved along each edge (`from` kind, `to` kind).
+    pub moves: Vec<(String, String, i64)>,
+}
+
+/// One minute of [`Activity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Minute {
+    /// The minute's start.
+    pub at: DateTime<Utc>,
+    /// Attempts that moved a task to a next step (`next`, `wait`, `join`).
+    pub moved: i64,
+    /// Tasks that finished.
+    pub finished: i64,
+    /// Attempts that failed (retried or parked).
+    pub failed: i64,
+}
+
+impl Activity {
+    /// Reads the two JSON lists a backend's statement returns.
+    pub(crate) fn read(minutes: &str, moves: &str) -> Result<Self, Error> {
+        let bad = |e: serde_json::Error| Error::Admin(format!("the activity does not read: {e}"));
+        let minutes: Vec<(i64, i64, i64, i64)> = serde_json::from_str(minutes).map_err(bad)?;
+        let moves = serde_json::from_str(moves).map_err(bad)?;
+        Ok(Activity {
+            minutes: minutes
+                .into_iter()
+                .filter_map(|(at, moved, finished, failed)| {
+                    Some(Minute {
+                        at: DateTime::from_timestamp(at, 0)?,
+                        moved,
+                        finished,
+                        failed,
+                    })
+                })
+                .collect(),
+            moves,
+        })
+    }
+}
+
+/// What the workers did since `since`, per minute, and how many tasks moved
+/// along each edge: throughput and failures for a dashboard.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {
+/// let hour_ago = jetpack::chrono::Utc::now() - jetpack::chrono::Duration::hours(1);
+/// let activity = jetpack::activity(&pool, hour_ago).await?;
+/// let failed: i64 = activity.minutes.iter().map(|m| m.failed).sum();
+/// # Ok(()) }
+/// ```
+pub async fn activity<'e, E>(db: E, since: DateTime<Utc>) -> Result<Activity, Error>
+where
+    E: Executor<'e> + 'e,
+    E::Database: Backend,
+{
+    <E::Database as Backend>::activity(db, since).await
+}
+
 /// Switches the history on or off for every worker and every trigger
 /// (`UPDATE jetpack_config SET history = ..`). Workers read it at start and
 /// at each cleanup pass (every 2 s by default, at most every 20 s).

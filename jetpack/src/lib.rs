@@ -38,7 +38,8 @@ pub use enqueue::{
 };
 pub use error::Error;
 pub use history::{
-    counts_at, history, history_at, set_history, TaskError, Transition, ERRORS_CHANNEL,
+    activity, counts_at, history, history_at, set_history, Activity, Minute, TaskError, Transition,
+    ERRORS_CHANNEL,
 };
 pub use jetpack_macros::{scheduler, task, Machine};
 pub use machine::{

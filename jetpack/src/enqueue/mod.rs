@@ -56,6 +56,32 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn recorded_graphs<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<String>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_tasks<'e, E>(
+        db: E,
+        which: crate::admin::Related,
+    ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_edit<'e, E>(db: E, id: i64, step: String) -> BoxFuture<'e, Result<u64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn activity<'e, E>(
+        db: E,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<crate::history::Activity, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn recorded_graph<'e, E>(
         db: E,
         machine: String,

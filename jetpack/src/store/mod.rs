@@ -49,8 +49,9 @@ macro_rules! bind_filter {
 }
 
 /// The reading methods of the admin API in `impl Backend`, the same on both
-/// backends but for their statements (`RECORDED_GRAPH`, `ADMIN_COUNTS`,
-/// `ADMIN_LIST`, `ADMIN_REDRIVABLE`) and rows (`FoundRow`, `task_row`),
+/// backends but for their statements (`RECORDED_GRAPH`, `RECORDED_GRAPHS`,
+/// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
+/// `ADMIN_BY_KEY`, `ADMIN_EDIT`) and rows (`FoundRow`, `task_row`),
 /// named where it expands.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 macro_rules! admin_reads {
@@ -65,6 +66,50 @@ macro_rules! admin_reads {
             Box::pin(async move {
                 let query = sqlx::query_scalar(RECORDED_GRAPH).bind(machine);
                 Ok(query.fetch_optional(db).await?)
+            })
+        }
+
+        fn recorded_graphs<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<String>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move { Ok(sqlx::query_scalar(RECORDED_GRAPHS).fetch_all(db).await?) })
+        }
+
+        fn admin_tasks<'e, E>(
+            db: E,
+            which: crate::admin::Related,
+        ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let rows: Vec<FoundRow> = match which {
+                    crate::admin::Related::Children(id) => {
+                        sqlx::query_as(ADMIN_CHILDREN)
+                            .bind(id)
+                            .fetch_all(db)
+                            .await?
+                    }
+                    crate::admin::Related::Key(key) => {
+                        sqlx::query_as(ADMIN_BY_KEY).bind(key).fetch_all(db).await?
+                    }
+                };
+                rows.into_iter().map(task_row).collect()
+            })
+        }
+
+        fn admin_edit<'e, E>(db: E, id: i64, step: String) -> BoxFuture<'e, Result<u64, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let done = sqlx::query(ADMIN_EDIT)
+                    .bind(id)
+                    .bind(step)
+                    .execute(db)
+                    .await?;
+                Ok(done.rows_affected())
             })
         }
 

@@ -1364,6 +1364,53 @@ const FIND: &str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = $1")
 /// The graph machine `$1` has recorded.
 const RECORDED_GRAPH: &str = "SELECT graph::text FROM jetpack_machines WHERE name = $1";
 
+/// Every recorded graph, by machine name.
+const RECORDED_GRAPHS: &str = "SELECT graph::text FROM jetpack_machines ORDER BY name";
+
+/// The children of task `$1`, by id (at most 100).
+const ADMIN_CHILDREN: &str = concat!(
+    task_columns!(),
+    " FROM jetpack_tasks WHERE parent_id = $1 ORDER BY id LIMIT 100"
+);
+
+/// The tasks holding key `$1`, unique or for signals, by id (at most 100).
+const ADMIN_BY_KEY: &str = concat!(
+    task_columns!(),
+    " FROM jetpack_tasks WHERE unique_key = $1
+UNION
+",
+    task_columns!(),
+    " FROM jetpack_tasks WHERE wait_key = $1
+ORDER BY 1 LIMIT 100"
+);
+
+/// Stores step `$2` for task `$1` when it is ready or parked and no worker
+/// holds it (the kind follows by trigger; the history records the edit).
+const ADMIN_EDIT: &str = "
+UPDATE jetpack_tasks SET step = $2::text::jsonb, updated_at = now()
+WHERE id = $1 AND state IN ('ready', 'parked') AND (locked_by IS NULL OR lease_until <= now())";
+
+/// The history since `$1`: per minute, the moves, finishes and failed
+/// attempts (`[[unix seconds, moved, finished, failed], ..]`), and the moves
+/// per edge (`[[from, to, count], ..]`), read in one pass.
+const ACTIVITY: &str = "
+WITH recent AS MATERIALIZED (
+    SELECT at, event, from_kind, to_kind FROM jetpack_history WHERE at >= $1
+)
+SELECT
+    (SELECT coalesce(json_agg(json_build_array(extract(epoch FROM m)::int8, moved, finished, failed)
+                              ORDER BY m), '[]')::text
+     FROM (SELECT date_trunc('minute', at) AS m,
+                  count(*) FILTER (WHERE event IN ('next', 'wait', 'join')) AS moved,
+                  count(*) FILTER (WHERE event = 'finished') AS finished,
+                  count(*) FILTER (WHERE event IN ('retry', 'parked')) AS failed
+           FROM recent GROUP BY 1) per),
+    (SELECT coalesce(json_agg(json_build_array(from_kind, to_kind, n) ORDER BY from_kind, to_kind),
+                     '[]')::text
+     FROM (SELECT from_kind, to_kind, count(*) AS n FROM recent
+           WHERE event IN ('next', 'wait', 'join') AND from_kind IS NOT NULL AND to_kind IS NOT NULL
+           GROUP BY 1, 2) edges)";
+
 /// Counts per step and state.
 const ADMIN_COUNTS: &str = "
 SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
@@ -1487,6 +1534,20 @@ fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
 
 impl crate::Backend for Postgres {
     admin_reads!();
+
+    fn activity<'e, E>(
+        db: E,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<crate::history::Activity, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (minutes, moves): (String, String) =
+                sqlx::query_as(ACTIVITY).bind(since).fetch_one(db).await?;
+            crate::history::Activity::read(&minutes, &moves)
+        })
+    }
 
     fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
     where

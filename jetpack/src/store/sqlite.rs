@@ -1861,6 +1861,69 @@ macro_rules! admin_filter {
 /// The graph machine `$1` has recorded.
 const RECORDED_GRAPH: &str = "SELECT graph FROM jetpack_machines WHERE name = ?1";
 
+/// Every recorded graph, by machine name.
+const RECORDED_GRAPHS: &str = "SELECT graph FROM jetpack_machines ORDER BY name";
+
+/// The columns of [`FIND`], for the admin's lists.
+macro_rules! task_columns {
+    () => {
+        concat!(
+            "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+            now!(),
+            " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+            now!(),
+            " THEN 'scheduled' ELSE state END,
+            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
+            priority, unique_key"
+        )
+    };
+}
+
+/// The children of task `?1`, by id (at most 100).
+const ADMIN_CHILDREN: &str = concat!(
+    task_columns!(),
+    " FROM jetpack_tasks WHERE parent_id = ?1 ORDER BY id LIMIT 100"
+);
+
+/// The tasks holding key `?1`, unique or for signals, by id (at most 100).
+const ADMIN_BY_KEY: &str = concat!(
+    task_columns!(),
+    " FROM jetpack_tasks WHERE unique_key = ?1 UNION ",
+    task_columns!(),
+    " FROM jetpack_tasks WHERE wait_key = ?1 ORDER BY 1 LIMIT 100"
+);
+
+/// Stores step `?2` for task `?1` when it is ready or parked and no worker
+/// holds it (the kind follows by trigger; the history records the edit).
+const ADMIN_EDIT: &str = concat!(
+    "UPDATE jetpack_tasks SET step = ?2, updated_at = ",
+    now!(),
+    " WHERE id = ?1 AND state IN ('ready', 'parked') AND (locked_by IS NULL OR lease_until <= ",
+    now!(),
+    ")"
+);
+
+/// The history since `?1` (see the PostgreSQL backend). The history has no
+/// index on `at`: the rows since then are those after the newest one before
+/// it, found by reading back from the end.
+const ACTIVITY: &str = "
+WITH recent AS MATERIALIZED (
+    SELECT at, event, from_kind, to_kind FROM jetpack_history
+    WHERE id > coalesce((SELECT id FROM jetpack_history WHERE at < ?1 ORDER BY id DESC LIMIT 1), 0)
+      AND at >= ?1
+)
+SELECT
+    (SELECT coalesce(json_group_array(json_array(m, moved, finished, failed)), '[]')
+     FROM (SELECT CAST(strftime('%s', substr(at, 1, 16) || ':00') AS INTEGER) AS m,
+                  sum(event IN ('next', 'wait', 'join')) AS moved,
+                  sum(event = 'finished') AS finished,
+                  sum(event IN ('retry', 'parked')) AS failed
+           FROM recent GROUP BY 1 ORDER BY 1)),
+    (SELECT coalesce(json_group_array(json_array(from_kind, to_kind, n)), '[]')
+     FROM (SELECT from_kind, to_kind, count(*) AS n FROM recent
+           WHERE event IN ('next', 'wait', 'join') AND from_kind IS NOT NULL AND to_kind IS NOT NULL
+           GROUP BY 1, 2 ORDER BY 1, 2))";
+
 /// Counts per step and state.
 const ADMIN_COUNTS: &str = concat!(
     "SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
@@ -2006,6 +2069,22 @@ fn read_time(text: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>,
 
 impl crate::Backend for Sqlite {
     admin_reads!();
+
+    fn activity<'e, E>(
+        db: E,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'e, Result<crate::history::Activity, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e,
+    {
+        Box::pin(async move {
+            let (minutes, moves): (String, String) = sqlx::query_as(ACTIVITY)
+                .bind(since.format(TIME_FORMAT).to_string())
+                .fetch_one(db)
+                .await?;
+            crate::history::Activity::read(&minutes, &moves)
+        })
+    }
 
     fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
     where

@@ -1,0 +1,823 @@
+//! Jetpack's dashboard: an [axum](https://docs.rs/axum) router to mount in a
+//! server of your own, or to serve with `jetpack serve`.
+//!
+//! - **Overview**: every machine with its tasks per state, and the steps
+//!   moved, finished and failed per minute over the last hour.
+//! - **Machines** as diagrams: each step with its live counts, each edge with
+//!   the tasks that moved along it in the last hour.
+//! - **Tasks**: lists by state, step and error (parked ones first of all), a
+//!   task's step JSON, history, parent and children; search by id or key.
+//! - **Actions** (off unless turned on): resume, cancel, redrive, and editing a
+//!   task's step JSON, checked by decoding it with the program's types
+//!   ([`Dashboard::typed`]). Each asks for confirmation; forms carry a token
+//!   and cross-site requests are refused.
+//!
+//! Counts refresh every two seconds without reloading. Every asset is in the
+//! binary: no Node toolchain, no network at run time.
+//!
+//! ```no_run
+//! # use jetpack_suite::readme::Tasks;
+//! # async fn run(pool: jetpack::sqlx::PgPool) -> std::io::Result<()> {
+//! let dashboard = jetpack_web::Dashboard::new(pool)
+//!     .typed::<Tasks>()
+//!     .actions(true)
+//!     .authorize(|request, _access| request.headers.contains_key("x-operator"));
+//! dashboard.serve("127.0.0.1:3000".parse().unwrap()).await
+//! # }
+//! ```
+//!
+//! To mount it under a path of your server, say so ([`Dashboard::base`]) and
+//! nest its router there:
+//!
+//! ```no_run
+//! # async fn run(pool: jetpack::sqlx::PgPool) {
+//! let app = axum::Router::new()
+//!     .nest("/jetpack", jetpack_web::Dashboard::new(pool).base("/jetpack").router());
+//! # }
+//! ```
+
+#![deny(missing_docs)]
+
+/// The axum this dashboard is built with, to serve or nest its router.
+pub use axum;
+
+mod diagram;
+mod pages;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, Query, Request, State};
+use axum::http::{header, request::Parts, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jetpack::admin::{self, Filter};
+use jetpack::sqlx::{PgPool, SqlitePool};
+use jetpack::{BoxFuture, Scheduler, TaskRow, TaskState};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The database a dashboard reads, either backend.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+impl From<PgPool> for Database {
+    fn from(pool: PgPool) -> Self {
+        Database::Postgres(pool)
+    }
+}
+
+impl From<SqlitePool> for Database {
+    fn from(pool: SqlitePool) -> Self {
+        Database::Sqlite(pool)
+    }
+}
+
+/// Runs `$e` with `$p` the pool of either backend.
+macro_rules! on {
+    ($db:expr, $p:ident => $e:expr) => {
+        match $db {
+            Database::Postgres($p) => $e,
+            Database::Sqlite($p) => $e,
+        }
+    };
+}
+
+/// What a request asks to do, for [`Dashboard::authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Look: a page or its live data.
+    Read,
+    /// Change tasks: resume, cancel, redrive, edit.
+    Act,
+}
+
+type Authorize = Arc<dyn Fn(&Parts, Access) -> bool + Send + Sync>;
+
+/// What the program's types add: decoding an edited step, checking a
+/// redrive's fields. Without them edits are refused and a redrive is checked
+/// against the recorded graphs only.
+trait Types: Send + Sync {
+    /// The name of the types, when there are any.
+    fn typed(&self) -> bool;
+    fn edit<'a>(
+        &'a self,
+        db: &'a Database,
+        id: i64,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<(), jetpack::Error>>;
+    fn redrive<'a>(
+        &'a self,
+        db: &'a Database,
+        from: &'a str,
+        to: &'a str,
+        filter: &'a Filter,
+    ) -> BoxFuture<'a, Result<u64, jetpack::Error>>;
+}
+
+struct Untyped;
+
+impl Types for Untyped {
+    fn typed(&self) -> bool {
+        false
+    }
+
+    fn edit<'a>(
+        &'a self,
+        _: &'a Database,
+        _: i64,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<(), jetpack::Error>> {
+        Box::pin(async {
+            Err(jetpack::Error::Admin(
+                "editing a step needs the program's types, to decode it: serve the dashboard \
+                 with `Dashboard::typed::<Tasks>()` (or `jetpack_cli::run::<Tasks>()`); nothing changed"
+                    .into(),
+            ))
+        })
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        db: &'a Database,
+        from: &'a str,
+        to: &'a str,
+        filter: &'a Filter,
+    ) -> BoxFuture<'a, Result<u64, jetpack::Error>> {
+        Box::pin(async move { on!(db, p => admin::redrive_recorded(p, from, to, filter).await) })
+    }
+}
+
+struct Typed<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T: Scheduler> Types for Typed<T> {
+    fn typed(&self) -> bool {
+        true
+    }
+
+    fn edit<'a>(
+        &'a self,
+        db: &'a Database,
+        id: i64,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<(), jetpack::Error>> {
+        Box::pin(async move { on!(db, p => admin::edit::<T, _>(p, id, step).await) })
+    }
+
+    fn redrive<'a>(
+        &'a self,
+        db: &'a Database,
+        from: &'a str,
+        to: &'a str,
+        filter: &'a Filter,
+    ) -> BoxFuture<'a, Result<u64, jetpack::Error>> {
+        Box::pin(async move { on!(db, p => admin::redrive::<T, _>(p, from, to, filter).await) })
+    }
+}
+
+/// A dashboard of one database: build it, then take its [`router`](Dashboard::router)
+/// or [`serve`](Dashboard::serve) it.
+pub struct Dashboard {
+    db: Database,
+    actions: bool,
+    base: String,
+    authorize: Option<Authorize>,
+    types: Arc<dyn Types>,
+}
+
+impl Dashboard {
+    /// A read-only dashboard of `db` (a `PgPool` or a `SqlitePool`), at the
+    /// root of its server.
+    pub fn new(db: impl Into<Database>) -> Self {
+        Dashboard {
+            db: db.into(),
+            actions: false,
+            base: String::new(),
+            authorize: None,
+            types: Arc::new(Untyped),
+        }
+    }
+
+    /// Checks edits and redrives with the program's scheduler `T`: an edited
+    /// step must decode as `T`, a redriven task's fields as the step it goes
+    /// to. Without it, editing a step is refused.
+    pub fn typed<T: Scheduler>(mut self) -> Self {
+        self.types = Arc::new(Typed::<T>(std::marker::PhantomData));
+        self
+    }
+
+    /// Turns the actions on (off by default: the dashboard only reads).
+    pub fn actions(mut self, on: bool) -> Self {
+        self.actions = on;
+        self
+    }
+
+    /// The path the router is nested at (`"/jetpack"`), for its links; none
+    /// by default.
+    pub fn base(mut self, path: &str) -> Self {
+        self.base = path.trim_end_matches('/').to_string();
+        self
+    }
+
+    /// Lets a request through only when `allow(request, access)` says so; the
+    /// others get 403. Without it every request that reaches the router is
+    /// allowed: bind to 127.0.0.1 (as `serve` and `jetpack serve` do by
+    /// default), or put your own authentication in front.
+    pub fn authorize(
+        mut self,
+        allow: impl Fn(&Parts, Access) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.authorize = Some(Arc::new(allow));
+        self
+    }
+
+    /// The router: pages, their live data under `/api`, the actions and the
+    /// assets.
+    pub fn router(self) -> Router {
+        let mut token = [0u8; 16];
+        let token = match getrandom::fill(&mut token) {
+            Ok(()) => token.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(e) => {
+                // Without randomness no token can be trusted: no action passes.
+                tracing::error!(error = %e, "no randomness for the dashboard's token: actions are refused");
+                String::new()
+            }
+        };
+        let inner = Arc::new(Inner {
+            db: self.db,
+            actions: self.actions,
+            base: self.base,
+            authorize: self.authorize,
+            types: self.types,
+            token,
+            counts: Cached::default(),
+            activity: Cached::default(),
+        });
+        Router::new()
+            .route("/", get(overview))
+            .route("/machines/{name}", get(machine))
+            .route("/tasks", get(tasks))
+            .route("/tasks/{id}", get(task))
+            .route("/search", get(search))
+            .route("/api/counts", get(api_counts))
+            .route("/api/activity", get(api_activity))
+            .route("/api/tasks/{id}", get(api_task))
+            .route("/tasks/{id}/resume", post(resume))
+            .route("/tasks/{id}/cancel", post(cancel))
+            .route("/tasks/{id}/edit", post(edit))
+            .route("/redrive", post(redrive))
+            .route("/assets/dashboard.css", get(css))
+            .route("/assets/dashboard.js", get(js))
+            .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(inner.clone(), guard))
+            .with_state(inner)
+    }
+
+    /// Serves the router on `addr` until Ctrl-C.
+    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<()> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "the Jetpack dashboard is listening");
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    }
+}
+
+/// Per kind (`Machine.Step`), the tasks per state.
+type Counts = BTreeMap<String, BTreeMap<String, i64>>;
+
+/// What the handlers share.
+struct Inner {
+    db: Database,
+    actions: bool,
+    base: String,
+    authorize: Option<Authorize>,
+    types: Arc<dyn Types>,
+    /// The forms' token: a cross-site page cannot read it.
+    token: String,
+    counts: Cached<Counts>,
+    activity: Cached<jetpack::Activity>,
+}
+
+/// A value read at most once per period, however many pages ask: counting a
+/// table of a million tasks is a scan, which one page load should not repeat
+/// per viewer.
+struct Cached<T>(tokio::sync::Mutex<Option<(Instant, Arc<T>)>>);
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached(tokio::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Cached<T> {
+    async fn get<F, Fut>(&self, fresh: Duration, read: F) -> Result<Arc<T>, jetpack::Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, jetpack::Error>>,
+    {
+        let mut slot = self.0.lock().await;
+        if let Some((at, value)) = &*slot {
+            if at.elapsed() < fresh {
+                return Ok(value.clone());
+            }
+        }
+        let value = Arc::new(read().await?);
+        *slot = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+impl Inner {
+    async fn counts(&self) -> Result<Arc<Counts>, Failure> {
+        let read = || async {
+            let rows = on!(&self.db, p => admin::counts(p).await)?;
+            let mut counts = Counts::new();
+            for c in rows {
+                *counts
+                    .entry(c.kind)
+                    .or_default()
+                    .entry(state_name(c.state))
+                    .or_default() += c.count;
+            }
+            Ok(counts)
+        };
+        Ok(self.counts.get(Duration::from_millis(900), read).await?)
+    }
+
+    async fn activity(&self) -> Result<Arc<jetpack::Activity>, Failure> {
+        let read = || async {
+            let since = jetpack::chrono::Utc::now() - jetpack::chrono::Duration::hours(1);
+            on!(&self.db, p => jetpack::activity(p, since).await)
+        };
+        Ok(self.activity.get(Duration::from_secs(4), read).await?)
+    }
+
+    fn check_token(&self, token: &str) -> Result<(), Failure> {
+        if self.token.is_empty() || token != self.token {
+            return Err(Failure::Forbidden(
+                "the form's token is missing or stale: reload the page and try again; nothing changed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn page(&self) -> pages::Page<'_> {
+        pages::Page {
+            base: &self.base,
+            token: &self.token,
+            actions: self.actions,
+            typed: self.types.typed(),
+        }
+    }
+}
+
+/// A state's name as pages and the API write it.
+fn state_name(state: TaskState) -> String {
+    format!("{state:?}").to_lowercase()
+}
+
+/// Why a request did not get its page, as a page with a status.
+#[derive(Debug)]
+enum Failure {
+    NotFound(String),
+    Bad(String),
+    Forbidden(String),
+    Conflict(String),
+    Database(String),
+}
+
+impl From<jetpack::Error> for Failure {
+    fn from(e: jetpack::Error) -> Self {
+        match e {
+            // The admin API's errors say what to do and that nothing changed.
+            jetpack::Error::Admin(text) => Failure::Conflict(text),
+            other => Failure::Database(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (status, text) = match self {
+            Failure::NotFound(t) => (StatusCode::NOT_FOUND, t),
+            Failure::Bad(t) => (StatusCode::BAD_REQUEST, t),
+            Failure::Forbidden(t) => (StatusCode::FORBIDDEN, t),
+            Failure::Conflict(t) => (StatusCode::CONFLICT, t),
+            Failure::Database(t) => {
+                tracing::warn!(error = %t, "a dashboard page could not read the database");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the database did not answer: {t}"),
+                )
+            }
+        };
+        (status, html(pages::failure(status, &text))).into_response()
+    }
+}
+
+/// Every request: the authorization hook; for changes, actions must be on and
+/// the request must come from the dashboard's own pages; every answer gets
+/// headers that keep it out of frames and other sites' scripts.
+async fn guard(State(s): State<Arc<Inner>>, request: Request, next: Next) -> Response {
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let access = if reads { Access::Read } else { Access::Act };
+    let (parts, body) = request.into_parts();
+    let refused = if s
+        .authorize
+        .as_ref()
+        .is_some_and(|allow| !allow(&parts, access))
+    {
+        Some("not allowed: the dashboard's authorization hook refused this request")
+    } else if !reads && !s.actions {
+        Some("this dashboard is read-only: its operator turns actions on (`Dashboard::actions(true)`, `jetpack serve --actions`); nothing changed")
+    } else if !reads && cross_site(&parts) {
+        Some("a request from another site is refused; nothing changed")
+    } else {
+        None
+    };
+    let mut response = match refused {
+        Some(text) => Failure::Forbidden(text.into()).into_response(),
+        None => next.run(Request::from_parts(parts, body)).await,
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether a request comes from a page of another site: its browser says so
+/// (`Sec-Fetch-Site`), or its `Origin` is not this host.
+fn cross_site(parts: &Parts) -> bool {
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = header(header::HeaderName::from_static("sec-fetch-site")) {
+        if site != "same-origin" && site != "none" {
+            return true;
+        }
+    }
+    match (header(header::ORIGIN), header(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            let origin_host = origin.split("://").nth(1).unwrap_or(origin);
+            origin_host != host
+        }
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// A page as a response.
+fn html(page: maud::Markup) -> Response {
+    axum::response::Html(page.into_string()).into_response()
+}
+
+async fn not_found() -> Failure {
+    Failure::NotFound("no such page".into())
+}
+
+async fn css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../assets/dashboard.css"),
+    )
+}
+
+async fn js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../assets/dashboard.js"),
+    )
+}
+
+async fn overview(State(s): State<Arc<Inner>>) -> Result<Response, Failure> {
+    let counts = s.counts().await?;
+    let activity = s.activity().await?;
+    let graphs = on!(&s.db, p => admin::recorded_graphs(p).await)?;
+    let mut names: Vec<String> = graphs.iter().map(|g| g.machine.clone()).collect();
+    for kind in counts.keys() {
+        let machine = kind
+            .split_once('.')
+            .map_or(kind.as_str(), |(m, _)| m)
+            .to_string();
+        if !names.contains(&machine) {
+            names.push(machine);
+        }
+    }
+    names.sort();
+    Ok(html(pages::overview(&s.page(), &names, &counts, &activity)))
+}
+
+async fn machine(
+    State(s): State<Arc<Inner>>,
+    Path(name): Path<String>,
+) -> Result<Response, Failure> {
+    let counts = s.counts().await?;
+    let activity = s.activity().await?;
+    let graph = on!(&s.db, p => admin::recorded_graph(p, &name).await)?.map(|(g, _)| g);
+    let known = graph.is_some()
+        || counts
+            .keys()
+            .any(|k| k.split_once('.').is_some_and(|(m, _)| m == name));
+    if !known {
+        return Err(Failure::NotFound(format!(
+            "no machine {name}: no worker recorded it and no task is at one of its steps"
+        )));
+    }
+    Ok(html(pages::machine(
+        &s.page(),
+        &name,
+        graph.as_ref(),
+        &counts,
+        &activity,
+    )))
+}
+
+/// The filters of the task list, from its query string.
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    step: Option<String>,
+    machine: Option<String>,
+    error: Option<String>,
+    after: Option<i64>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Filter {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let mut f = Filter::new();
+        f.state = given(&self.state);
+        f.step = given(&self.step);
+        f.machine = given(&self.machine);
+        f.error_contains = given(&self.error);
+        f.after_id = self.after;
+        f.limit = Some(PAGE);
+        f
+    }
+}
+
+/// Tasks per page of a list.
+const PAGE: u32 = 50;
+
+async fn tasks(
+    State(s): State<Arc<Inner>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, Failure> {
+    let filter = q.filter();
+    let list = on!(&s.db, p => admin::list(p, &filter).await).map_err(|e| match e {
+        jetpack::Error::Admin(text) => Failure::Bad(text),
+        other => other.into(),
+    })?;
+    Ok(html(pages::tasks(&s.page(), &q, &list, PAGE)))
+}
+
+/// A task's id from its path, or a page saying what is wrong.
+fn task_id(text: &str) -> Result<i64, Failure> {
+    text.parse()
+        .map_err(|_| Failure::Bad(format!("{text:?} is not a task id: ids are whole numbers")))
+}
+
+/// A notice after an action (`?done=resumed`).
+#[derive(Debug, Default, Deserialize)]
+struct Done {
+    done: Option<String>,
+}
+
+async fn task(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    Query(done): Query<Done>,
+) -> Result<Response, Failure> {
+    let id = task_id(&id)?;
+    let row = on!(&s.db, p => jetpack::find(p, id).await)?;
+    let history = on!(&s.db, p => jetpack::history(p, id).await)?;
+    if row.is_none() && history.is_empty() {
+        return Err(Failure::NotFound(format!(
+            "no task {id}: it never existed, or it ended and its history is past its retention"
+        )));
+    }
+    let children = on!(&s.db, p => admin::children(p, id).await)?;
+    let notice = done.done.as_deref().and_then(pages::notice);
+    Ok(html(pages::task(
+        &s.page(),
+        id,
+        row.as_ref(),
+        &history,
+        &children,
+        notice,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchQuery {
+    q: Option<String>,
+}
+
+async fn search(
+    State(s): State<Arc<Inner>>,
+    Query(q): Query<SearchQuery>,
+) -> Result<Response, Failure> {
+    let text = q.q.unwrap_or_default().trim().to_string();
+    if text.is_empty() {
+        return Err(Failure::Bad("search for a task's id or a key".into()));
+    }
+    if let Ok(id) = text.trim_start_matches('#').parse::<i64>() {
+        return Ok(Redirect::to(&format!("{}/tasks/{id}", s.base)).into_response());
+    }
+    let found = on!(&s.db, p => admin::by_key(p, &text).await)?;
+    if let [only] = found.as_slice() {
+        return Ok(Redirect::to(&format!("{}/tasks/{}", s.base, only.id)).into_response());
+    }
+    Ok(html(pages::found(&s.page(), &text, &found)))
+}
+
+async fn api_counts(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {
+    let counts = s.counts().await?;
+    Ok(Json(json!({ "counts": *counts })))
+}
+
+async fn api_activity(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {
+    let a = s.activity().await?;
+    let minutes: Vec<Value> = (a.minutes.iter())
+        .map(|m| json!([m.at.timestamp(), m.moved, m.finished, m.failed]))
+        .collect();
+    Ok(Json(json!({
+        "now": jetpack::chrono::Utc::now().timestamp(),
+        "minutes": minutes,
+        "moves": a.moves,
+    })))
+}
+
+async fn api_task(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Failure> {
+    let id = task_id(&id)?;
+    let row = on!(&s.db, p => jetpack::find(p, id).await)?;
+    Ok(Json(match row {
+        Some(t) => json!({
+            "state": state_name(t.state),
+            "step": t.step,
+            "tried": t.tried,
+            "error": t.error,
+        }),
+        None => {
+            let history = on!(&s.db, p => jetpack::history(p, id).await)?;
+            let last = history.last().map(|t| t.event.clone());
+            json!({ "state": if last.is_some() { "ended" } else { "gone" }, "event": last })
+        }
+    }))
+}
+
+/// A form of the dashboard's, with its token.
+#[derive(Debug, Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    step: String,
+    #[serde(default)]
+    resume: Option<String>,
+}
+
+/// Task `id`'s row, refused when a worker holds it.
+async fn not_running(s: &Inner, id: i64) -> Result<TaskRow, Failure> {
+    let Some(row) = on!(&s.db, p => jetpack::find(p, id).await)? else {
+        return Err(Failure::NotFound(format!(
+            "no task {id}: it ended, or never existed; nothing changed"
+        )));
+    };
+    if row.state == TaskState::Running {
+        return Err(Failure::Conflict(format!(
+            "task {id} is running on {}: wait for its attempt to end; nothing changed",
+            row.locked_by.as_deref().unwrap_or("a worker")
+        )));
+    }
+    Ok(row)
+}
+
+fn back_to(s: &Inner, id: i64, done: &str) -> Response {
+    Redirect::to(&format!("{}/tasks/{id}?done={done}", s.base)).into_response()
+}
+
+async fn resume(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failure> {
+    s.check_token(&form.csrf)?;
+    let id = task_id(&id)?;
+    let row = not_running(&s, id).await?;
+    if row.state != TaskState::Parked {
+        return Err(Failure::Conflict(format!(
+            "task {id} is {}, not parked: nothing to resume; nothing changed",
+            state_name(row.state)
+        )));
+    }
+    if !on!(&s.db, p => jetpack::resume(p, id).await)? {
+        return Err(Failure::Conflict(format!(
+            "task {id} was not parked any more: nothing changed"
+        )));
+    }
+    Ok(back_to(&s, id, "resumed"))
+}
+
+async fn cancel(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failure> {
+    s.check_token(&form.csrf)?;
+    let id = task_id(&id)?;
+    not_running(&s, id).await?;
+    let reason = match form.reason.trim() {
+        "" => "cancelled from the dashboard",
+        reason => reason,
+    };
+    match on!(&s.db, p => jetpack::cancel(p, id, reason).await)? {
+        jetpack::Cancel::Cancelled => Ok(back_to(&s, id, "cancelled")),
+        jetpack::Cancel::Finished => Err(Failure::Conflict(format!(
+            "task {id} has finished: nothing to cancel; nothing changed"
+        ))),
+        _ => Err(Failure::NotFound(format!("no task {id}: nothing changed"))),
+    }
+}
+
+async fn edit(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, Failure> {
+    s.check_token(&form.csrf)?;
+    let id = task_id(&id)?;
+    not_running(&s, id).await?;
+    s.types.edit(&s.db, id, form.step.trim()).await?;
+    if form.resume.is_some() && on!(&s.db, p => jetpack::resume(p, id).await)? {
+        return Ok(back_to(&s, id, "edited-resumed"));
+    }
+    Ok(back_to(&s, id, "edited"))
+}
+
+/// A redrive from a machine's page.
+#[derive(Debug, Deserialize)]
+struct RedriveForm {
+    #[serde(default)]
+    csrf: String,
+    from: String,
+    to: String,
+    #[serde(default)]
+    state: String,
+}
+
+async fn redrive(
+    State(s): State<Arc<Inner>>,
+    Form(form): Form<RedriveForm>,
+) -> Result<Response, Failure> {
+    s.check_token(&form.csrf)?;
+    let mut filter = Filter::new();
+    if !form.state.is_empty() {
+        filter.state = Some(form.state.clone());
+    }
+    let moved = s
+        .types
+        .redrive(&s.db, &form.from, &form.to, &filter)
+        .await?;
+    let machine = form
+        .from
+        .split_once('.')
+        .map_or(form.from.as_str(), |(m, _)| m);
+    Ok(html(pages::redriven(
+        &s.page(),
+        machine,
+        &form.from,
+        &form.to,
+        moved,
+    )))
+}

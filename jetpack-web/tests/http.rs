@@ -1,0 +1,337 @@
+//! The dashboard's router, requested directly (no browser): its pages on real
+//! databases, its actions and what they change, and what it refuses — a
+//! missing token, another site, a read-only dashboard, the authorization
+//! hook, a task a worker holds, a step that does not decode, an unknown id.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use jetpack::Machine;
+use jetpack_suite::readme::{Greeter, ReadName, Tasks};
+use jetpack_suite::{wait_for, Db, TestDb};
+use jetpack_web::{Access, Dashboard, Database};
+use std::time::Duration;
+use tower::ServiceExt;
+
+fn database(db: &TestDb) -> Database {
+    match &**db {
+        Db::Postgres(p) => p.clone().into(),
+        Db::Sqlite(p) => p.clone().into(),
+    }
+}
+
+/// What the router answered: status, `Location`, body.
+async fn call(app: &Router, request: Request<Body>) -> (StatusCode, String, String) {
+    let response = app.clone().oneshot(request).await.expect("an answer");
+    let status = response.status();
+    let location = (response.headers().get(header::LOCATION))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a body")
+        .to_bytes();
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, String, String) {
+    call(
+        app,
+        Request::get(uri).body(Body::empty()).expect("a request"),
+    )
+    .await
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn post(app: &Router, uri: &str, fields: &[(&str, &str)]) -> (StatusCode, String, String) {
+    let form: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect();
+    let request = Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "localhost")
+        .body(Body::from(form.join("&")))
+        .expect("a request");
+    call(app, request).await
+}
+
+/// The forms' token, read from a page.
+fn token(page: &str) -> String {
+    let at = page
+        .find(r#"name="csrf" value=""#)
+        .expect("a form with a token")
+        + 19;
+    page[at..].split('"').next().unwrap_or("").to_string()
+}
+
+async fn parked(db: &TestDb, filename: &str) -> i64 {
+    let id = db
+        .enqueue(ReadName {
+            filename: filename.into(),
+        })
+        .await;
+    db.exec(
+        "UPDATE jetpack_tasks SET error = 'No such file or directory (os error 2)' WHERE id = $1",
+        Some(id),
+        None,
+    )
+    .await;
+    id
+}
+
+async fn record_greeter(db: &TestDb) {
+    let graph = Greeter::graph().to_json().to_string();
+    let record = match &**db {
+        Db::Postgres(_) => {
+            "INSERT INTO jetpack_machines (name, graph) VALUES ('Greeter', $1::jsonb)"
+        }
+        Db::Sqlite(_) => "INSERT INTO jetpack_machines (name, graph) VALUES ('Greeter', $1)",
+    };
+    db.exec(record, None, Some(&graph)).await;
+}
+
+async fn pages_and_actions(db: TestDb) {
+    let app = Dashboard::new(database(&db))
+        .typed::<Tasks>()
+        .actions(true)
+        .router();
+    let (status, _, page) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("No machines yet"), "{page}");
+
+    record_greeter(&db).await;
+    let id = parked(&db, "missing.txt").await;
+    let (_, _, page) = get(&app, "/").await;
+    assert!(page.contains(r#"href="/machines/Greeter""#), "{page}");
+    assert!(page.contains(r#"data-total="Greeter|parked""#), "{page}");
+    let (status, _, page) = get(&app, "/machines/Greeter").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("<svg") && page.contains(r#"data-count="Greeter.ReadName|parked""#),
+        "{page}"
+    );
+    let (_, _, page) = get(&app, "/tasks?state=parked").await;
+    assert!(
+        page.contains(&format!(r#"href="/tasks/{id}""#)) && page.contains("os error 2"),
+        "{page}"
+    );
+    // Counts are read at most about once a second, however many ask.
+    let shared = &app;
+    wait_for(Duration::from_secs(5), || async move {
+        let (_, _, counts) = get(shared, "/api/counts").await;
+        let counts: serde_json::Value = serde_json::from_str(&counts).expect("JSON");
+        Ok((counts["counts"]["Greeter.ReadName"]["parked"] == 1).then_some(()))
+    })
+    .await
+    .expect("the parked task counted");
+
+    // Bad input: a clear page, nothing else.
+    let (status, _, page) = get(&app, "/machines/Nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("no machine Nope"), "{page}");
+    let (status, _, page) = get(&app, "/tasks/abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("is not a task id"), "{page}");
+    let (status, _, page) = get(&app, "/tasks/999999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("no task 999999"), "{page}");
+    let (status, location, _) = get(&app, &format!("/search?q={id}")).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, &*format!("/tasks/{id}"))
+    );
+    let (status, _, page) = get(&app, "/search?q=order-42").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("No live task holds this key"), "{page}");
+
+    // The task page, with its actions behind confirmations.
+    let (status, _, page) = get(&app, &format!("/tasks/{id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("Confirm: resume task") && page.contains("missing.txt"),
+        "{page}"
+    );
+    let csrf = token(&page);
+    let resume = format!("/tasks/{id}/resume");
+    let (status, _, page) = post(&app, &resume, &[("csrf", "forged")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("token"), "{page}");
+    let cross = Request::post(&resume)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "localhost:3000")
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::from(format!("csrf={csrf}")))
+        .expect("a request");
+    let (status, _, page) = call(&app, cross).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("another site"), "{page}");
+    assert_eq!(
+        db.find(id).await.and_then(|t| t.error).as_deref(),
+        Some("No such file or directory (os error 2)")
+    );
+
+    // An edit that does not decode changes nothing; one that does is saved.
+    let edit = format!("/tasks/{id}/edit");
+    let bad = r#"{"Greeter":{"ReadName":{"file":1}}}"#;
+    let (status, _, page) = post(&app, &edit, &[("csrf", &csrf), ("step", bad)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("does not decode"), "{page}");
+    assert!(db
+        .find(id)
+        .await
+        .expect("the task")
+        .step
+        .contains("missing.txt"));
+    let good = r#"{"Greeter":{"ReadName":{"filename":"found.txt"}}}"#;
+    let (status, location, _) = post(&app, &edit, &[("csrf", &csrf), ("step", good)]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, &*format!("/tasks/{id}?done=edited"))
+    );
+    let row = db.find(id).await.expect("the task");
+    assert!(
+        row.step.contains("found.txt") && row.error.is_some(),
+        "{row:?}"
+    );
+    let events: Vec<String> = db.history(id).await.into_iter().map(|t| t.event).collect();
+    assert!(events.contains(&"edited".to_string()), "{events:?}");
+
+    // A task a worker holds is left alone.
+    let hold = match &*db {
+        Db::Postgres(_) => "UPDATE jetpack_tasks SET locked_by = 'w1', lease_until = now() + interval '1 hour', error = NULL WHERE id = $1",
+        Db::Sqlite(_) => "UPDATE jetpack_tasks SET locked_by = 'w1', lease_until = strftime('%Y-%m-%d %H:%M:%f', 'now', '+1 hour'), error = NULL WHERE id = $1",
+    };
+    let held = parked(&db, "held.txt").await;
+    db.exec(hold, Some(held), None).await;
+    let (status, _, page) = post(&app, &format!("/tasks/{held}/cancel"), &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("is running on w1"), "{page}");
+
+    // Resume, then cancel.
+    let (status, location, _) = post(&app, &resume, &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, &*format!("/tasks/{id}?done=resumed"))
+    );
+    assert_eq!(db.find(id).await.and_then(|t| t.error), None);
+    let (status, _, page) = post(&app, &resume, &[("csrf", &csrf)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("not parked"), "{page}");
+    let (status, _, _) = post(
+        &app,
+        &format!("/tasks/{id}/cancel"),
+        &[("csrf", &csrf), ("reason", "no longer wanted")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let row = db.find(id).await.expect("the task");
+    assert_eq!(
+        (row.state, row.error.as_deref()),
+        (jetpack::TaskState::Cancelled, Some("no longer wanted"))
+    );
+
+    // A redrive is checked with the types: ReadName's fields are not SayHello's.
+    let other = parked(&db, "other.txt").await;
+    let (status, _, page) = post(
+        &app,
+        "/redrive",
+        &[
+            ("csrf", &csrf),
+            ("from", "Greeter.ReadName"),
+            ("to", "Greeter.SayHello"),
+            ("state", "parked"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        page.contains(&format!("task {other}'s fields do not fit")),
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_pages_and_actions() {
+    pages_and_actions(TestDb::postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_pages_and_actions() {
+    pages_and_actions(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
+    let db = TestDb::sqlite().await;
+    let id = parked(&db, "missing.txt").await;
+
+    // Read-only (the default): no forms, and a post is refused.
+    let app = Dashboard::new(database(&db)).router();
+    let (_, _, page) = get(&app, &format!("/tasks/{id}")).await;
+    assert!(
+        page.contains("Read-only") && !page.contains("Confirm:"),
+        "{page}"
+    );
+    let (status, _, page) = post(&app, &format!("/tasks/{id}/resume"), &[("csrf", "x")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(page.contains("read-only"), "{page}");
+
+    // Without the program's types, an edit is refused.
+    let app = Dashboard::new(database(&db)).actions(true).router();
+    let (_, _, page) = get(&app, &format!("/tasks/{id}")).await;
+    assert!(page.contains("Editing needs the program's types"), "{page}");
+    let step = r#"{"Greeter":{"ReadName":{"filename":"x.txt"}}}"#;
+    let (status, _, page) = post(
+        &app,
+        &format!("/tasks/{id}/edit"),
+        &[("csrf", &token(&page)), ("step", step)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("needs the program's types"), "{page}");
+    assert!(db
+        .find(id)
+        .await
+        .expect("the task")
+        .step
+        .contains("missing.txt"));
+
+    // The hook: reads need a header, actions are never allowed.
+    let app = Dashboard::new(database(&db))
+        .actions(true)
+        .authorize(|request, access| {
+            access == Access::Read && request.headers.contains_key("x-operator")
+        })
+        .router();
+    let (status, _, _) = get(&app, "/").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let request = Request::get("/")
+        .header("x-operator", "ann")
+        .body(Body::empty())
+        .expect("a request");
+    let (status, _, _) = call(&app, request).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = post(&app, &format!("/tasks/{id}/resume"), &[("csrf", "x")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        db.find(id).await.and_then(|t| t.error).is_some(),
+        "nothing changed"
+    );
+}
