@@ -11,6 +11,7 @@
     const cells = document.querySelectorAll("[data-count], [data-total]");
     if (!cells.length) return;
     get("/api/counts").then(({ counts }) => {
+      if (!counts) return;
       const of = (kind, state) => ((counts[kind] || {})[state] || 0);
       document.querySelectorAll("[data-count]").forEach((el) => {
         const [kind, state] = el.dataset.count.split("|");
@@ -38,6 +39,7 @@
     const moves = document.querySelectorAll("[data-move]");
     if (!chart && !moves.length) return;
     get("/api/activity").then(({ now, minutes, moves: edges }) => {
+      if (!minutes) return;
       moves.forEach((el) => {
         const [from, to] = el.dataset.move.split("|");
         const edge = edges.find((e) => e[0] === from && e[1] === to);

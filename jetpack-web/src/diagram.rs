@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use jetpack::RecordedGraph;
 use maud::{html, Markup, PreEscaped};
 
+use crate::pages::num;
+
 const WIDTH: i64 = 190;
 const HEIGHT: i64 = 78;
 const COLUMN: i64 = 270;
@@ -91,8 +93,8 @@ fn corner((column, row): (i64, i64)) -> (i64, i64) {
 pub fn svg(
     base: &str,
     graph: &RecordedGraph,
-    count: impl Fn(&str, &str) -> i64,
-    moved: impl Fn(&str, &str) -> i64,
+    count: impl Fn(&str, &str) -> Option<i64>,
+    moved: impl Fn(&str, &str) -> Option<i64>,
 ) -> Markup {
     let at = layout(graph);
     let columns = at.iter().map(|p| p.0).max().unwrap_or(0) + 1;
@@ -174,7 +176,7 @@ pub fn svg(
             @for (x, y, how, from, to) in &labels {
                 text.edge-label x=(x) y=(y) text-anchor="middle" {
                     (how)
-                    tspan data-move=(format!("{from}|{to}")) { (moved(from, to)) }
+                    tspan data-move=(format!("{from}|{to}")) { (num(moved(from, to))) }
                     " / h"
                 }
             }
@@ -182,17 +184,17 @@ pub fn svg(
                 @let (x, y) = corner(at[i]);
                 @let k = kind(&step.name);
                 @let parked = count(&k, "parked");
-                g.step.parked[parked > 0] data-step=(k) {
+                g.step.parked[parked.unwrap_or(0) > 0] data-step=(k) {
                     a href=(format!("{base}/tasks?step={k}")) {
                         rect x=(x) y=(y) width=(WIDTH) height=(HEIGHT) rx="9" {}
                         text.name x=(x + 12) y=(y + 22) { (step.name) @if step.initial { " ▸" } }
                         text.counts x=(x + 12) y=(y + 45) {
-                            "ready " tspan data-count=(format!("{k}|ready")) { (count(&k, "ready") + count(&k, "scheduled")) }
-                            " · running " tspan data-count=(format!("{k}|running")) { (count(&k, "running")) }
+                            "ready " tspan data-count=(format!("{k}|ready")) { (num(count(&k, "ready").zip(count(&k, "scheduled")).map(|(r, s)| r + s))) }
+                            " · running " tspan data-count=(format!("{k}|running")) { (num(count(&k, "running"))) }
                         }
                         text.counts x=(x + 12) y=(y + 65) {
-                            "waiting " tspan data-count=(format!("{k}|waiting")) { (count(&k, "waiting")) }
-                            " · parked " tspan.parked-count data-count=(format!("{k}|parked")) { (parked) }
+                            "waiting " tspan data-count=(format!("{k}|waiting")) { (num(count(&k, "waiting"))) }
+                            " · parked " tspan.parked-count data-count=(format!("{k}|parked")) { (num(parked)) }
                         }
                     }
                 }
@@ -219,7 +221,7 @@ mod tests {
                 {"name":"D","initial":false,"next":[],"joins":[],"waits":[]}]}"#,
         );
         assert_eq!(layout(&g), [(0, 0), (1, 0), (2, 0), (0, 1)]);
-        let svg = svg("", &g, |_, _| 0, |_, _| 0).into_string();
+        let svg = svg("", &g, |_, _| Some(0), |_, _| None).into_string();
         assert_eq!(svg.matches("class=\"edge\"").count(), 5);
         assert!(svg.contains(r#"data-count="M.C|parked""#), "{svg}");
         assert!(svg.contains(r#"data-move="M.C|M.A""#), "{svg}");

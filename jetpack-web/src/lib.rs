@@ -45,7 +45,6 @@ mod diagram;
 mod pages;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -311,58 +310,145 @@ struct Inner {
     activity: Cached<jetpack::Activity>,
 }
 
-/// A value read at most once per period, however many pages ask: counting a
-/// table of a million tasks is a scan, which one page load should not repeat
-/// per viewer.
-struct Cached<T>(tokio::sync::Mutex<Option<(Instant, Arc<T>)>>);
+/// A value read in the background and kept: a page shows the last one read
+/// at once, and a read starts when it is older than its freshness. Counting
+/// a table of a million tasks is a scan of a few hundred milliseconds: no page
+/// waits for one once a value is there, and however many viewers ask, one
+/// read runs at a time. A read's freshness grows with its cost (five times
+/// how long the last read took), so that a big table is not scanned nonstop.
+struct Cached<T> {
+    slot: std::sync::Mutex<Slot<T>>,
+    read: tokio::sync::Notify,
+}
+
+struct Slot<T> {
+    value: Option<(Instant, Arc<T>)>,
+    /// How long the last read took.
+    took: Duration,
+    reading: bool,
+    /// Why the last read failed, when it did.
+    failed: Option<String>,
+}
 
 impl<T> Default for Cached<T> {
     fn default() -> Self {
-        Cached(tokio::sync::Mutex::new(None))
+        Cached {
+            slot: std::sync::Mutex::new(Slot {
+                value: None,
+                took: Duration::ZERO,
+                reading: false,
+                failed: None,
+            }),
+            read: tokio::sync::Notify::new(),
+        }
     }
 }
 
 impl<T> Cached<T> {
-    async fn get<F, Fut>(&self, fresh: Duration, read: F) -> Result<Arc<T>, jetpack::Error>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, jetpack::Error>>,
-    {
-        let mut slot = self.0.lock().await;
-        if let Some((at, value)) = &*slot {
-            if at.elapsed() < fresh {
-                return Ok(value.clone());
-            }
-        }
-        let value = Arc::new(read().await?);
-        *slot = Some((Instant::now(), value.clone()));
-        Ok(value)
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot<T>> {
+        // A panic while holding it cannot leave a slot half-written.
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Inner {
-    async fn counts(&self) -> Result<Arc<Counts>, Failure> {
-        let read = || async {
-            let rows = on!(&self.db, p => admin::counts(p).await)?;
-            let mut counts = Counts::new();
-            for c in rows {
-                *counts
-                    .entry(c.kind)
-                    .or_default()
-                    .entry(state_name(c.state))
-                    .or_default() += c.count;
+    /// The value kept in `cache`, reading it with `read` when it is older
+    /// than `fresh` (or its read's cost): at once when there is one, else
+    /// after at most `wait` (`None` when none was read by then).
+    async fn kept<T: Send + Sync + 'static>(
+        self: &Arc<Self>,
+        cache: fn(&Inner) -> &Cached<T>,
+        read: fn(Arc<Inner>) -> BoxFuture<'static, Result<T, jetpack::Error>>,
+        fresh: Duration,
+        wait: Duration,
+    ) -> Result<Option<Arc<T>>, Failure> {
+        let kept = cache(self);
+        let waiting = kept.read.notified();
+        tokio::pin!(waiting);
+        waiting.as_mut().enable();
+        let value = {
+            let mut slot = kept.slot();
+            let fresh = fresh.max(slot.took * 5);
+            let value = slot.value.as_ref().map(|(_, v)| v.clone());
+            let stale = slot
+                .value
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= fresh);
+            if stale && !slot.reading {
+                slot.reading = true;
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = read(inner.clone()).await;
+                    let kept = cache(&inner);
+                    let mut slot = kept.slot();
+                    slot.reading = false;
+                    slot.took = started.elapsed();
+                    match result {
+                        Ok(v) => {
+                            slot.value = Some((Instant::now(), Arc::new(v)));
+                            slot.failed = None;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the dashboard could not read the database");
+                            slot.failed = Some(e.to_string());
+                        }
+                    }
+                    drop(slot);
+                    kept.read.notify_waiters();
+                });
             }
-            Ok(counts)
+            value
         };
-        Ok(self.counts.get(Duration::from_millis(900), read).await?)
+        if value.is_some() {
+            return Ok(value);
+        }
+        let _ = tokio::time::timeout(wait, waiting).await;
+        let slot = kept.slot();
+        match (&slot.value, &slot.failed) {
+            (Some((_, v)), _) => Ok(Some(v.clone())),
+            (None, Some(e)) => Err(Failure::Database(e.clone())),
+            (None, None) => Ok(None),
+        }
     }
 
-    async fn activity(&self) -> Result<Arc<jetpack::Activity>, Failure> {
-        let read = || async {
-            let since = jetpack::chrono::Utc::now() - jetpack::chrono::Duration::hours(1);
-            on!(&self.db, p => jetpack::activity(p, since).await)
-        };
-        Ok(self.activity.get(Duration::from_secs(4), read).await?)
+    /// The tasks per step and state, or `None` while the first count runs
+    /// longer than `wait`.
+    async fn counts(self: &Arc<Self>, wait: Duration) -> Result<Option<Arc<Counts>>, Failure> {
+        fn read(inner: Arc<Inner>) -> BoxFuture<'static, Result<Counts, jetpack::Error>> {
+            Box::pin(async move {
+                let rows = on!(&inner.db, p => admin::counts(p).await)?;
+                let mut counts = Counts::new();
+                for c in rows {
+                    *counts
+                        .entry(c.kind)
+                        .or_default()
+                        .entry(state_name(c.state))
+                        .or_default() += c.count;
+                }
+                Ok(counts)
+            })
+        }
+        self.kept(|i| &i.counts, read, Duration::from_millis(900), wait)
+            .await
+    }
+
+    /// The last hour's activity, or `None` while the first read runs longer
+    /// than `wait`.
+    async fn activity(
+        self: &Arc<Self>,
+        wait: Duration,
+    ) -> Result<Option<Arc<jetpack::Activity>>, Failure> {
+        fn read(
+            inner: Arc<Inner>,
+        ) -> BoxFuture<'static, Result<jetpack::Activity, jetpack::Error>> {
+            Box::pin(async move {
+                let since = jetpack::chrono::Utc::now() - jetpack::chrono::Duration::hours(1);
+                on!(&inner.db, p => jetpack::activity(p, since).await)
+            })
+        }
+        self.kept(|i| &i.activity, read, Duration::from_secs(4), wait)
+            .await
     }
 
     fn check_token(&self, token: &str) -> Result<(), Failure> {
@@ -514,12 +600,19 @@ async fn js() -> impl IntoResponse {
     )
 }
 
+/// How long a page waits for a first count before it shows placeholders
+/// (its script fills them in).
+const PAGE_WAIT: Duration = Duration::from_millis(120);
+
+/// How long the live data's answers wait for a first read.
+const API_WAIT: Duration = Duration::from_secs(10);
+
 async fn overview(State(s): State<Arc<Inner>>) -> Result<Response, Failure> {
-    let counts = s.counts().await?;
-    let activity = s.activity().await?;
+    let counts = s.counts(PAGE_WAIT).await?;
+    let activity = s.activity(PAGE_WAIT).await?;
     let graphs = on!(&s.db, p => admin::recorded_graphs(p).await)?;
     let mut names: Vec<String> = graphs.iter().map(|g| g.machine.clone()).collect();
-    for kind in counts.keys() {
+    for kind in counts.iter().flat_map(|c| c.keys()) {
         let machine = kind
             .split_once('.')
             .map_or(kind.as_str(), |(m, _)| m)
@@ -529,19 +622,23 @@ async fn overview(State(s): State<Arc<Inner>>) -> Result<Response, Failure> {
         }
     }
     names.sort();
-    Ok(html(pages::overview(&s.page(), &names, &counts, &activity)))
+    Ok(html(pages::overview(
+        &s.page(),
+        &names,
+        counts.as_deref(),
+        activity.as_deref(),
+    )))
 }
 
 async fn machine(
     State(s): State<Arc<Inner>>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
-    let counts = s.counts().await?;
-    let activity = s.activity().await?;
+    let counts = s.counts(PAGE_WAIT).await?;
+    let activity = s.activity(PAGE_WAIT).await?;
     let graph = on!(&s.db, p => admin::recorded_graph(p, &name).await)?.map(|(g, _)| g);
     let known = graph.is_some()
-        || counts
-            .keys()
+        || (counts.iter().flat_map(|c| c.keys()))
             .any(|k| k.split_once('.').is_some_and(|(m, _)| m == name));
     if !known {
         return Err(Failure::NotFound(format!(
@@ -552,8 +649,8 @@ async fn machine(
         &s.page(),
         &name,
         graph.as_ref(),
-        &counts,
-        &activity,
+        counts.as_deref(),
+        activity.as_deref(),
     )))
 }
 
@@ -657,12 +754,14 @@ async fn search(
 }
 
 async fn api_counts(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {
-    let counts = s.counts().await?;
-    Ok(Json(json!({ "counts": *counts })))
+    let counts = s.counts(API_WAIT).await?;
+    Ok(Json(json!({ "counts": counts.as_deref() })))
 }
 
 async fn api_activity(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {
-    let a = s.activity().await?;
+    let Some(a) = s.activity(API_WAIT).await? else {
+        return Ok(Json(json!({ "minutes": null })));
+    };
     let minutes: Vec<Value> = (a.minutes.iter())
         .map(|m| json!([m.at.timestamp(), m.moved, m.finished, m.failed]))
         .collect();

@@ -86,26 +86,30 @@ pub fn notice(done: &str) -> Option<&'static str> {
     })
 }
 
-fn count(counts: &Counts, kind: &str, state: &str) -> i64 {
-    counts
-        .get(kind)
-        .and_then(|s| s.get(state))
-        .copied()
-        .unwrap_or(0)
+/// A count, `None` while the first count runs.
+fn count(counts: Option<&Counts>, kind: &str, state: &str) -> Option<i64> {
+    counts.map(|c| c.get(kind).and_then(|s| s.get(state)).copied().unwrap_or(0))
 }
 
-fn machine_total(counts: &Counts, machine: &str, state: &str) -> i64 {
-    (counts.iter())
-        .filter(|(k, _)| k.split_once('.').is_some_and(|(m, _)| m == machine))
-        .map(|(_, s)| s.get(state).copied().unwrap_or(0))
-        .sum()
+fn machine_total(counts: Option<&Counts>, machine: &str, state: &str) -> Option<i64> {
+    counts.map(|c| {
+        (c.iter())
+            .filter(|(k, _)| k.split_once('.').is_some_and(|(m, _)| m == machine))
+            .map(|(_, s)| s.get(state).copied().unwrap_or(0))
+            .sum()
+    })
+}
+
+/// A number, or `…` while it is being counted (the page's script fills it in).
+pub fn num(n: Option<i64>) -> String {
+    n.map_or_else(|| "…".to_string(), |n| n.to_string())
 }
 
 /// Bars per minute over the last hour: moved or finished, and failed.
-fn chart(activity: &Activity) -> Markup {
+fn chart(activity: Option<&Activity>) -> Markup {
     let now = jetpack::chrono::Utc::now().timestamp() / 60;
     let mut bars = [(0i64, 0i64); 60];
-    for m in &activity.minutes {
+    for m in activity.iter().flat_map(|a| &a.minutes) {
         let ago = now - m.at.timestamp() / 60;
         if let Ok(i) = usize::try_from(59 - ago) {
             if let Some(bar) = bars.get_mut(i) {
@@ -135,14 +139,19 @@ fn chart(activity: &Activity) -> Markup {
                 }
             }
             figcaption {
-                "Last hour: " span #done-hour { (done) } " steps done, "
-                span #failed-hour.failed-text { (failed) } " failed attempts"
+                "Last hour: " span #done-hour { (num(activity.map(|_| done))) } " steps done, "
+                span #failed-hour.failed-text { (num(activity.map(|_| failed))) } " failed attempts"
             }
         }
     }
 }
 
-pub fn overview(page: &Page, machines: &[String], counts: &Counts, activity: &Activity) -> Markup {
+pub fn overview(
+    page: &Page,
+    machines: &[String],
+    counts: Option<&Counts>,
+    activity: Option<&Activity>,
+) -> Markup {
     let base = page.base;
     let body = html! {
         h1 { "Overview" }
@@ -158,10 +167,11 @@ pub fn overview(page: &Page, machines: &[String], counts: &Counts, activity: &Ac
                             td { a href=(format!("{base}/machines/{m}")) { (m) } }
                             @for s in STATES {
                                 @let n = machine_total(counts, m, s);
-                                td.num.parked[s == "parked" && n > 0] data-total=(format!("{m}|{s}")) {
-                                    @if s == "parked" && n > 0 {
-                                        a href=(format!("{base}/tasks?machine={m}&state=parked")) { (n) }
-                                    } @else { (n) }
+                                @let hot = s == "parked" && n.unwrap_or(0) > 0;
+                                td.num.parked[hot] data-total=(format!("{m}|{s}")) {
+                                    @if s == "parked" {
+                                        a href=(format!("{base}/tasks?machine={m}&state=parked")) { (num(n)) }
+                                    } @else { (num(n)) }
                                 }
                             }
                         }
@@ -177,8 +187,8 @@ pub fn machine(
     page: &Page,
     name: &str,
     graph: Option<&RecordedGraph>,
-    counts: &Counts,
-    activity: &Activity,
+    counts: Option<&Counts>,
+    activity: Option<&Activity>,
 ) -> Markup {
     let base = page.base;
     // Its steps: those of the graph, then any other its tasks are at (a step
@@ -191,15 +201,17 @@ pub fn machine(
                 .collect()
         })
         .unwrap_or_default();
-    for kind in counts.keys() {
+    for kind in counts.iter().flat_map(|c| c.keys()) {
         if kind.split_once('.').is_some_and(|(m, _)| m == name) && !steps.contains(kind) {
             steps.push(kind.clone());
         }
     }
     let moved = |from: &str, to: &str| {
-        (activity.moves.iter())
-            .find(|(f, t, _)| f == from && t == to)
-            .map_or(0, |m| m.2)
+        activity.map(|a| {
+            (a.moves.iter())
+                .find(|(f, t, _)| f == from && t == to)
+                .map_or(0, |m| m.2)
+        })
     };
     let body = html! {
         h1 { "Machine " (name) }
@@ -215,7 +227,7 @@ pub fn machine(
                         td { a href=(format!("{base}/tasks?step={kind}")) { (kind) } }
                         @for s in &STATES[..5] {
                             @let n = count(counts, kind, s);
-                            td.num.parked[*s == "parked" && n > 0] data-count=(format!("{kind}|{s}")) { (n) }
+                            td.num.parked[*s == "parked" && n.unwrap_or(0) > 0] data-count=(format!("{kind}|{s}")) { (num(n)) }
                         }
                     }
                 }

@@ -1373,14 +1373,15 @@ const ADMIN_CHILDREN: &str = concat!(
     " FROM jetpack_tasks WHERE parent_id = $1 ORDER BY id LIMIT 100"
 );
 
-/// The tasks holding key `$1`, unique or for signals, by id (at most 100).
+/// The live tasks holding key `$1`, unique or for signals, by id (at most
+/// 100), each read through its partial index.
 const ADMIN_BY_KEY: &str = concat!(
     task_columns!(),
-    " FROM jetpack_tasks WHERE unique_key = $1
+    " FROM jetpack_tasks WHERE unique_key = $1 AND state IN ('ready', 'waiting', 'parked')
 UNION
 ",
     task_columns!(),
-    " FROM jetpack_tasks WHERE wait_key = $1
+    " FROM jetpack_tasks WHERE wait_key = $1 AND state = 'waiting'
 ORDER BY 1 LIMIT 100"
 );
 
@@ -1411,12 +1412,22 @@ SELECT
            WHERE event IN ('next', 'wait', 'join') AND from_kind IS NOT NULL AND to_kind IS NOT NULL
            GROUP BY 1, 2) edges)";
 
-/// Counts per step and state.
+/// Counts per step and state, running and scheduled told apart from ready.
+/// Grouped by the plain columns, so that PostgreSQL hashes the groups: a
+/// `CASE` in the `GROUP BY` made it sort the whole table instead (a million
+/// tasks: 185 ms against 385).
 const ADMIN_COUNTS: &str = "
-SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > now() THEN 'running'
-                  WHEN state = 'ready' AND wakeup_at > now() THEN 'scheduled'
-                  ELSE state END AS s, count(*)
-FROM jetpack_tasks GROUP BY 1, 2 ORDER BY 1, 2";
+SELECT kind, s, n FROM (
+    SELECT kind, state,
+           count(*) FILTER (WHERE state = 'ready'
+                              AND coalesce(locked_by IS NOT NULL AND lease_until > now(), false)) AS running,
+           count(*) FILTER (WHERE state = 'ready' AND wakeup_at > now()
+                              AND NOT coalesce(locked_by IS NOT NULL AND lease_until > now(), false)) AS scheduled,
+           count(*) AS total
+    FROM jetpack_tasks GROUP BY kind, state
+) g, LATERAL (VALUES ('running', running), ('scheduled', scheduled),
+                     (state, total - running - scheduled)) v(s, n)
+WHERE n > 0 ORDER BY 1, 2";
 
 /// The tasks a filter takes, after id `$6`, at most `$7`. (A running task
 /// is listed too: the filter's last condition is for changes.)

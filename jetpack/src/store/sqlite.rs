@@ -1885,12 +1885,13 @@ const ADMIN_CHILDREN: &str = concat!(
     " FROM jetpack_tasks WHERE parent_id = ?1 ORDER BY id LIMIT 100"
 );
 
-/// The tasks holding key `?1`, unique or for signals, by id (at most 100).
+/// The live tasks holding key `?1`, unique or for signals, by id (at most
+/// 100), each read through its partial index.
 const ADMIN_BY_KEY: &str = concat!(
     task_columns!(),
-    " FROM jetpack_tasks WHERE unique_key = ?1 UNION ",
+    " FROM jetpack_tasks WHERE unique_key = ?1 AND state IN ('ready', 'waiting', 'parked') UNION ",
     task_columns!(),
-    " FROM jetpack_tasks WHERE wait_key = ?1 ORDER BY 1 LIMIT 100"
+    " FROM jetpack_tasks WHERE wait_key = ?1 AND state = 'waiting' ORDER BY 1 LIMIT 100"
 );
 
 /// Stores step `?2` for task `?1` when it is ready or parked and no worker
