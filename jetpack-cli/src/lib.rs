@@ -239,7 +239,7 @@ async fn connect(url: &str, create: bool) -> Result<Db, String> {
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         let _ = probe.close().await;
         let pool = PgPoolOptions::new()
-            .max_connections(2)
+            .max_connections(5)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await

@@ -602,14 +602,15 @@ async fn js() -> impl IntoResponse {
 
 /// How long a page waits for a first count before it shows placeholders
 /// (its script fills them in).
-const PAGE_WAIT: Duration = Duration::from_millis(120);
+const PAGE_WAIT: Duration = Duration::from_millis(60);
 
 /// How long the live data's answers wait for a first read.
 const API_WAIT: Duration = Duration::from_secs(10);
 
 async fn overview(State(s): State<Arc<Inner>>) -> Result<Response, Failure> {
-    let counts = s.counts(PAGE_WAIT).await?;
-    let activity = s.activity(PAGE_WAIT).await?;
+    // Both reads start now and are waited for together.
+    let (counts, activity) = tokio::join!(s.counts(PAGE_WAIT), s.activity(PAGE_WAIT));
+    let (counts, activity) = (counts?, activity?);
     let graphs = on!(&s.db, p => admin::recorded_graphs(p).await)?;
     let mut names: Vec<String> = graphs.iter().map(|g| g.machine.clone()).collect();
     for kind in counts.iter().flat_map(|c| c.keys()) {
@@ -634,8 +635,9 @@ async fn machine(
     State(s): State<Arc<Inner>>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
-    let counts = s.counts(PAGE_WAIT).await?;
-    let activity = s.activity(PAGE_WAIT).await?;
+    // Both reads start now and are waited for together.
+    let (counts, activity) = tokio::join!(s.counts(PAGE_WAIT), s.activity(PAGE_WAIT));
+    let (counts, activity) = (counts?, activity?);
     let graph = on!(&s.db, p => admin::recorded_graph(p, &name).await)?.map(|(g, _)| g);
     let known = graph.is_some()
         || (counts.iter().flat_map(|c| c.keys()))
