@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, finished, run_to_the_end, Db, TestDb};
+use common::{conformance, finished, on, run_to_the_end, Db, TestDb};
 use jetpack::admin::{self, Filter};
 use jetpack::{Context, NextStep, Step, StepError, StepResult, TaskState};
 use serde::{Deserialize, Serialize};
@@ -138,16 +138,6 @@ async fn parked_and_scheduled(db: &Db) -> (Vec<i64>, Vec<i64>) {
     }
     worker.shutdown().await;
     (parked, scheduled)
-}
-
-/// Runs `f` on the backend's pool.
-macro_rules! on {
-    ($db:expr, $p:ident => $e:expr) => {
-        match &*$db {
-            Db::Postgres($p) => $e,
-            Db::Sqlite($p) => $e,
-        }
-    };
 }
 
 async fn counts_lists_and_show(db: TestDb) {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{conformance, finished, reaches, Db, TestDb, DEADLINE};
+use common::{conformance, finished, on, reaches, Db, TestDb, DEADLINE};
 use jetpack::{
     chrono, Context, Machine, NextStep, Signal, SignalTo, Step, StepResult, TaskState, Wait,
 };
@@ -111,6 +111,23 @@ async fn every_transition_is_recorded_with_its_attempt(db: TestDb) {
     let step: serde_json::Value =
         serde_json::from_str(h[2].step.as_deref().expect("the wait's step")).expect("JSON");
     assert_eq!(step, serde_json::json!({"Flow": {"Done": {"n": 2}}}));
+    // The last hour's activity: the wait moved it, one attempt failed, one finished.
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let activity = on!(db, p => jetpack::activity(p, hour_ago).await).expect("activity");
+    let sum = |f: fn(&jetpack::Minute) -> i64| activity.minutes.iter().map(f).sum::<i64>();
+    assert_eq!(
+        (sum(|m| m.moved), sum(|m| m.finished), sum(|m| m.failed)),
+        (1, 1, 1),
+        "{activity:?}"
+    );
+    assert_eq!(
+        activity.moves,
+        [("Flow.Start".to_string(), "Flow.Done".to_string(), 1)]
+    );
+    assert!(activity
+        .minutes
+        .iter()
+        .all(|m| m.at > hour_ago - chrono::Duration::minutes(1)));
     assert!(
         h.windows(2).all(|w| w[0].at <= w[1].at),
         "out of order: {h:#?}"

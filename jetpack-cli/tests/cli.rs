@@ -354,3 +354,72 @@ fn bad_urls_and_missing_databases_are_one_line_errors() {
     assert_eq!((code, out.trim()), (0, "no tasks"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One HTTP/1.1 exchange with `port`: the answer's status line and body.
+async fn http(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the dashboard listening");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("a request");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("an answer");
+    answer
+}
+
+/// `jetpack serve`: the dashboard of the database, on 127.0.0.1, read-only
+/// unless `--actions`.
+#[tokio::test]
+async fn serve_answers_pages_and_is_read_only_by_default() {
+    let db = TestDb::sqlite().await;
+    let id = db
+        .enqueue(ReadName {
+            filename: "missing.txt".into(),
+        })
+        .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetpack"))
+        .args(["--url", db.url.as_str(), "serve", "--bind", bind.as_str()])
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("jetpack serve");
+    jetpack_suite::wait_for(std::time::Duration::from_secs(20), || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(drop))
+    })
+    .await
+    .expect("the dashboard listening");
+    let page = http(
+        port,
+        &format!("GET /tasks/{id} HTTP/1.1\r\nHost: {bind}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("missing.txt") && page.contains("Read-only"),
+        "{page}"
+    );
+    let post = http(
+        port,
+        &format!(
+            "POST /tasks/{id}/cancel HTTP/1.1\r\nHost: {bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 6\r\nConnection: close\r\n\r\ncsrf=x"
+        ),
+    )
+    .await;
+    assert!(post.starts_with("HTTP/1.1 403"), "{post}");
+    assert_eq!(
+        db.find(id).await.map(|t| t.state),
+        Some(jetpack::TaskState::Ready)
+    );
+    serve.kill().await.expect("stop it");
+}

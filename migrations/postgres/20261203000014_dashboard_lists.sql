@@ -1,8 +1,6 @@
--- The dashboard's and the admin's lists, on a table of a million tasks:
---   parked tasks by id (the list operators open first): a partial index that
---   holds only parked rows, so it costs nothing while tasks are not parked;
---   tasks of one step by id: (kind, id).
--- Neither column is written by a claim (kind changes with the step, state at
--- an outcome), so claims stay HOT updates.
+-- The list operators open first, parked tasks by id, on a table of a million
+-- tasks: a partial index that holds only parked rows, so that it costs
+-- nothing while tasks are not parked. `state` is not written by a claim, so
+-- claims stay HOT updates. (An index on (kind, id), for lists by step, cost
+-- 13% of enqueue_many and 16% of three-step chains: not taken.)
 CREATE INDEX jetpack_tasks_parked ON jetpack_tasks (id) WHERE state = 'parked';
-CREATE INDEX jetpack_tasks_kind ON jetpack_tasks (kind, id);

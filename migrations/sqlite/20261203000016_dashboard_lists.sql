@@ -1,4 +1,3 @@
--- The dashboard's and the admin's lists (see the PostgreSQL migration):
--- parked tasks by id, and the tasks of one step by id.
+-- Parked tasks by id, the list operators open first (see the PostgreSQL
+-- migration): only parked rows are in it.
 CREATE INDEX jetpack_tasks_parked ON jetpack_tasks (id) WHERE state = 'parked';
-CREATE INDEX jetpack_tasks_kind ON jetpack_tasks (kind, id);

@@ -290,3 +290,16 @@ pub fn new_key() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Runs `$e` with `$p` the pool of `$db`'s backend.
+#[allow(unused_macros)]
+macro_rules! on {
+    ($db:expr, $p:ident => $e:expr) => {
+        match &*$db {
+            $crate::common::Db::Postgres($p) => $e,
+            $crate::common::Db::Sqlite($p) => $e,
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use on;
