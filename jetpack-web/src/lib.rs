@@ -688,12 +688,22 @@ async fn tasks(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, Failure> {
     let filter = q.filter();
-    let list = on!(&s.db, p => admin::list(p, &filter).await).map_err(|e| match e {
-        jetpack::Error::Admin(text) => Failure::Bad(text),
-        other => other.into(),
-    })?;
-    Ok(html(pages::tasks(&s.page(), &q, &list, PAGE)))
+    // Parked tasks are indexed; any other filter reads the table in id order
+    // until it has a page, which on a big table can take a while: the page
+    // says so instead of making its viewer wait.
+    let read = async { on!(&s.db, p => admin::list(p, &filter).await) };
+    let list = match tokio::time::timeout(LIST_WAIT, read).await {
+        Ok(list) => Some(list.map_err(|e| match e {
+            jetpack::Error::Admin(text) => Failure::Bad(text),
+            other => other.into(),
+        })?),
+        Err(_) => None,
+    };
+    Ok(html(pages::tasks(&s.page(), &q, list.as_deref(), PAGE)))
 }
+
+/// How long a list may look for its tasks.
+const LIST_WAIT: Duration = Duration::from_millis(150);
 
 /// A task's id from its path, or a page saying what is wrong.
 fn task_id(text: &str) -> Result<i64, Failure> {

@@ -306,14 +306,15 @@ fn task_table(page: &Page, list: &[TaskRow]) -> Markup {
     }
 }
 
-pub fn tasks(page: &Page, q: &ListQuery, list: &[TaskRow], size: u32) -> Markup {
+/// A list of tasks; `None` when finding them took too long.
+pub fn tasks(page: &Page, q: &ListQuery, list: Option<&[TaskRow]>, size: u32) -> Markup {
     let base = page.base;
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let title = match q.state.as_deref() {
         Some("parked") => "Parked tasks",
         _ => "Tasks",
     };
-    let more = (list.len() == size as usize).then(|| {
+    let more = list.filter(|l| l.len() == size as usize).map(|list| {
         let mut next = format!(
             "{base}/tasks?state={}&step={}&machine={}&error={}",
             value(&q.state),
@@ -340,10 +341,14 @@ pub fn tasks(page: &Page, q: &ListQuery, list: &[TaskRow], size: u32) -> Markup 
             label { " Error contains " input name="error" value=(value(&q.error)); }
             button type="submit" { "Filter" }
         }
-        @if list.is_empty() {
-            p.empty { "No task matches." }
-        } @else {
-            (task_table(page, list))
+        @match list {
+            None => p.empty #slow {
+                "Finding these tasks took too long and was stopped: outside the parked ones, a \
+                 filter reads the table in id order until it has a page. Choose the parked state \
+                 (indexed), or start after a later id."
+            }
+            Some([]) => p.empty { "No task matches." }
+            Some(list) => (task_table(page, list))
         }
         @if let Some(next) = more { p { a href=(next) { "Next page" } } }
     };
