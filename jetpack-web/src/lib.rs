@@ -818,8 +818,11 @@ struct ActionForm {
     resume: Option<String>,
 }
 
-/// Task `id`'s row, refused when a worker holds it.
-async fn not_running(s: &Inner, id: i64) -> Result<TaskRow, Failure> {
+/// The task an action of `form` is on, checked: the form's token, the id,
+/// and that no worker holds the task.
+async fn acting_on(s: &Inner, id: &str, form: &ActionForm) -> Result<TaskRow, Failure> {
+    s.check_token(&form.csrf)?;
+    let id = task_id(id)?;
     let Some(row) = on!(&s.db, p => jetpack::find(p, id).await)? else {
         return Err(Failure::NotFound(format!(
             "no task {id}: it ended, or never existed; nothing changed"
@@ -843,9 +846,8 @@ async fn resume(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, Failure> {
-    s.check_token(&form.csrf)?;
-    let id = task_id(&id)?;
-    let row = not_running(&s, id).await?;
+    let row = acting_on(&s, &id, &form).await?;
+    let id = row.id;
     if row.state != TaskState::Parked {
         return Err(Failure::Conflict(format!(
             "task {id} is {}, not parked: nothing to resume; nothing changed",
@@ -865,9 +867,7 @@ async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, Failure> {
-    s.check_token(&form.csrf)?;
-    let id = task_id(&id)?;
-    not_running(&s, id).await?;
+    let id = acting_on(&s, &id, &form).await?.id;
     let reason = match form.reason.trim() {
         "" => "cancelled from the dashboard",
         reason => reason,
@@ -886,9 +886,7 @@ async fn edit(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, Failure> {
-    s.check_token(&form.csrf)?;
-    let id = task_id(&id)?;
-    not_running(&s, id).await?;
+    let id = acting_on(&s, &id, &form).await?.id;
     s.types.edit(&s.db, id, form.step.trim()).await?;
     if form.resume.is_some() && on!(&s.db, p => jetpack::resume(p, id).await)? {
         return Ok(back_to(&s, id, "edited-resumed"));

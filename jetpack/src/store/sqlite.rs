@@ -1777,17 +1777,23 @@ impl Listener for LocalNotices {
     }
 }
 
-/// A task's row for `find`, with running and scheduled told apart from ready.
-const FIND: &str = concat!(
-    "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
-    now!(),
-    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
-    now!(),
-    " THEN 'scheduled' ELSE state END,
+/// The columns of a task row ([`FoundRow`]), its state as `find` tells it.
+macro_rules! task_columns {
+    () => {
+        concat!(
+            "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+            now!(),
+            " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+            now!(),
+            " THEN 'scheduled' ELSE state END,
             step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
-            priority, unique_key
-     FROM jetpack_tasks WHERE id = ?1"
-);
+            priority, unique_key"
+        )
+    };
+}
+
+/// A task's row for `find`, with running and scheduled told apart from ready.
+const FIND: &str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = ?1");
 
 /// A task row as [`FIND`] selects it; times as the table's text.
 type FoundRow = (
@@ -1864,21 +1870,6 @@ const RECORDED_GRAPH: &str = "SELECT graph FROM jetpack_machines WHERE name = ?1
 /// Every recorded graph, by machine name.
 const RECORDED_GRAPHS: &str = "SELECT graph FROM jetpack_machines ORDER BY name";
 
-/// The columns of [`FIND`], for the admin's lists.
-macro_rules! task_columns {
-    () => {
-        concat!(
-            "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
-            now!(),
-            " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
-            now!(),
-            " THEN 'scheduled' ELSE state END,
-            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
-            priority, unique_key"
-        )
-    };
-}
-
 /// The children of task `?1`, by id (at most 100).
 const ADMIN_CHILDREN: &str = concat!(
     task_columns!(),
@@ -1937,14 +1928,8 @@ const ADMIN_COUNTS: &str = concat!(
 
 /// The tasks a filter takes (running ones too), after id `?6`, at most `?7`.
 const ADMIN_LIST: &str = concat!(
-    "SELECT id, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
-    now!(),
-    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
-    now!(),
-    " THEN 'scheduled' ELSE state END,
-            step, wakeup_at, tried, error, locked_by, lease_until, finished_at, parent_id, result,
-            priority, unique_key
-     FROM jetpack_tasks
+    task_columns!(),
+    " FROM jetpack_tasks
      WHERE (?1 IS NULL OR kind = ?1)
        AND (?2 IS NULL OR substr(kind, 1, instr(kind, '.') - 1) = ?2)
        AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
