@@ -49,7 +49,7 @@ macro_rules! bind_filter {
 }
 
 /// The reading methods of the admin API in `impl Backend`, the same on both
-/// backends but for their statements (`RECORDED_GRAPH`, `RECORDED_GRAPHS`,
+/// backends but for their statements (`FIND`, `RECORDED_GRAPH`, `RECORDED_GRAPHS`,
 /// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
 /// `ADMIN_BY_KEY`, `ADMIN_EDIT`) and rows (`FoundRow`, `task_row`),
 /// named where it expands.
@@ -66,6 +66,17 @@ macro_rules! admin_reads {
             Box::pin(async move {
                 let query = sqlx::query_scalar(RECORDED_GRAPH).bind(machine);
                 Ok(query.fetch_optional(db).await?)
+            })
+        }
+
+        fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let row: Option<FoundRow> =
+                    sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
+                row.map(task_row).transpose()
             })
         }
 

@@ -1593,16 +1593,6 @@ impl crate::Backend for Postgres {
         })
     }
 
-    fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            let row: Option<FoundRow> = sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
-            row.map(task_row).transpose()
-        })
-    }
-
     fn admin_change<'e, E>(
         db: E,
         filter: crate::admin::Filter,
