@@ -107,14 +107,16 @@ type Authorize = Arc<dyn Fn(&Parts, Access) -> bool + Send + Sync>;
 /// redrive's fields. Without them edits are refused and a redrive is checked
 /// against the recorded graphs only.
 trait Types: Send + Sync {
-    /// The name of the types, when there are any.
+    /// Whether there are types to decode with.
     fn typed(&self) -> bool;
+    /// Replaces task `id`'s step by `step`, decoded first when there are types.
     fn edit<'a>(
         &'a self,
         db: &'a Database,
         id: i64,
         step: &'a str,
     ) -> BoxFuture<'a, Result<(), jetpack::Error>>;
+    /// Moves tasks from step `from` to step `to`, checked as well as the types allow.
     fn redrive<'a>(
         &'a self,
         db: &'a Database,

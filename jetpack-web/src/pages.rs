@@ -317,9 +317,9 @@ pub fn tasks(page: &Page, q: &ListQuery, list: Option<&[TaskRow]>, size: u32) ->
     let more = list.filter(|l| l.len() == size as usize).map(|list| {
         let mut next = format!(
             "{base}/tasks?state={}&step={}&machine={}&error={}",
-            value(&q.state),
-            value(&q.step),
-            value(&q.machine),
+            encode(&value(&q.state)),
+            encode(&value(&q.step)),
+            encode(&value(&q.machine)),
             encode(&value(&q.error)),
         );
         if let Some(last) = list.last() {
