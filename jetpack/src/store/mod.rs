@@ -50,7 +50,7 @@ macro_rules! bind_filter {
 
 /// The reading methods of the admin API in `impl Backend`, the same on both
 /// backends but for their statements (`FIND`, `RECORDED_GRAPH`, `RECORDED_GRAPHS`,
-/// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
+/// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_LIST_PARKED`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
 /// `ADMIN_BY_KEY`, `ADMIN_EDIT`) and rows (`FoundRow`, `task_row`),
 /// named where it expands.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -144,7 +144,11 @@ macro_rules! admin_reads {
         {
             Box::pin(async move {
                 let (after, limit) = (filter.after_id, i64::from(filter.limit.unwrap_or(100)));
-                let rows: Vec<FoundRow> = bind_filter!(sqlx::query_as(ADMIN_LIST), filter)
+                let sql = match filter.state.as_deref() {
+                    Some("parked") => ADMIN_LIST_PARKED,
+                    _ => ADMIN_LIST,
+                };
+                let rows: Vec<FoundRow> = bind_filter!(sqlx::query_as(sql), filter)
                     .bind(after)
                     .bind(limit)
                     .fetch_all(db)

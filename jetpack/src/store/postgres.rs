@@ -1429,17 +1429,32 @@ SELECT kind, s, n FROM (
                      (state, total - running - scheduled)) v(s, n)
 WHERE n > 0 ORDER BY 1, 2";
 
-/// The tasks a filter takes, after id `$6`, at most `$7`. (A running task
-/// is listed too: the filter's last condition is for changes.)
-const ADMIN_LIST: &str = concat!(
-    task_columns!(),
-    " FROM jetpack_tasks
-WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR split_part(kind, '.', 1) = $2)
+/// The tasks a filter takes, after id `$6`, at most `$7`, with
+/// `$also` ANDed first (running tasks are listed too: the filter's last
+/// condition is for changes).
+macro_rules! admin_list {
+    ($also:literal) => {
+        concat!(
+            task_columns!(),
+            " FROM jetpack_tasks
+WHERE ",
+            $also,
+            "($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR split_part(kind, '.', 1) = $2)
   AND ($3::text IS NULL OR state = $3) AND ($4::text IS NULL OR strpos(error, $4) > 0)
   AND ($5::bigint IS NULL OR updated_at < now() - $5 * interval '1 microsecond')
   AND ($6::bigint IS NULL OR id > $6)
 ORDER BY id LIMIT $7"
-);
+        )
+    };
+}
+
+/// The tasks a filter takes.
+const ADMIN_LIST: &str = admin_list!("");
+
+/// [`ADMIN_LIST`] for parked tasks: the condition written out, so that the
+/// planner reads them through their partial index (a bound state it cannot
+/// match with the index's `WHERE`).
+const ADMIN_LIST_PARKED: &str = admin_list!("state = 'parked' AND ");
 
 /// Resumes the parked tasks a filter takes.
 const ADMIN_RESUME: &str = concat!(

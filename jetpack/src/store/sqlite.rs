@@ -1926,17 +1926,33 @@ const ADMIN_COUNTS: &str = concat!(
      FROM jetpack_tasks GROUP BY 1, 2 ORDER BY 1, 2"
 );
 
-/// The tasks a filter takes (running ones too), after id `?6`, at most `?7`.
-const ADMIN_LIST: &str = concat!(
-    task_columns!(),
-    " FROM jetpack_tasks
-     WHERE (?1 IS NULL OR kind = ?1)
+/// The tasks a filter takes, after id `?6`, at most `?7`, with
+/// `$also` ANDed first (running tasks are listed too: the filter's last
+/// condition is for changes).
+macro_rules! admin_list {
+    ($also:literal) => {
+        concat!(
+            task_columns!(),
+            " FROM jetpack_tasks
+     WHERE ",
+            $also,
+            "(?1 IS NULL OR kind = ?1)
        AND (?2 IS NULL OR substr(kind, 1, instr(kind, '.') - 1) = ?2)
        AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR instr(error, ?4) > 0)
        AND (?5 IS NULL OR updated_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?5 / 1000000.0) || ' seconds'))
        AND (?6 IS NULL OR id > ?6)
      ORDER BY id LIMIT ?7"
-);
+        )
+    };
+}
+
+/// The tasks a filter takes.
+const ADMIN_LIST: &str = admin_list!("");
+
+/// [`ADMIN_LIST`] for parked tasks: the condition written out, so that the
+/// planner reads them through their partial index (a bound state it cannot
+/// match with the index's `WHERE`).
+const ADMIN_LIST_PARKED: &str = admin_list!("state = 'parked' AND ");
 
 /// Resumes the parked tasks a filter takes.
 const ADMIN_RESUME: &str = concat!(
