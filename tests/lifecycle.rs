@@ -180,21 +180,23 @@ async fn hand_edits_keep_state_and_error_in_step(db: TestDb) {
             "{refused} was not refused"
         );
     }
-    let inserted = match &*db {
-        Db::Postgres(p) => jetpack::sqlx::query_scalar(
-            r#"INSERT INTO jetpack_tasks (step, error) VALUES ('{"Life":"Done"}', 'imported broken') RETURNING id"#,
-        )
-        .fetch_one(p)
-        .await
-        .unwrap(),
-        Db::Sqlite(p) => jetpack::sqlx::query_scalar(
-            r#"INSERT INTO jetpack_tasks (step, error) VALUES ('{"Life":"Done"}', 'imported broken') RETURNING id"#,
-        )
-        .fetch_one(p)
-        .await
-        .unwrap(),
-    };
-    assert_eq!(state(&db, inserted).await, Some(TaskState::Parked));
+    // Inserted by hand with an error: parked, with its kind written too (as
+    // a copy of another database's rows would be) or derived.
+    for insert in [
+        r#"INSERT INTO jetpack_tasks (step, error) VALUES ('{"Life":"Done"}', 'imported broken') RETURNING id"#,
+        r#"INSERT INTO jetpack_tasks (step, kind, error) VALUES ('{"Life":"Done"}', 'Life.Done', 'imported broken') RETURNING id"#,
+    ] {
+        let inserted: i64 = match &*db {
+            Db::Postgres(p) => jetpack::sqlx::query_scalar(insert).fetch_one(p).await,
+            Db::Sqlite(p) => jetpack::sqlx::query_scalar(insert).fetch_one(p).await,
+        }
+        .unwrap();
+        assert_eq!(
+            state(&db, inserted).await,
+            Some(TaskState::Parked),
+            "{insert}"
+        );
+    }
 
     set("UPDATE jetpack_tasks SET state = 'cancelled', error = 'by hand' WHERE id = $1").await;
     let row = db.find(id).await.unwrap();
