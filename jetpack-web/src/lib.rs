@@ -191,6 +191,7 @@ impl<T: Scheduler> Types for Typed<T> {
 pub struct Dashboard {
     db: Database,
     actions: bool,
+    list_wait: Duration,
     base: String,
     authorize: Option<Authorize>,
     types: Arc<dyn Types>,
@@ -203,6 +204,7 @@ impl Dashboard {
         Dashboard {
             db: db.into(),
             actions: false,
+            list_wait: Duration::from_millis(150),
             base: String::new(),
             authorize: None,
             types: Arc::new(Untyped),
@@ -220,6 +222,15 @@ impl Dashboard {
     /// Turns the actions on (off by default: the dashboard only reads).
     pub fn actions(mut self, on: bool) -> Self {
         self.actions = on;
+        self
+    }
+
+    /// How long a list of tasks may look for its page before it stops and
+    /// says so (150 ms by default). Parked tasks are indexed; other filters
+    /// read the table in id order until they have a page, which on a table of
+    /// a million tasks can take a quarter of a second.
+    pub fn list_wait(mut self, wait: Duration) -> Self {
+        self.list_wait = wait;
         self
     }
 
@@ -257,6 +268,7 @@ impl Dashboard {
         let inner = Arc::new(Inner {
             db: self.db,
             actions: self.actions,
+            list_wait: self.list_wait,
             base: self.base,
             authorize: self.authorize,
             types: self.types,
@@ -303,6 +315,7 @@ type Counts = BTreeMap<String, BTreeMap<String, i64>>;
 struct Inner {
     db: Database,
     actions: bool,
+    list_wait: Duration,
     base: String,
     authorize: Option<Authorize>,
     types: Arc<dyn Types>,
@@ -694,7 +707,7 @@ async fn tasks(
     // until it has a page, which on a big table can take a while: the page
     // says so instead of making its viewer wait.
     let read = async { on!(&s.db, p => admin::list(p, &filter).await) };
-    let list = match tokio::time::timeout(LIST_WAIT, read).await {
+    let list = match tokio::time::timeout(s.list_wait, read).await {
         Ok(list) => Some(list.map_err(|e| match e {
             jetpack::Error::Admin(text) => Failure::Bad(text),
             other => other.into(),
@@ -703,9 +716,6 @@ async fn tasks(
     };
     Ok(html(pages::tasks(&s.page(), &q, list.as_deref(), PAGE)))
 }
-
-/// How long a list may look for its tasks.
-const LIST_WAIT: Duration = Duration::from_millis(150);
 
 /// A task's id from its path, or a page saying what is wrong.
 fn task_id(text: &str) -> Result<i64, Failure> {

@@ -282,6 +282,17 @@ async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
     let db = TestDb::sqlite().await;
     let id = parked(&db, "missing.txt").await;
 
+    // A list that takes longer than it may says so.
+    let app = Dashboard::new(database(&db))
+        .list_wait(Duration::ZERO)
+        .router();
+    let (status, _, page) = get(&app, "/tasks?error=nowhere").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("took too long") && page.contains("parked state"),
+        "{page}"
+    );
+
     // Read-only (the default): no forms, and a post is refused.
     let app = Dashboard::new(database(&db)).router();
     let (_, _, page) = get(&app, &format!("/tasks/{id}")).await;
