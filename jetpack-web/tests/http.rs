@@ -282,17 +282,6 @@ async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
     let db = TestDb::sqlite().await;
     let id = parked(&db, "missing.txt").await;
 
-    // A list that takes longer than it may says so.
-    let app = Dashboard::new(database(&db))
-        .list_wait(Duration::ZERO)
-        .router();
-    let (status, _, page) = get(&app, "/tasks?error=nowhere").await;
-    assert_eq!(status, StatusCode::OK);
-    assert!(
-        page.contains("took too long") && page.contains("parked state"),
-        "{page}"
-    );
-
     // Read-only (the default): no forms, and a post is refused.
     let app = Dashboard::new(database(&db)).router();
     let (_, _, page) = get(&app, &format!("/tasks/{id}")).await;
@@ -344,5 +333,30 @@ async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
     assert!(
         db.find(id).await.and_then(|t| t.error).is_some(),
         "nothing changed"
+    );
+}
+
+/// A list that has not found its page in time stops and says why: here the
+/// table is locked by another transaction, so the list cannot finish.
+#[tokio::test]
+async fn a_list_that_takes_too_long_says_so() {
+    let db = TestDb::postgres().await;
+    let Db::Postgres(pool) = &*db else {
+        unreachable!("a PostgreSQL database")
+    };
+    let mut lock = pool.begin().await.expect("a transaction");
+    jetpack::sqlx::query("LOCK TABLE jetpack_tasks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("the lock");
+    let app = Dashboard::new(database(&db))
+        .list_wait(Duration::from_millis(100))
+        .router();
+    let (status, _, page) = get(&app, "/tasks?error=nowhere").await;
+    lock.rollback().await.expect("let go");
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("took too long") && page.contains("parked state"),
+        "{page}"
     );
 }
