@@ -199,6 +199,10 @@ async fn pages_and_actions(db: TestDb) {
         .expect("the task")
         .step
         .contains("missing.txt"));
+    let elsewhere = r#"{"Billing":{"Notify":{"account":1}}}"#;
+    let (status, _, page) = post(&app, &edit, &[("csrf", &csrf), ("step", elsewhere)]).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(page.contains("must stay in that machine"), "{page}");
     let good = r#"{"Greeter":{"ReadName":{"filename":"found.txt"}}}"#;
     let (status, location, _) = post(&app, &edit, &[("csrf", &csrf), ("step", good)]).await;
     assert_eq!(

@@ -281,8 +281,9 @@ where
 /// Replaces the step of task `id` by `step` (`{"Machine":{"Step":{..}}}`),
 /// checked first by decoding it as `T`: a parked task stays parked (resume
 /// it to run the new step), a ready one runs it when due. The history
-/// records the edit. A step that does not decode, or a task that is running,
-/// waiting, ended or missing, is an error, and nothing changes.
+/// records the edit. A step that does not decode or is of another machine,
+/// or a task that is running, waiting, ended or missing, is an error, and
+/// nothing changes.
 ///
 /// ```no_run
 /// # jetpack::task!(Greeter { ReadName });
@@ -295,20 +296,41 @@ where
 /// jetpack::resume(&pool, 42).await?;
 /// # Ok(()) }
 /// ```
-pub async fn edit<'e, T, E>(db: E, id: i64, step: &str) -> Result<(), Error>
+pub async fn edit<'a, T, A>(db: A, id: i64, step: &str) -> Result<(), Error>
 where
     T: Scheduler,
-    E: Executor<'e> + 'e,
-    E::Database: Backend,
+    A: Acquire<'a>,
+    A::Database: Backend,
+    for<'c> &'c mut <A::Database as sqlx::Database>::Connection:
+        Executor<'c, Database = A::Database>,
 {
-    if let Err(e) = serde_json::from_str::<T>(step) {
+    let value = match serde_json::from_str::<T>(step) {
+        Ok(value) => value,
+        Err(e) => {
+            return Err(Error::Admin(format!(
+                "the step does not decode ({e}): write {{\"Machine\":{{\"Step\":{{..fields..}}}}}} with the fields of one of the program's steps; nothing changed"
+            )))
+        }
+    };
+    let mut conn = db.acquire().await?;
+    let Some(task) = <A::Database as Backend>::find(&mut *conn, id).await? else {
         return Err(Error::Admin(format!(
-            "the step does not decode ({e}): write {{\"Machine\":{{\"Step\":{{..fields..}}}}}} with the fields of one of the program's steps; nothing changed"
+            "no task {id}: it ended, or never existed; nothing changed"
+        )));
+    };
+    // A task stays in its machine: its parent reads its output by that type.
+    let machine = serde_json::from_str::<serde_json::Value>(&task.step)
+        .ok()
+        .and_then(|v| v.as_object()?.keys().next().cloned());
+    if let Some(machine) = machine.filter(|m| m != value.machine_name()) {
+        return Err(Error::Admin(format!(
+            "task {id} is a task of {machine}: its step must stay in that machine, {} is another; nothing changed",
+            value.machine_name()
         )));
     }
-    match <E::Database as Backend>::admin_edit(db, id, step.to_string()).await? {
+    match <A::Database as Backend>::admin_edit(&mut *conn, id, step.to_string()).await? {
         0 => Err(Error::Admin(format!(
-            "task {id} is not ready or parked (or is running, or does not exist): nothing changed"
+            "task {id} is not ready or parked (or is running): nothing changed"
         ))),
         _ => Ok(()),
     }
