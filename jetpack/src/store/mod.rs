@@ -48,13 +48,14 @@ macro_rules! bind_filter {
     }};
 }
 
-/// The reading methods of the admin API in `impl Backend`, the same on both
+/// The admin API's methods in `impl Backend` that are the same on both
 /// backends but for their statements (`FIND`, `RECORDED_GRAPH`, `RECORDED_GRAPHS`,
 /// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_LIST_PARKED`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
-/// `ADMIN_BY_KEY`, `ADMIN_EDIT`) and rows (`FoundRow`, `task_row`),
-/// named where it expands.
+/// `ADMIN_BY_KEY`, `ADMIN_EDIT`, `ADMIN_RESUME`, `ADMIN_CANCEL`, `ADMIN_PURGE`),
+/// rows (`FoundRow`, `task_row`) and `wake_local` (after a change), named
+/// where it expands.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-macro_rules! admin_reads {
+macro_rules! admin_shared {
     () => {
         fn recorded_graph<'e, E>(
             db: E,
@@ -120,6 +121,31 @@ macro_rules! admin_reads {
                     .bind(step)
                     .execute(db)
                     .await?;
+                Ok(done.rows_affected())
+            })
+        }
+
+        fn admin_change<'e, E>(
+            db: E,
+            filter: crate::admin::Filter,
+            change: crate::admin::Change,
+        ) -> BoxFuture<'e, Result<u64, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                use crate::admin::Change;
+                let sql = match change {
+                    Change::Resume => ADMIN_RESUME,
+                    Change::Cancel(_) => ADMIN_CANCEL,
+                    Change::Purge => ADMIN_PURGE,
+                };
+                let mut query = bind_filter!(sqlx::query(sql), filter);
+                if let Change::Cancel(reason) = change {
+                    query = query.bind(reason);
+                }
+                let done = query.execute(db).await?;
+                wake_local();
                 Ok(done.rows_affected())
             })
         }

@@ -1361,6 +1361,10 @@ macro_rules! admin_filter {
 /// Task `$1`, for `find`.
 const FIND: &str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = $1");
 
+/// Tells this process's workers of a change by hand: nothing to do on
+/// PostgreSQL, whose triggers notify every worker.
+fn wake_local() {}
+
 /// The graph machine `$1` has recorded.
 const RECORDED_GRAPH: &str = "SELECT graph::text FROM jetpack_machines WHERE name = $1";
 
@@ -1559,7 +1563,7 @@ fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
 }
 
 impl crate::Backend for Postgres {
-    admin_reads!();
+    admin_shared!();
 
     fn activity<'e, E>(
         db: E,
@@ -1605,29 +1609,6 @@ impl crate::Backend for Postgres {
         Box::pin(async move {
             sqlx::query(SET_HISTORY).bind(on).execute(db).await?;
             Ok(())
-        })
-    }
-
-    fn admin_change<'e, E>(
-        db: E,
-        filter: crate::admin::Filter,
-        change: crate::admin::Change,
-    ) -> BoxFuture<'e, Result<u64, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            use crate::admin::Change;
-            let sql = match change {
-                Change::Resume => ADMIN_RESUME,
-                Change::Cancel(_) => ADMIN_CANCEL,
-                Change::Purge => ADMIN_PURGE,
-            };
-            let mut query = bind_filter!(sqlx::query(sql), filter);
-            if let Change::Cancel(reason) = change {
-                query = query.bind(reason);
-            }
-            Ok(query.execute(db).await?.rows_affected())
         })
     }
 

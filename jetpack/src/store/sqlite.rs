@@ -1867,6 +1867,12 @@ macro_rules! admin_filter {
 /// The graph machine `$1` has recorded.
 const RECORDED_GRAPH: &str = "SELECT graph FROM jetpack_machines WHERE name = ?1";
 
+/// Tells this process's workers of a change by hand (SQLite has no
+/// notifications: other processes see it at their next poll).
+fn wake_local() {
+    LOCAL_WAKE.notify_waiters();
+}
+
 /// Every recorded graph, by machine name.
 const RECORDED_GRAPHS: &str = "SELECT graph FROM jetpack_machines ORDER BY name";
 
@@ -2070,7 +2076,7 @@ fn read_time(text: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>,
 }
 
 impl crate::Backend for Sqlite {
-    admin_reads!();
+    admin_shared!();
 
     fn activity<'e, E>(
         db: E,
@@ -2195,31 +2201,6 @@ impl crate::Backend for Sqlite {
             let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
             LOCAL_WAKE.notify_waiters();
             Ok((last - n + 1..=last).collect())
-        })
-    }
-
-    fn admin_change<'e, E>(
-        db: E,
-        filter: crate::admin::Filter,
-        change: crate::admin::Change,
-    ) -> BoxFuture<'e, Result<u64, Error>>
-    where
-        E: Executor<'e, Database = Self> + 'e,
-    {
-        Box::pin(async move {
-            use crate::admin::Change;
-            let sql = match change {
-                Change::Resume => ADMIN_RESUME,
-                Change::Cancel(_) => ADMIN_CANCEL,
-                Change::Purge => ADMIN_PURGE,
-            };
-            let mut query = bind_filter!(sqlx::query(sql), filter);
-            if let Change::Cancel(reason) = change {
-                query = query.bind(reason);
-            }
-            let done = query.execute(db).await?;
-            LOCAL_WAKE.notify_waiters();
-            Ok(done.rows_affected())
         })
     }
 
