@@ -264,6 +264,7 @@ conformance!(
     a_family_is_cancelled_together,
     a_result_that_does_not_decode_parks_the_join,
     a_task_set_to_waiting_by_hand_is_refused_or_goes_on,
+    hand_written_states_that_would_stall_are_refused,
     ten_thousand_children_join_once,
 );
 
@@ -540,27 +541,88 @@ async fn a_result_that_does_not_decode_parks_the_join(db: TestDb) {
 }
 
 /// A row set to `waiting` by hand, waiting for neither a signal nor children,
-/// would wait forever: PostgreSQL refuses it; on SQLite (which cannot add the
-/// check to its table) the workers' timeout sweep finds it due and runs it.
+/// would wait forever: both backends refuse it, and the task runs on.
 async fn a_task_set_to_waiting_by_hand_is_refused_or_goes_on(db: TestDb) {
     db.create_app_tables().await;
     let id = db.enqueue(place(false, "wait")).await;
     let edit = "UPDATE jetpack_tasks SET state = 'waiting' WHERE id = $1";
-    match &*db {
-        Db::Postgres(_) => {
-            let refused = db.try_exec(edit, Some(id), None).await;
-            let error = refused.expect_err("PostgreSQL refuses a wait for nothing");
-            assert!(
-                error
-                    .to_string()
-                    .contains("jetpack_tasks_waiting_for_something"),
-                "{error}"
-            );
-        }
-        Db::Sqlite(_) => assert_eq!(db.exec(edit, Some(id), None).await, 1),
-    }
+    let refused = db.try_exec(edit, Some(id), None).await;
+    let error = refused.expect_err("a wait for nothing is refused");
+    assert!(
+        error
+            .to_string()
+            .contains("jetpack_tasks_waiting_for_something"),
+        "{error}"
+    );
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
     assert_eq!(recorded(&db, id).await, ["paid 500; 2 parcels"]);
+    w.shutdown().await;
+}
+
+/// Rows nothing would ever move on are refused, alike on both backends: a
+/// join's count set below zero (its last child's end would not wake the
+/// parent) or to zero while it waits, a task parked without an error (clearing
+/// `error` is how a parked task resumes), rows inserted waiting for nothing or
+/// parked without an error. The parent stays as it was and its join runs once
+/// its child ends.
+async fn hand_written_states_that_would_stall_are_refused(db: TestDb) {
+    db.create_app_tables().await;
+    let w = common::spawn(db.worker::<Tasks>().build().unwrap());
+    let parent = db.enqueue(Nap { n: 1, detached: 0 }).await;
+    reaches(&db, parent, TaskState::Waiting).await;
+    let edits = [
+        (
+            "UPDATE jetpack_tasks SET children_left = -1 WHERE id = $1",
+            "jetpack_tasks_children_left_not_negative",
+        ),
+        (
+            "UPDATE jetpack_tasks SET children_left = 0 WHERE id = $1",
+            "jetpack_tasks_waiting_for_something",
+        ),
+        (
+            "UPDATE jetpack_tasks SET state = 'parked' WHERE id = $1",
+            "jetpack_tasks_parked_with_error",
+        ),
+        (
+            r#"INSERT INTO jetpack_tasks (step, state) VALUES ('{"Idle":{"Sleep":null}}', 'waiting')"#,
+            "jetpack_tasks_waiting_for_something",
+        ),
+        (
+            r#"INSERT INTO jetpack_tasks (step, state) VALUES ('{"Idle":{"Sleep":null}}', 'parked')"#,
+            "jetpack_tasks_parked_with_error",
+        ),
+        (
+            r#"INSERT INTO jetpack_tasks (step, state, wait_for, children_left)
+               VALUES ('{"Idle":{"Sleep":null}}', 'waiting', 'ping', -2)"#,
+            "jetpack_tasks_children_left_not_negative",
+        ),
+    ];
+    for (sql, says) in edits {
+        let id = sql.starts_with("UPDATE").then_some(parent);
+        let refused = db.try_exec(sql, id, None).await;
+        let error = refused.map_err(|e| e.to_string());
+        assert!(
+            error.as_ref().is_err_and(|e| e.contains(says)),
+            "{sql}: {error:?}, not refused by {says}"
+        );
+    }
+    let row = db.find(parent).await.expect("the parent");
+    assert_eq!((row.state, row.error), (TaskState::Waiting, None));
+    assert_eq!(
+        db.scalar("SELECT count(*) FROM jetpack_tasks", None).await,
+        2,
+        "nothing was inserted"
+    );
+    let kids = children(&db, parent).await;
+    let [(child, _)] = kids.as_slice() else {
+        panic!("one child: {kids:?}")
+    };
+    let pinged = match &*db {
+        Db::Postgres(p) => jetpack::signal(p, jetpack::SignalTo::Task(*child), &Ping).await,
+        Db::Sqlite(p) => jetpack::signal(p, jetpack::SignalTo::Task(*child), &Ping).await,
+    };
+    assert_eq!(pinged.expect("ping"), jetpack::Delivery::Delivered);
+    assert_eq!(recorded(&db, parent).await, ["pinged"]);
     w.shutdown().await;
 }
 

@@ -122,9 +122,57 @@ async fn a_schedule_nobody_runs_leaves_its_row_alone(db: TestDb) {
     );
 }
 
+/// A last tick set far into the future by hand would stop the schedule for
+/// good without a word: the worker takes it for a hand edit, says so, and
+/// fires from now on.
+async fn a_last_tick_set_into_the_future_does_not_stop_the_schedule(db: TestDb) {
+    let schedule = Schedule::cron("every-second", "* * * * * *", |tick| Report {
+        at: tick.to_rfc3339(),
+    })
+    .expect("schedule");
+    let (logs, _guard) = common::capture_logs();
+    let worker = db.worker::<Tasks>().schedule(schedule).build();
+    let running = common::spawn(worker.expect("worker"));
+    let fired = "SELECT count(*) FROM jetpack_history WHERE event = 'enqueued'";
+    let fired_since = |at_least: i64| {
+        let db = &db;
+        async move {
+            common::wait_for(DEADLINE, || async {
+                Ok((db.scalar(fired, None).await >= at_least).then_some(()))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("the schedule did not fire {at_least} times: {e}"))
+        }
+    };
+    fired_since(1).await;
+    db.exec(
+        "UPDATE jetpack_schedules SET last_tick = '9999-12-31 00:00:00.000'",
+        None,
+        None,
+    )
+    .await;
+    let before = db.scalar(fired, None).await;
+    fired_since(before + 2).await;
+    running.shutdown().await;
+    assert_eq!(
+        db.scalar(
+            "SELECT count(*) FROM jetpack_schedules WHERE last_tick < '9000-01-01'",
+            None
+        )
+        .await,
+        1
+    );
+    let logs = logs.text();
+    assert!(
+        logs.contains("the schedule's last tick is in the future"),
+        "{logs}"
+    );
+}
+
 conformance!(
     three_processes_enqueue_each_tick_once_with_one_killed,
     a_schedule_nobody_runs_leaves_its_row_alone,
+    a_last_tick_set_into_the_future_does_not_stop_the_schedule,
 );
 
 #[test]

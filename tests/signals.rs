@@ -80,7 +80,38 @@ conformance!(
     a_signal_racing_its_timeout_has_one_winner,
     a_payload_that_does_not_decode_parks_the_task,
     kept_signals_are_deleted_after_their_period,
+    a_signal_without_a_payload_is_refused,
 );
+
+/// A signal sent by SQL with a NULL payload is refused (a NULL `signal` is
+/// what a wait that timed out reads): the task goes on waiting, and the next
+/// signal wakes it with its payload.
+async fn a_signal_without_a_payload_is_refused(db: TestDb) {
+    db.create_app_tables().await;
+    let w = common::spawn(db.worker::<Tasks>().build().unwrap());
+    let id = db.enqueue(ship(None, None)).await;
+    reaches(&db, id, TaskState::Waiting).await;
+    let sent = match &*db {
+        Db::Postgres(_) => "SELECT jetpack_signal($1, NULL, 'delivered', NULL)",
+        Db::Sqlite(_) => {
+            "INSERT INTO jetpack_signals (task_id, name, payload, verdict)
+             VALUES ($1, 'delivered', NULL, 'delivered')"
+        }
+    };
+    let refused = db.try_exec(sent, Some(id), None).await;
+    let error = refused.expect_err("a NULL payload is refused").to_string();
+    assert!(error.contains("NULL"), "{error}");
+    assert_eq!(
+        db.find(id).await.map(|row| row.state),
+        Some(TaskState::Waiting)
+    );
+    assert_eq!(
+        send(&db, SignalTo::Task(id), &delivered("DHL")).await,
+        Delivery::Delivered
+    );
+    assert_eq!(recorded(&db, id).await, ["DHL"]);
+    w.shutdown().await;
+}
 
 /// A signal no wait takes is deleted by the workers once kept long enough.
 async fn kept_signals_are_deleted_after_their_period(db: TestDb) {

@@ -2452,6 +2452,61 @@ mod tests {
         Ok(())
     }
 
+    /// Migration 0018 refuses rows that would stall; those already written
+    /// are parked saying what was wrong (a negative join count first set to
+    /// the awaited children still live), and clearing `error` resumes each.
+    #[tokio::test]
+    async fn rows_that_would_stall_are_parked_by_the_migration(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        const CHECKED: i64 = 20261207000018;
+        let pool = connect("sqlite::memory:").await?;
+        let migrator = migrator();
+        migrator.run_to(CHECKED - 1, &pool).await?;
+        sqlx::raw_sql(
+            r#"INSERT INTO jetpack_tasks (step) VALUES ('{"M":{"A":1}}'), ('{"M":{"B":2}}'),
+                   ('{"M":{"C":3}}'), ('{"M":{"D":4}}');
+               UPDATE jetpack_tasks SET state = 'parked' WHERE id = 1;
+               UPDATE jetpack_tasks SET state = 'waiting' WHERE id = 2;
+               UPDATE jetpack_tasks SET state = 'waiting', children_left = -1 WHERE id = 3;
+               UPDATE jetpack_tasks SET parent_id = 3, awaited = 'wait' WHERE id = 4;"#,
+        )
+        .execute(&pool)
+        .await?;
+        migrator.run_to(CHECKED, &pool).await?;
+        const ROWS: &str = "SELECT id, state, children_left, error FROM jetpack_tasks
+                            WHERE id < 4 ORDER BY id";
+        let rows: Vec<(i64, String, Option<i64>, Option<String>)> =
+            sqlx::query_as(ROWS).fetch_all(&pool).await?;
+        let said: Vec<_> = rows
+            .iter()
+            .map(|r| r.3.clone().unwrap_or_default())
+            .collect();
+        assert!(said[0].contains("parked without an error"), "{said:?}");
+        assert!(
+            said[1].contains("neither a signal nor children"),
+            "{said:?}"
+        );
+        assert!(said[2].contains("children_left was -1"), "{said:?}");
+        assert!(rows.iter().all(|r| r.1 == "parked"), "{rows:?}");
+        assert_eq!(rows[2].2, Some(1), "the child still awaited");
+
+        sqlx::query("UPDATE jetpack_tasks SET error = NULL WHERE id < 4")
+            .execute(&pool)
+            .await?;
+        let rows: Vec<(i64, String, Option<i64>, Option<String>)> =
+            sqlx::query_as(ROWS).fetch_all(&pool).await?;
+        assert_eq!(
+            rows,
+            [
+                (1, "ready".into(), None, None),
+                (2, "ready".into(), None, None),
+                (3, "waiting".into(), Some(1), None),
+            ],
+            "resumed: the parent waits for its child again"
+        );
+        Ok(())
+    }
+
     /// Migration 0004 rebuilds the table to relax its check: every row, the id
     /// sequence (a finished task's id is never given again) and the triggers
     /// survive it, and text that is not JSON written by hand is still refused.

@@ -14,6 +14,11 @@ use crate::Error;
 /// another worker fired, a clock that jumped).
 const LOOK_AGAIN: Duration = Duration::from_secs(60);
 
+/// How far a schedule's last tick may lie ahead of this worker's clock (the
+/// clocks of the workers that fire it differ a little) before it is taken
+/// for one written by hand: ticks after it would never come.
+const AHEAD: Duration = Duration::from_secs(300);
+
 pub(super) async fn run(rt: Arc<Runtime>, schedules: Arc<Vec<Schedule>>) {
     if schedules.is_empty() {
         return;
@@ -51,6 +56,20 @@ async fn fire(
     // has passed before it existed, so it does not run.
     let start = schedule.latest(now).unwrap_or(now);
     let last = rt.store.last_tick(&schedule.name, start).await?;
+    if last > now + AHEAD {
+        // Set by hand (or by a worker whose clock ran far ahead): the schedule
+        // would stop without a word. It starts again as if seen for the first
+        // time: from its latest tick, which does not run.
+        tracing::warn!(
+            schedule = %schedule.name,
+            last_tick = %last,
+            "the schedule's last tick is in the future (set by hand?), so it would never fire again; it fires from now on"
+        );
+        rt.store
+            .fire(&schedule.name, last, start, Vec::new())
+            .await?;
+        return Ok(schedule.after(now));
+    }
     let due = schedule.due(last, now);
     if let Some(&latest) = due.last() {
         let tasks = due
