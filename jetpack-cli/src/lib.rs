@@ -129,6 +129,11 @@ enum Command {
         /// Turn on resume, cancel, redrive and edits (each asks for confirmation).
         #[arg(long)]
         actions: bool,
+        /// A host name the dashboard answers for besides localhost and IP
+        /// addresses (the name a proxy or DNS gives it); repeat for more.
+        /// Requests naming other hosts are refused (DNS rebinding).
+        #[arg(long = "allowed-host", value_name = "NAME")]
+        allowed_hosts: Vec<String>,
     },
     /// Live counts per step, with a bar of how much of each step's backlog has
     /// drained since the watch began (Ctrl-C ends it). Without a terminal, or
@@ -623,14 +628,20 @@ async fn execute<Y: Types>(cli: Cli) -> Result<Outcome, String> {
             changed(json, "redrove", n);
         }
         Command::Watch { every, times } => watch(&db, json, every, times).await?,
-        Command::Serve { bind, actions } => {
+        Command::Serve {
+            bind,
+            actions,
+            allowed_hosts,
+        } => {
             // A missing table is said now, not on the first page.
             on!(&db, p => admin::counts(p).await).map_err(explain)?;
             let pool = match &db {
                 Db::Postgres(p) => jetpack_web::Database::from(p.clone()),
                 Db::Sqlite(p) => jetpack_web::Database::from(p.clone()),
             };
-            let dashboard = Y::dashboard(pool).actions(actions);
+            let dashboard = Y::dashboard(pool)
+                .actions(actions)
+                .allowed_hosts(allowed_hosts);
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .map_err(|e| format!("cannot listen on {bind}: {e}"))?;

@@ -371,7 +371,7 @@ async fn http(port: u16, request: &str) -> String {
 }
 
 /// `jetpack serve`: the dashboard of the database, on 127.0.0.1, read-only
-/// unless `--actions`.
+/// unless `--actions`, answering only for its own host names.
 #[tokio::test]
 async fn serve_answers_pages_and_is_read_only_by_default() {
     let db = TestDb::sqlite().await;
@@ -387,6 +387,7 @@ async fn serve_answers_pages_and_is_read_only_by_default() {
     let bind = format!("127.0.0.1:{port}");
     let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetpack"))
         .args(["--url", db.url.as_str(), "serve", "--bind", bind.as_str()])
+        .args(["--allowed-host", "jetpack.example.com"])
         .kill_on_drop(true)
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -417,6 +418,21 @@ async fn serve_answers_pages_and_is_read_only_by_default() {
     )
     .await;
     assert!(post.starts_with("HTTP/1.1 403"), "{post}");
+    // Names other than localhost, an IP address and --allowed-host are refused.
+    let host = |host: &str| {
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        async move { http(port, &request).await }
+    };
+    let rebound = host("evil.example").await;
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(
+        rebound.contains("does not answer for the host"),
+        "{rebound}"
+    );
+    let allowed = host(&format!("jetpack.example.com:{port}")).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    let local = host(&format!("localhost:{port}")).await;
+    assert!(local.starts_with("HTTP/1.1 200"), "{local}");
     assert_eq!(
         db.find(id).await.map(|t| t.state),
         Some(jetpack::TaskState::Ready)

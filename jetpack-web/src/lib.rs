@@ -191,6 +191,7 @@ impl<T: Scheduler> Types for Typed<T> {
 pub struct Dashboard {
     db: Database,
     actions: bool,
+    allowed_hosts: Vec<String>,
     list_wait: Duration,
     base: String,
     authorize: Option<Authorize>,
@@ -204,6 +205,7 @@ impl Dashboard {
         Dashboard {
             db: db.into(),
             actions: false,
+            allowed_hosts: Vec::new(),
             list_wait: Duration::from_millis(150),
             base: String::new(),
             authorize: None,
@@ -222,6 +224,28 @@ impl Dashboard {
     /// Turns the actions on (off by default: the dashboard only reads).
     pub fn actions(mut self, on: bool) -> Self {
         self.actions = on;
+        self
+    }
+
+    /// Host names a request may name (its `Host` header) besides `localhost`
+    /// and IP addresses, which are always answered: the name a proxy or a DNS
+    /// entry gives the dashboard, such as `jetpack.example.com` (the port
+    /// does not matter, nor case). Requests for any other name get 403: a
+    /// page of another site could otherwise point a name of its own at this
+    /// machine (DNS rebinding), and read the dashboard and its form token as
+    /// if it were the dashboard's own page. `"*"` answers every name, for a
+    /// dashboard behind a proxy that checks the host itself. Each call adds
+    /// to the names.
+    pub fn allowed_hosts<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let names = names.into_iter().map(|name| {
+            let name: String = name.into();
+            name.trim_end_matches('.').to_ascii_lowercase()
+        });
+        self.allowed_hosts.extend(names);
         self
     }
 
@@ -268,6 +292,7 @@ impl Dashboard {
         let inner = Arc::new(Inner {
             db: self.db,
             actions: self.actions,
+            allowed_hosts: self.allowed_hosts,
             list_wait: self.list_wait,
             base: self.base,
             authorize: self.authorize,
@@ -315,6 +340,8 @@ type Counts = BTreeMap<String, BTreeMap<String, i64>>;
 struct Inner {
     db: Database,
     actions: bool,
+    /// Host names answered besides `localhost` and IP addresses.
+    allowed_hosts: Vec<String>,
     list_wait: Duration,
     base: String,
     authorize: Option<Authorize>,
@@ -529,13 +556,17 @@ impl IntoResponse for Failure {
     }
 }
 
-/// Every request: the authorization hook; for changes, actions must be on and
+/// Every request: a host the dashboard answers for, the authorization hook; for changes, actions must be on and
 /// the request must come from the dashboard's own pages; every answer gets
 /// headers that keep it out of frames and other sites' scripts.
 async fn guard(State(s): State<Arc<Inner>>, request: Request, next: Next) -> Response {
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
     let access = if reads { Access::Read } else { Access::Act };
     let (parts, body) = request.into_parts();
+    let host = requested_host(&parts);
+    if !host_allowed(host, &s.allowed_hosts) {
+        return refused_host(host);
+    }
     let refused = if s
         .authorize
         .as_ref()
@@ -553,7 +584,12 @@ async fn guard(State(s): State<Arc<Inner>>, request: Request, next: Next) -> Res
         Some(text) => Failure::Forbidden(text.into()).into_response(),
         None => next.run(Request::from_parts(parts, body)).await,
     };
-    let headers = response.headers_mut();
+    secure(response.headers_mut());
+    response
+}
+
+/// The headers every answer gets: no frames, no other site's scripts.
+fn secure(headers: &mut axum::http::HeaderMap) {
     for (name, value) in [
         (
             header::CONTENT_SECURITY_POLICY,
@@ -565,6 +601,54 @@ async fn guard(State(s): State<Arc<Inner>>, request: Request, next: Next) -> Res
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+}
+
+/// The host a request names: its `Host` header (HTTP/1.1), or its URI's
+/// authority (HTTP/2, a proxy's absolute URI); without its port.
+fn requested_host(parts: &Parts) -> Option<&str> {
+    let host = match parts.headers.get(header::HOST) {
+        Some(host) => host.to_str().ok()?,
+        None => parts.uri.authority()?.as_str(),
+    };
+    let host = host.rsplit('@').next().unwrap_or(host);
+    Some(match host.strip_prefix('[') {
+        // [::1]:3000
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    })
+}
+
+/// Whether the dashboard answers for `host`: an IP address (a page can only
+/// make a browser name one by being served from it), `localhost` and its
+/// subdomains (which browsers resolve to this machine themselves), and the
+/// operator's names ([`Dashboard::allowed_hosts`]). A request that names no
+/// host is not answered.
+fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host.parse::<std::net::IpAddr>().is_ok()
+        || host == "localhost"
+        || host.ends_with(".localhost")
+        || allowed.iter().any(|name| *name == host || name == "*")
+}
+
+fn refused_host(host: Option<&str>) -> Response {
+    let text = match host {
+        Some(host) => format!(
+            "this dashboard does not answer for the host {host:?}: only for localhost, IP \
+             addresses and the names its operator allows (`Dashboard::allowed_hosts`, \
+             `jetpack serve --allowed-host {host}`), so that a page of another site cannot \
+             read it through a name pointed at this machine"
+        ),
+        None => "a request must name its host (the Host header)".to_string(),
+    };
+    let mut response = Failure::Forbidden(text).into_response();
+    secure(response.headers_mut());
     response
 }
 

@@ -45,7 +45,10 @@ async fn call(app: &Router, request: Request<Body>) -> (StatusCode, String, Stri
 async fn get(app: &Router, uri: &str) -> (StatusCode, String, String) {
     call(
         app,
-        Request::get(uri).body(Body::empty()).expect("a request"),
+        Request::get(uri)
+            .header(header::HOST, "localhost")
+            .body(Body::empty())
+            .expect("a request"),
     )
     .await
 }
@@ -327,6 +330,7 @@ async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
     let (status, _, _) = get(&app, "/").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let request = Request::get("/")
+        .header(header::HOST, "127.0.0.1:3000")
         .header("x-operator", "ann")
         .body(Body::empty())
         .expect("a request");
@@ -338,6 +342,73 @@ async fn read_only_untyped_and_authorized_dashboards_refuse_what_they_must() {
         db.find(id).await.and_then(|t| t.error).is_some(),
         "nothing changed"
     );
+}
+
+/// A request for a name other than localhost, an IP address or one the
+/// operator allows is refused, reads and actions alike: with DNS rebinding, a
+/// page of another site would otherwise read the dashboard (and its form
+/// token) through a name of its own.
+#[tokio::test]
+async fn requests_for_other_hosts_are_refused() {
+    let db = TestDb::sqlite().await;
+    let id = parked(&db, "missing.txt").await;
+    let on = |host: Option<&str>, uri: &str| {
+        let mut request = Request::get(uri);
+        if let Some(host) = host {
+            request = request.header(header::HOST, host);
+        }
+        request.body(Body::empty()).expect("a request")
+    };
+    let app = Dashboard::new(database(&db)).actions(true).router();
+    for host in [
+        "localhost",
+        "localhost:3000",
+        "127.0.0.1:3000",
+        "[::1]:3000",
+        "10.1.2.3",
+        "app.localhost",
+    ] {
+        let (status, _, page) = call(&app, on(Some(host), "/")).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {page}");
+    }
+    for host in [
+        Some("evil.example"),
+        Some("evil.example:3000"),
+        Some("127.0.0.1.evil.example"),
+        None,
+    ] {
+        let (status, _, page) = call(&app, on(host, &format!("/tasks/{id}"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host:?}: {page}");
+        assert!(!page.contains("missing.txt"), "{host:?}: {page}");
+    }
+    let (_, _, page) = call(&app, on(Some("evil.example:3000"), "/api/counts")).await;
+    assert!(page.contains("does not answer for the host"), "{page}");
+
+    // An action with the page's own token, through a rebound name: refused.
+    let (_, _, page) = get(&app, &format!("/tasks/{id}")).await;
+    let resume = Request::post(format!("/tasks/{id}/resume"))
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::HOST, "evil.example:3000")
+        .body(Body::from(format!("csrf={}", token(&page))))
+        .expect("a request");
+    let (status, _, _) = call(&app, resume).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        db.find(id).await.and_then(|t| t.error).is_some(),
+        "nothing changed"
+    );
+
+    // The operator's names, in any case and with any port; "*" for any.
+    let app = Dashboard::new(database(&db))
+        .allowed_hosts(["Jetpack.Example.com"])
+        .router();
+    let (status, _, _) = call(&app, on(Some("jetpack.example.COM:8443"), "/")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(&app, on(Some("evil.example"), "/")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let app = Dashboard::new(database(&db)).allowed_hosts(["*"]).router();
+    let (status, _, _) = call(&app, on(Some("evil.example"), "/")).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// A list that has not found its page in time stops and says why: here the
