@@ -114,6 +114,7 @@ impl Step<Other> for Elsewhere {
 
 conformance!(
     counts_lists_and_show,
+    counts_of_a_big_table_are_estimated_but_parked_and_waiting_ones,
     redrive_is_checked_against_the_machine_and_moves_parked_tasks,
     resume_cancel_and_purge_leave_held_tasks_alone,
     verify_lists_rows_the_program_cannot_run,
@@ -138,6 +139,86 @@ async fn parked_and_scheduled(db: &Db) -> (Vec<i64>, Vec<i64>) {
     }
     worker.shutdown().await;
     (parked, scheduled)
+}
+
+/// On a big table, `estimated_counts` estimates ready tasks from a sample of
+/// the ids and says so, and counts parked and waiting tasks exactly through
+/// their indexes; on a small one it is `counts`.
+async fn counts_of_a_big_table_are_estimated_but_parked_and_waiting_ones(db: TestDb) {
+    parked_and_scheduled(&db).await;
+    let exact = on!(db, p => admin::counts(p).await).expect("counts");
+    let small = on!(db, p => admin::estimated_counts(p).await).expect("counts");
+    assert_eq!(small, exact, "a small table is counted row by row");
+    assert!(small.iter().all(|c| !c.estimated));
+
+    // 150,000 ready tasks of one step, then 300 parked and 40 waiting at the
+    // end of the ids (the sample would miss most of them), by hand.
+    let fill = match &*db {
+        Db::Postgres(_) => {
+            "INSERT INTO jetpack_tasks (step, kind)
+             SELECT jsonb_build_object('Job', jsonb_build_object('Fixed', jsonb_build_object('n', i))), 'Job.Fixed'
+             FROM generate_series(1, 150000) i"
+        }
+        Db::Sqlite(_) => {
+            "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 150000)
+             INSERT INTO jetpack_tasks (step, kind)
+             SELECT '{\"Job\":{\"Fixed\":{\"n\":' || i || '}}}', 'Job.Fixed' FROM g"
+        }
+    };
+    db.exec(fill, None, None).await;
+    let (parked, waiting) = match &*db {
+        Db::Postgres(_) => (
+            "INSERT INTO jetpack_tasks (step, kind, error)
+             SELECT '{\"Job\":{\"Fail\":{\"n\":0}}}', 'Job.Fail', 'by hand' FROM generate_series(1, 300)",
+            "INSERT INTO jetpack_tasks (step, kind, state, wait_for, wakeup_at)
+             SELECT '{\"Job\":{\"Fixed\":{\"n\":0}}}', 'Job.Fixed', 'waiting', 'ping', '9999-12-31'
+             FROM generate_series(1, 40)",
+        ),
+        Db::Sqlite(_) => (
+            "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 300)
+             INSERT INTO jetpack_tasks (step, kind, error)
+             SELECT '{\"Job\":{\"Fail\":{\"n\":0}}}', 'Job.Fail', 'by hand' FROM g",
+            "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 40)
+             INSERT INTO jetpack_tasks (step, kind, state, wait_for, wakeup_at)
+             SELECT '{\"Job\":{\"Fixed\":{\"n\":0}}}', 'Job.Fixed', 'waiting', 'ping', '9999-12-31 00:00:00'
+             FROM g",
+        ),
+    };
+    db.exec(parked, None, None).await;
+    db.exec(waiting, None, None).await;
+
+    let counts = on!(db, p => admin::estimated_counts(p).await).expect("counts");
+    let of = |state: TaskState| {
+        let found = counts.iter().filter(|c| c.state == state);
+        found
+            .map(|c| (c.kind.as_str(), c.count, c.estimated))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of(TaskState::Parked),
+        [("Job.Fail", 303, false)],
+        "{counts:?}"
+    );
+    assert_eq!(
+        of(TaskState::Waiting),
+        [("Job.Fixed", 40, false)],
+        "{counts:?}"
+    );
+    let ready = of(TaskState::Ready);
+    let [("Job.Fixed", n, true)] = ready.as_slice() else {
+        panic!("ready tasks are estimated: {counts:?}")
+    };
+    assert!(
+        (142_500..=157_500).contains(n),
+        "150,000 ready, estimated {n}"
+    );
+    let exact = on!(db, p => admin::counts(p).await).expect("counts");
+    assert!(exact.iter().all(|c| !c.estimated));
+    assert!(
+        (exact.iter())
+            .any(|c| c.kind == "Job.Fixed" && c.state == TaskState::Ready && c.count == 150_000),
+        "{exact:?}"
+    );
 }
 
 async fn counts_lists_and_show(db: TestDb) {

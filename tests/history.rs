@@ -124,6 +124,17 @@ async fn every_transition_is_recorded_with_its_attempt(db: TestDb) {
         activity.moves,
         [("Flow.Start".to_string(), "Flow.Done".to_string(), 1)]
     );
+    // Each minute has its own moves, which add up to the window's.
+    let per_minute: Vec<_> = activity
+        .minutes
+        .iter()
+        .flat_map(|m| m.moves.clone())
+        .collect();
+    assert_eq!(per_minute, activity.moves, "{activity:?}");
+    assert_eq!(
+        jetpack::Activity::from_minutes(activity.minutes.clone()),
+        activity
+    );
     assert!(activity
         .minutes
         .iter()

@@ -60,8 +60,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Tasks per step and state.
-    Status,
+    /// Tasks per step and state. On a big table most counts are estimates
+    /// from a sample (marked ~); --exact counts every row (a scan).
+    Status {
+        /// Count every row, however big the table.
+        #[arg(long)]
+        exact: bool,
+    },
     /// The tasks a filter takes (100 by default).
     List(FilterArgs),
     /// One task's row and history.
@@ -462,23 +467,35 @@ async fn execute<Y: Types>(cli: Cli) -> Result<Outcome, String> {
                 println!("migrated {url}");
             }
         }
-        Command::Status => {
-            let counts = on!(&db, p => admin::counts(p).await).map_err(explain)?;
+        Command::Status { exact } => {
+            let counts = if exact {
+                on!(&db, p => admin::counts(p).await)
+            } else {
+                on!(&db, p => admin::estimated_counts(p).await)
+            };
+            let counts = counts.map_err(explain)?;
             if json {
                 let rows: Vec<Value> = (counts.iter())
-                    .map(|c| json!({ "step": c.kind, "state": format!("{:?}", c.state).to_lowercase(), "count": c.count }))
+                    .map(|c| json!({ "step": c.kind, "state": format!("{:?}", c.state).to_lowercase(), "count": c.count, "estimated": c.estimated }))
                     .collect();
                 println!("{}", Value::Array(rows));
             } else if counts.is_empty() {
                 println!("no tasks");
             } else {
-                println!("{:<40} {:<10} {:>8}", "STEP", "STATE", "TASKS");
+                let about = |estimated: bool| if estimated { "~" } else { "" };
+                println!("{:<40} {:<10} {:>9}", "STEP", "STATE", "TASKS");
                 for c in &counts {
                     let state = format!("{:?}", c.state).to_lowercase();
-                    println!("{:<40} {:<10} {:>8}", c.kind, state, c.count);
+                    let n = format!("{}{}", about(c.estimated), c.count);
+                    println!("{:<40} {:<10} {:>9}", c.kind, state, n);
                 }
                 let total: i64 = counts.iter().map(|c| c.count).sum();
-                println!("{:<40} {:<10} {:>8}", "", "total", total);
+                let estimated = counts.iter().any(|c| c.estimated);
+                let n = format!("{}{total}", about(estimated));
+                println!("{:<40} {:<10} {:>9}", "", "total", n);
+                if estimated {
+                    println!("~ estimated from a sample of the table (parked and waiting tasks are counted); --exact counts every row");
+                }
             }
         }
         Command::List(filter) => {
@@ -634,7 +651,7 @@ async fn execute<Y: Types>(cli: Cli) -> Result<Outcome, String> {
             allowed_hosts,
         } => {
             // A missing table is said now, not on the first page.
-            on!(&db, p => admin::counts(p).await).map_err(explain)?;
+            on!(&db, p => admin::estimated_counts(p).await).map_err(explain)?;
             let pool = match &db {
                 Db::Postgres(p) => jetpack_web::Database::from(p.clone()),
                 Db::Sqlite(p) => jetpack_web::Database::from(p.clone()),
@@ -672,15 +689,21 @@ async fn execute<Y: Types>(cli: Cli) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
-/// Per step, the live tasks (not finished or cancelled) by state.
+/// Per step, the live tasks (not finished or cancelled) by state; on a big
+/// table, estimated states are named with a `~` ([`admin::estimated_counts`]).
 type Live = std::collections::BTreeMap<String, std::collections::BTreeMap<String, i64>>;
 
 async fn live(db: &Db) -> Result<Live, String> {
-    let counts = on!(db, p => admin::counts(p).await).map_err(explain)?;
+    let counts = on!(db, p => admin::estimated_counts(p).await).map_err(explain)?;
     let mut live = Live::new();
     for c in counts {
         let state = format!("{:?}", c.state).to_lowercase();
-        if state != "finished" && state != "cancelled" {
+        let state = if c.estimated {
+            format!("~{state}")
+        } else {
+            state
+        };
+        if !state.ends_with("finished") && !state.ends_with("cancelled") {
             *live.entry(c.kind).or_default().entry(state).or_default() += c.count;
         }
     }

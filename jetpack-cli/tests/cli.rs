@@ -114,6 +114,11 @@ async fn commands_operate_on_tasks(db: TestDb) {
         ]
     );
     assert!(ok(&db, &["status"]).contains("Greeter.ReadName"));
+    // A small table is counted row by row, with or without --exact.
+    assert!(status
+        .as_array()
+        .is_some_and(|rows| rows.iter().all(|r| r["estimated"] == false)));
+    assert_eq!(json(&ok(&db, &["--json", "status", "--exact"])), status);
     let watched = ok(&db, &["--json", "watch", "--times", "2", "--every", "1s"]);
     let reports: Vec<Value> = watched.lines().map(json).collect();
     let want = serde_json::json!({ "Greeter.ReadName": { "parked": 1, "ready": 1 } });

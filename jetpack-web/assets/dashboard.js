@@ -10,14 +10,16 @@
   function counts() {
     const cells = document.querySelectorAll("[data-count], [data-total]");
     if (!cells.length) return;
-    get("/api/counts").then(({ counts }) => {
+    get("/api/counts").then(({ counts, estimated }) => {
       if (!counts) return;
       const of = (kind, state) => ((counts[kind] || {})[state] || 0);
+      // An estimate (a big table's sample) is shown as such.
+      const about = (state) => ((estimated || []).includes(state) ? "≈" : "");
       document.querySelectorAll("[data-count]").forEach((el) => {
         const [kind, state] = el.dataset.count.split("|");
         // A diagram's "ready" includes the scheduled, as its box says.
         const n = of(kind, state) + (state === "ready" && el.tagName === "tspan" ? of(kind, "scheduled") : 0);
-        el.textContent = n;
+        el.textContent = about(state) + n;
         if (state === "parked") {
           const box = el.closest("[data-step], td");
           if (box) box.classList.toggle("parked", n > 0);
@@ -28,7 +30,7 @@
         let n = 0;
         for (const kind in counts) if (kind.split(".")[0] === machine) n += counts[kind][state] || 0;
         const link = el.querySelector("a");
-        (link || el).textContent = n;
+        (link || el).textContent = about(state) + n;
         if (state === "parked") el.classList.toggle("parked", n > 0);
       });
     }).catch(() => {});

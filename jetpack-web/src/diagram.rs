@@ -94,6 +94,7 @@ pub fn svg(
     base: &str,
     graph: &RecordedGraph,
     count: impl Fn(&str, &str) -> Option<i64>,
+    about: impl Fn(&str) -> &'static str,
     moved: impl Fn(&str, &str) -> Option<i64>,
 ) -> Markup {
     let at = layout(graph);
@@ -189,12 +190,12 @@ pub fn svg(
                         rect x=(x) y=(y) width=(WIDTH) height=(HEIGHT) rx="9" {}
                         text.name x=(x + 12) y=(y + 22) { (step.name) @if step.initial { " ▸" } }
                         text.counts x=(x + 12) y=(y + 45) {
-                            "ready " tspan data-count=(format!("{k}|ready")) { (num(count(&k, "ready").zip(count(&k, "scheduled")).map(|(r, s)| r + s))) }
-                            " · running " tspan data-count=(format!("{k}|running")) { (num(count(&k, "running"))) }
+                            "ready " tspan data-count=(format!("{k}|ready")) { (about("ready")) (num(count(&k, "ready").zip(count(&k, "scheduled")).map(|(r, s)| r + s))) }
+                            " · running " tspan data-count=(format!("{k}|running")) { (about("running")) (num(count(&k, "running"))) }
                         }
                         text.counts x=(x + 12) y=(y + 65) {
-                            "waiting " tspan data-count=(format!("{k}|waiting")) { (num(count(&k, "waiting"))) }
-                            " · parked " tspan.parked-count data-count=(format!("{k}|parked")) { (num(parked)) }
+                            "waiting " tspan data-count=(format!("{k}|waiting")) { (about("waiting")) (num(count(&k, "waiting"))) }
+                            " · parked " tspan.parked-count data-count=(format!("{k}|parked")) { (about("parked")) (num(parked)) }
                         }
                     }
                 }
@@ -221,7 +222,7 @@ mod tests {
                 {"name":"D","initial":false,"next":[],"joins":[],"waits":[]}]}"#,
         );
         assert_eq!(layout(&g), [(0, 0), (1, 0), (2, 0), (0, 1)]);
-        let svg = svg("", &g, |_, _| Some(0), |_, _| None).into_string();
+        let svg = svg("", &g, |_, _| Some(0), |_| "", |_, _| None).into_string();
         assert_eq!(svg.matches("class=\"edge\"").count(), 5);
         assert!(svg.contains(r#"data-count="M.C|parked""#), "{svg}");
         assert!(svg.contains(r#"data-move="M.C|M.A""#), "{svg}");

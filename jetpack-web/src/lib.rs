@@ -333,8 +333,32 @@ impl Dashboard {
     }
 }
 
-/// Per kind (`Machine.Step`), the tasks per state.
-type Counts = BTreeMap<String, BTreeMap<String, i64>>;
+/// Per kind (`Machine.Step`), the tasks per state, and the states whose
+/// counts are estimates ([`admin::estimated_counts`]: on a big table, all but
+/// parked and waiting).
+#[derive(Debug, Default)]
+struct Counts {
+    per_kind: BTreeMap<String, BTreeMap<String, i64>>,
+    estimated: std::collections::BTreeSet<String>,
+}
+
+impl std::ops::Deref for Counts {
+    type Target = BTreeMap<String, BTreeMap<String, i64>>;
+    fn deref(&self) -> &Self::Target {
+        &self.per_kind
+    }
+}
+
+impl Counts {
+    /// `≈` before an estimated state's numbers, nothing before exact ones.
+    fn about(&self, state: &str) -> &'static str {
+        if self.estimated.contains(state) {
+            "≈"
+        } else {
+            ""
+        }
+    }
+}
 
 /// What the handlers share.
 struct Inner {
@@ -349,7 +373,15 @@ struct Inner {
     /// The forms' token: a cross-site page cannot read it.
     token: String,
     counts: Cached<Counts>,
-    activity: Cached<jetpack::Activity>,
+    activity: Cached<Recent>,
+}
+
+/// The last hour's activity as last read, kept minute by minute: each read
+/// asks the history only for the minutes since the last one, so that an hour
+/// of a million transitions is read once, not every few seconds.
+struct Recent {
+    activity: Arc<jetpack::Activity>,
+    read_at: jetpack::chrono::DateTime<jetpack::chrono::Utc>,
 }
 
 /// A value read in the background and kept: a page shows the last one read
@@ -459,13 +491,18 @@ impl Inner {
     async fn counts(self: &Arc<Self>, wait: Duration) -> Result<Option<Arc<Counts>>, Failure> {
         fn read(inner: Arc<Inner>) -> BoxFuture<'static, Result<Counts, jetpack::Error>> {
             Box::pin(async move {
-                let rows = on!(&inner.db, p => admin::counts(p).await)?;
-                let mut counts = Counts::new();
+                let rows = on!(&inner.db, p => admin::estimated_counts(p).await)?;
+                let mut counts = Counts::default();
                 for c in rows {
+                    let state = state_name(c.state);
+                    if c.estimated {
+                        counts.estimated.insert(state.clone());
+                    }
                     *counts
+                        .per_kind
                         .entry(c.kind)
                         .or_default()
-                        .entry(state_name(c.state))
+                        .entry(state)
                         .or_default() += c.count;
                 }
                 Ok(counts)
@@ -481,16 +518,39 @@ impl Inner {
         self: &Arc<Self>,
         wait: Duration,
     ) -> Result<Option<Arc<jetpack::Activity>>, Failure> {
-        fn read(
-            inner: Arc<Inner>,
-        ) -> BoxFuture<'static, Result<jetpack::Activity, jetpack::Error>> {
+        fn read(inner: Arc<Inner>) -> BoxFuture<'static, Result<Recent, jetpack::Error>> {
             Box::pin(async move {
-                let since = jetpack::chrono::Utc::now() - jetpack::chrono::Duration::hours(1);
-                on!(&inner.db, p => jetpack::activity(p, since).await)
+                use jetpack::chrono::{DurationRound, TimeDelta, Utc};
+                let now = Utc::now();
+                let minute = |t: jetpack::chrono::DateTime<Utc>| {
+                    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+                };
+                let window = now - TimeDelta::hours(1);
+                let last = (inner.activity.slot().value.as_ref()).map(|(_, kept)| kept.clone());
+                // The minutes since the one before the last read: a minute's
+                // rows can still come in while a transaction begun in it
+                // commits. The older ones are kept as they were read.
+                let since = (last.as_ref())
+                    .map(|last| minute(last.read_at) - TimeDelta::minutes(1))
+                    .filter(|since| *since > window)
+                    .unwrap_or(window);
+                let fresh = on!(&inner.db, p => jetpack::activity(p, since).await)?;
+                let mut minutes: Vec<jetpack::Minute> = (last.iter())
+                    .flat_map(|last| &last.activity.minutes)
+                    .filter(|m| m.at >= minute(window) && m.at < since)
+                    .cloned()
+                    .collect();
+                minutes.extend(fresh.minutes);
+                Ok(Recent {
+                    activity: Arc::new(jetpack::Activity::from_minutes(minutes)),
+                    read_at: now,
+                })
             })
         }
-        self.kept(|i| &i.activity, read, Duration::from_secs(4), wait)
-            .await
+        let recent = self
+            .kept(|i| &i.activity, read, Duration::from_secs(4), wait)
+            .await?;
+        Ok(recent.map(|r| r.activity.clone()))
     }
 
     fn check_token(&self, token: &str) -> Result<(), Failure> {
@@ -863,7 +923,10 @@ async fn search(
 
 async fn api_counts(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {
     let counts = s.counts(API_WAIT).await?;
-    Ok(Json(json!({ "counts": counts.as_deref() })))
+    Ok(Json(json!({
+        "counts": counts.as_deref().map(|c| &c.per_kind),
+        "estimated": counts.as_deref().map(|c| &c.estimated),
+    })))
 }
 
 async fn api_activity(State(s): State<Arc<Inner>>) -> Result<Json<Value>, Failure> {

@@ -105,6 +105,21 @@ pub fn num(n: Option<i64>) -> String {
     n.map_or_else(|| "…".to_string(), |n| n.to_string())
 }
 
+/// A count of tasks in `state`, marked `≈` when it is an estimate.
+fn counted(counts: Option<&Counts>, state: &str, n: Option<i64>) -> String {
+    let about = counts.map_or("", |c| c.about(state));
+    format!("{about}{}", num(n))
+}
+
+/// What the page says when some of its counts are estimates.
+fn estimates(counts: Option<&Counts>) -> Markup {
+    html! {
+        @if counts.is_some_and(|c| !c.estimated.is_empty()) {
+            p.note { "≈ The table is big: these counts are estimated from a sample of it. Parked and waiting tasks are counted one by one." }
+        }
+    }
+}
+
 /// Bars per minute over the last hour: moved or finished, and failed.
 fn chart(activity: Option<&Activity>) -> Markup {
     let now = jetpack::chrono::Utc::now().timestamp() / 60;
@@ -159,6 +174,7 @@ pub fn overview(
         @if machines.is_empty() {
             p.empty { "No machines yet: a worker records its machines when it starts, and tasks show here once enqueued." }
         } @else {
+            (estimates(counts))
             table.counts {
                 thead { tr { th { "Machine" } @for s in STATES { th.num { (s) } } } }
                 tbody {
@@ -170,8 +186,8 @@ pub fn overview(
                                 @let hot = s == "parked" && n.unwrap_or(0) > 0;
                                 td.num.parked[hot] data-total=(format!("{m}|{s}")) {
                                     @if s == "parked" {
-                                        a href=(format!("{base}/tasks?machine={m}&state=parked")) { (num(n)) }
-                                    } @else { (num(n)) }
+                                        a href=(format!("{base}/tasks?machine={m}&state=parked")) { (counted(counts, s, n)) }
+                                    } @else { (counted(counts, s, n)) }
                                 }
                             }
                         }
@@ -216,9 +232,10 @@ pub fn machine(
     let body = html! {
         h1 { "Machine " (name) }
         @match graph {
-            Some(g) => { div.diagram-frame { (diagram::svg(base, g, |k, s| count(counts, k, s), moved)) } }
+            Some(g) => { div.diagram-frame { (diagram::svg(base, g, |k, s| count(counts, k, s), |s| counts.map_or("", |c| c.about(s)), moved)) } }
             None => p.empty { "No worker has recorded this machine's graph: one does when it starts." }
         }
+        (estimates(counts))
         table.counts {
             thead { tr { th { "Step" } @for s in &STATES[..5] { th.num { (s) } } } }
             tbody {
@@ -227,7 +244,7 @@ pub fn machine(
                         td { a href=(format!("{base}/tasks?step={kind}")) { (kind) } }
                         @for s in &STATES[..5] {
                             @let n = count(counts, kind, s);
-                            td.num.parked[*s == "parked" && n.unwrap_or(0) > 0] data-count=(format!("{kind}|{s}")) { (num(n)) }
+                            td.num.parked[*s == "parked" && n.unwrap_or(0) > 0] data-count=(format!("{kind}|{s}")) { (counted(counts, s, n)) }
                         }
                     }
                 }

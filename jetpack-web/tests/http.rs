@@ -411,6 +411,71 @@ async fn requests_for_other_hosts_are_refused() {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// The last hour's activity is read minute by minute: after the first read,
+/// the dashboard asks the history only for the latest minutes and keeps the
+/// older ones. Here a move of half an hour ago is deleted from the history
+/// after the first read: it is still counted, with the move made since.
+/// (The history is written in time order, as Jetpack writes it.)
+async fn the_last_hour_is_read_minute_by_minute(db: TestDb) {
+    let (earlier, now) = match &*db {
+        Db::Postgres(_) => (
+            "INSERT INTO jetpack_history (task_id, at, event, from_kind, to_kind)
+             VALUES (2, now() - interval '2 hours', 'next', 'Greeter.ReadName', 'Greeter.SayHello'),
+                    (1, now() - interval '30 minutes', 'next', 'Greeter.ReadName', 'Greeter.SayHello')",
+            "INSERT INTO jetpack_history (task_id, event, from_kind, to_kind)
+             VALUES (3, 'next', 'Greeter.ReadName', 'Greeter.SayHello')",
+        ),
+        Db::Sqlite(_) => (
+            "INSERT INTO jetpack_history (task_id, at, event, from_kind, to_kind)
+             VALUES (2, strftime('%Y-%m-%d %H:%M:%f', 'now', '-2 hours'), 'next', 'Greeter.ReadName', 'Greeter.SayHello'),
+                    (1, strftime('%Y-%m-%d %H:%M:%f', 'now', '-30 minutes'), 'next', 'Greeter.ReadName', 'Greeter.SayHello')",
+            "INSERT INTO jetpack_history (task_id, event, from_kind, to_kind)
+             VALUES (3, 'next', 'Greeter.ReadName', 'Greeter.SayHello')",
+        ),
+    };
+    db.exec(earlier, None, None).await;
+    let app = Dashboard::new(database(&db)).router();
+    let moved = |body: &str| -> Option<i64> {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        let moves = value.get("moves")?.as_array()?;
+        let edge = moves
+            .iter()
+            .find(|m| m[0] == "Greeter.ReadName" && m[1] == "Greeter.SayHello");
+        Some(edge.map_or(0, |m| m[2].as_i64().unwrap_or(0)))
+    };
+    let (_, _, first) = get(&app, "/api/activity").await;
+    assert_eq!(
+        moved(&first),
+        Some(1),
+        "the move of two hours ago is out: {first}"
+    );
+
+    db.exec("DELETE FROM jetpack_history WHERE task_id = 1", None, None)
+        .await;
+    db.exec(now, None, None).await;
+    let seen = wait_for(Duration::from_secs(20), || async {
+        let (_, _, body) = get(&app, "/api/activity").await;
+        Ok((moved(&body) != Some(1)).then_some(body))
+    })
+    .await
+    .expect("the new move is read");
+    assert_eq!(
+        moved(&seen),
+        Some(2),
+        "the minute of half an hour ago was kept: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn postgres_the_last_hour_is_read_minute_by_minute() {
+    the_last_hour_is_read_minute_by_minute(TestDb::postgres().await).await
+}
+
+#[tokio::test]
+async fn sqlite_the_last_hour_is_read_minute_by_minute() {
+    the_last_hour_is_read_minute_by_minute(TestDb::sqlite().await).await
+}
+
 /// A list that has not found its page in time stops and says why: here the
 /// table is locked by another transaction, so the list cannot finish.
 #[tokio::test]

@@ -169,7 +169,7 @@ pub struct Activity {
 }
 
 /// One minute of [`Activity`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Minute {
     /// The minute's start.
@@ -180,28 +180,59 @@ pub struct Minute {
     pub finished: i64,
     /// Attempts that failed (retried or parked).
     pub failed: i64,
+    /// How many of the moves went along each edge (`from` kind, `to` kind).
+    pub moves: Vec<(String, String, i64)>,
 }
 
 impl Activity {
-    /// Reads the two JSON lists a backend's statement returns.
-    pub(crate) fn read(minutes: &str, moves: &str) -> Result<Self, Error> {
-        let bad = |e: serde_json::Error| Error::Admin(format!("the activity does not read: {e}"));
-        let minutes: Vec<(i64, i64, i64, i64)> = serde_json::from_str(minutes).map_err(bad)?;
-        let moves = serde_json::from_str(moves).map_err(bad)?;
-        Ok(Activity {
-            minutes: minutes
-                .into_iter()
-                .filter_map(|(at, moved, finished, failed)| {
-                    Some(Minute {
-                        at: DateTime::from_timestamp(at, 0)?,
-                        moved,
-                        finished,
-                        failed,
-                    })
-                })
-                .collect(),
-            moves,
-        })
+    /// The activity of `minutes` (oldest first), their moves summed per edge:
+    /// to keep a window of minutes up to date by reading only the newest
+    /// ones (the dashboard keeps its last hour so).
+    pub fn from_minutes(minutes: Vec<Minute>) -> Self {
+        let mut moves = std::collections::BTreeMap::<(String, String), i64>::new();
+        for (from, to, n) in minutes.iter().flat_map(|m| &m.moves) {
+            *moves.entry((from.clone(), to.clone())).or_default() += n;
+        }
+        Activity {
+            minutes,
+            moves: moves.into_iter().map(|((f, t), n)| (f, t, n)).collect(),
+        }
+    }
+
+    /// Reads the JSON list a backend's statement returns: per minute and
+    /// edge (none for what is not a move), `[unix seconds, from, to, moved,
+    /// finished, failed]`, by minute.
+    pub(crate) fn read(rows: &str) -> Result<Self, Error> {
+        type Row = (i64, Option<String>, Option<String>, i64, i64, i64);
+        let rows: Vec<Row> = serde_json::from_str(rows)
+            .map_err(|e| Error::Admin(format!("the activity does not read: {e}")))?;
+        let mut minutes: Vec<Minute> = Vec::new();
+        for (at, from, to, moved, finished, failed) in rows {
+            let Some(at) = DateTime::from_timestamp(at, 0) else {
+                continue;
+            };
+            let minute = match minutes.last_mut() {
+                Some(last) if last.at == at => last,
+                _ => {
+                    minutes.push(Minute {
+                        at,
+                        moved: 0,
+                        finished: 0,
+                        failed: 0,
+                        moves: Vec::new(),
+                    });
+                    let last = minutes.len() - 1;
+                    &mut minutes[last]
+                }
+            };
+            minute.moved += moved;
+            minute.finished += finished;
+            minute.failed += failed;
+            if let (Some(from), Some(to), true) = (from, to, moved > 0) {
+                minute.moves.push((from, to, moved));
+            }
+        }
+        Ok(Activity::from_minutes(minutes))
     }
 }
 

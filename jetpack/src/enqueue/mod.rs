@@ -95,6 +95,19 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
         E: Executor<'e, Database = Self> + 'e;
 
     #[doc(hidden)]
+    fn admin_id_span<'e, E>(db: E) -> BoxFuture<'e, Result<Option<(i64, i64)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
+    fn admin_tally<'e, E>(
+        db: E,
+        which: crate::admin::Tally,
+    ) -> BoxFuture<'e, Result<Vec<(String, String, i64)>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    #[doc(hidden)]
     fn admin_list<'e, E>(
         db: E,
         filter: crate::admin::Filter,

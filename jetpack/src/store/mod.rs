@@ -50,7 +50,7 @@ macro_rules! bind_filter {
 
 /// The admin API's methods in `impl Backend` that are the same on both
 /// backends but for their statements (`FIND`, `RECORDED_GRAPH`, `RECORDED_GRAPHS`,
-/// `ADMIN_COUNTS`, `ADMIN_LIST`, `ADMIN_LIST_PARKED`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
+/// `ADMIN_COUNTS`, `ADMIN_ID_SPAN`, `ADMIN_SAMPLE`, `ADMIN_INDEXED`, `ADMIN_LIST`, `ADMIN_LIST_PARKED`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
 /// `ADMIN_BY_KEY`, `ADMIN_EDIT`, `ADMIN_RESUME`, `ADMIN_CANCEL`, `ADMIN_PURGE`),
 /// rows (`FoundRow`, `task_row`) and `wake_local` (after a change), named
 /// where it expands.
@@ -158,6 +158,41 @@ macro_rules! admin_shared {
                 let rows: Vec<(String, String, i64)> =
                     sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
                 crate::admin::counted(rows)
+            })
+        }
+
+        fn admin_id_span<'e, E>(db: E) -> BoxFuture<'e, Result<Option<(i64, i64)>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                let (lo, hi): (Option<i64>, Option<i64>) =
+                    sqlx::query_as(ADMIN_ID_SPAN).fetch_one(db).await?;
+                Ok(lo.zip(hi))
+            })
+        }
+
+        fn admin_tally<'e, E>(
+            db: E,
+            which: crate::admin::Tally,
+        ) -> BoxFuture<'e, Result<Vec<(String, String, i64)>, Error>>
+        where
+            E: Executor<'e, Database = Self> + 'e,
+        {
+            Box::pin(async move {
+                use crate::admin::Tally;
+                let query = match which {
+                    Tally::Sample {
+                        first,
+                        stride,
+                        strata,
+                    } => sqlx::query_as(ADMIN_SAMPLE)
+                        .bind(first)
+                        .bind(stride)
+                        .bind(strata),
+                    Tally::Indexed { limit } => sqlx::query_as(ADMIN_INDEXED).bind(limit),
+                };
+                Ok(query.fetch_all(db).await?)
             })
         }
 

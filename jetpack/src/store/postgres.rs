@@ -1395,43 +1395,71 @@ const ADMIN_EDIT: &str = "
 UPDATE jetpack_tasks SET step = $2::text::jsonb, updated_at = now()
 WHERE id = $1 AND state IN ('ready', 'parked') AND (locked_by IS NULL OR lease_until <= now())";
 
-/// The history since `$1`: per minute, the moves, finishes and failed
-/// attempts (`[[unix seconds, moved, finished, failed], ..]`), and the moves
-/// per edge (`[[from, to, count], ..]`), read in one pass.
+/// The history since `$1`, per minute and edge, `[[unix seconds, from,
+/// to, moved, finished, failed], ..]` by minute (`from` and `to` are NULL
+/// for what is not a move). Read through the BRIN index on `at`, so that a
+/// read of the last minutes costs what those minutes hold.
 const ACTIVITY: &str = "
-WITH recent AS MATERIALIZED (
-    SELECT at, event, from_kind, to_kind FROM jetpack_history WHERE at >= $1
-)
-SELECT
-    (SELECT coalesce(json_agg(json_build_array(extract(epoch FROM m)::int8, moved, finished, failed)
-                              ORDER BY m), '[]')::text
-     FROM (SELECT date_trunc('minute', at) AS m,
-                  count(*) FILTER (WHERE event IN ('next', 'wait', 'join')) AS moved,
-                  count(*) FILTER (WHERE event = 'finished') AS finished,
-                  count(*) FILTER (WHERE event IN ('retry', 'parked')) AS failed
-           FROM recent GROUP BY 1) per),
-    (SELECT coalesce(json_agg(json_build_array(from_kind, to_kind, n) ORDER BY from_kind, to_kind),
-                     '[]')::text
-     FROM (SELECT from_kind, to_kind, count(*) AS n FROM recent
-           WHERE event IN ('next', 'wait', 'join') AND from_kind IS NOT NULL AND to_kind IS NOT NULL
-           GROUP BY 1, 2) edges)";
+SELECT coalesce(json_agg(json_build_array(extract(epoch FROM m)::int8, f, t, moved, finished, failed)
+                ORDER BY m, f, t), '[]')::text
+FROM (SELECT date_trunc('minute', at) AS m,
+             CASE WHEN event IN ('next', 'wait', 'join') THEN from_kind END AS f,
+             CASE WHEN event IN ('next', 'wait', 'join') THEN to_kind END AS t,
+             count(*) FILTER (WHERE event IN ('next', 'wait', 'join')) AS moved,
+             count(*) FILTER (WHERE event = 'finished') AS finished,
+             count(*) FILTER (WHERE event IN ('retry', 'parked')) AS failed
+      FROM jetpack_history WHERE at >= $1 GROUP BY 1, 2, 3) per";
 
-/// Counts per step and state, running and scheduled told apart from ready.
-/// Grouped by the plain columns, so that PostgreSQL hashes the groups: a
-/// `CASE` in the `GROUP BY` made it sort the whole table instead (a million
-/// tasks: 185 ms against 385).
-const ADMIN_COUNTS: &str = "
-SELECT kind, s, n FROM (
+/// Counts per step and state of the rows `FROM $from`, running and scheduled
+/// told apart from ready. Grouped by the plain columns, so that PostgreSQL
+/// hashes the groups: a `CASE` in the `GROUP BY` made it sort the whole table
+/// instead (a million tasks: 185 ms against 385).
+macro_rules! counts_of {
+    ($from:literal) => {
+        concat!(
+            "SELECT kind, s, n FROM (
     SELECT kind, state,
            count(*) FILTER (WHERE state = 'ready'
                               AND coalesce(locked_by IS NOT NULL AND lease_until > now(), false)) AS running,
            count(*) FILTER (WHERE state = 'ready' AND wakeup_at > now()
                               AND NOT coalesce(locked_by IS NOT NULL AND lease_until > now(), false)) AS scheduled,
            count(*) AS total
-    FROM jetpack_tasks GROUP BY kind, state
+    FROM ",
+            $from,
+            " GROUP BY kind, state
 ) g, LATERAL (VALUES ('running', running), ('scheduled', scheduled),
                      (state, total - running - scheduled)) v(s, n)
-WHERE n > 0 ORDER BY 1, 2";
+WHERE n > 0 ORDER BY 1, 2"
+        )
+    };
+}
+
+/// Counts per step and state, of every row.
+const ADMIN_COUNTS: &str = counts_of!("jetpack_tasks");
+
+/// The lowest and the highest id, through the primary key.
+const ADMIN_ID_SPAN: &str =
+    "SELECT (SELECT min(id) FROM jetpack_tasks), (SELECT max(id) FROM jetpack_tasks)";
+
+/// Counts per step and state of the tasks with ids in `[$1 + i * $2, $1 + i
+/// * $2 + 20)` for `i` in `0..$3`: one range of the primary key per stratum.
+/// (The `LIMIT` tells the planner how few rows a range holds: without it, it
+/// guessed a tenth of the table per range and compiled the plan with JIT.)
+const ADMIN_SAMPLE: &str = counts_of!(
+    "generate_series(0, $3 - 1) g, LATERAL (
+         SELECT kind, state, locked_by, lease_until, wakeup_at FROM jetpack_tasks t
+         WHERE t.id >= $1 + g * $2 AND t.id < $1 + g * $2 + 20
+         LIMIT 20) t"
+);
+
+/// Parked and waiting tasks per step through their partial indexes, at most
+/// `$1` rows of each.
+const ADMIN_INDEXED: &str = "
+SELECT kind, 'parked', count(*) FROM (
+    SELECT kind FROM jetpack_tasks WHERE state = 'parked' LIMIT $1) p GROUP BY kind
+UNION ALL
+SELECT kind, 'waiting', count(*) FROM (
+    SELECT kind FROM jetpack_tasks WHERE state = 'waiting' LIMIT $1) w GROUP BY kind";
 
 /// The tasks a filter takes, after id `$6`, at most `$7`, with
 /// `$also` ANDed first (running tasks are listed too: the filter's last
@@ -1573,9 +1601,11 @@ impl crate::Backend for Postgres {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let (minutes, moves): (String, String) =
-                sqlx::query_as(ACTIVITY).bind(since).fetch_one(db).await?;
-            crate::history::Activity::read(&minutes, &moves)
+            let rows: String = sqlx::query_scalar(ACTIVITY)
+                .bind(since)
+                .fetch_one(db)
+                .await?;
+            crate::history::Activity::read(&rows)
         })
     }
 

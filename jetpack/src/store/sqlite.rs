@@ -1901,36 +1901,62 @@ const ADMIN_EDIT: &str = concat!(
     ")"
 );
 
-/// The history since `?1` (see the PostgreSQL backend). The history has no
-/// index on `at`: the rows since then are those after the newest one before
-/// it, found by reading back from the end.
+/// The history since `?1`, per minute and edge (see the PostgreSQL
+/// backend). The history has no index on `at`: the rows since then are those
+/// after the newest one before it, found by reading back from the end.
 const ACTIVITY: &str = "
-WITH recent AS MATERIALIZED (
-    SELECT at, event, from_kind, to_kind FROM jetpack_history
-    WHERE id > coalesce((SELECT id FROM jetpack_history WHERE at < ?1 ORDER BY id DESC LIMIT 1), 0)
-      AND at >= ?1
-)
-SELECT
-    (SELECT coalesce(json_group_array(json_array(m, moved, finished, failed)), '[]')
-     FROM (SELECT CAST(strftime('%s', substr(at, 1, 16) || ':00') AS INTEGER) AS m,
-                  sum(event IN ('next', 'wait', 'join')) AS moved,
-                  sum(event = 'finished') AS finished,
-                  sum(event IN ('retry', 'parked')) AS failed
-           FROM recent GROUP BY 1 ORDER BY 1)),
-    (SELECT coalesce(json_group_array(json_array(from_kind, to_kind, n)), '[]')
-     FROM (SELECT from_kind, to_kind, count(*) AS n FROM recent
-           WHERE event IN ('next', 'wait', 'join') AND from_kind IS NOT NULL AND to_kind IS NOT NULL
-           GROUP BY 1, 2 ORDER BY 1, 2))";
+SELECT coalesce(json_group_array(json_array(m, f, t, moved, finished, failed)), '[]')
+FROM (SELECT CAST(strftime('%s', substr(at, 1, 16) || ':00') AS INTEGER) AS m,
+             CASE WHEN event IN ('next', 'wait', 'join') THEN from_kind END AS f,
+             CASE WHEN event IN ('next', 'wait', 'join') THEN to_kind END AS t,
+             sum(event IN ('next', 'wait', 'join')) AS moved,
+             sum(event = 'finished') AS finished,
+             sum(event IN ('retry', 'parked')) AS failed
+      FROM jetpack_history
+      WHERE id > coalesce((SELECT id FROM jetpack_history WHERE at < ?1 ORDER BY id DESC LIMIT 1), 0)
+        AND at >= ?1
+      GROUP BY 1, 2, 3 ORDER BY 1, 2, 3)";
 
-/// Counts per step and state.
-const ADMIN_COUNTS: &str = concat!(
-    "SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
-    now!(),
-    " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
-    now!(),
-    " THEN 'scheduled' ELSE state END AS s, count(*)
-     FROM jetpack_tasks GROUP BY 1, 2 ORDER BY 1, 2"
+/// Counts per step and state of the rows `FROM $from`.
+macro_rules! counts_of {
+    ($from:literal) => {
+        concat!(
+            "SELECT kind, CASE WHEN state = 'ready' AND locked_by IS NOT NULL AND lease_until > ",
+            now!(),
+            " THEN 'running' WHEN state = 'ready' AND wakeup_at > ",
+            now!(),
+            " THEN 'scheduled' ELSE state END AS s, count(*) FROM ",
+            $from,
+            " GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    };
+}
+
+/// Counts per step and state, of every row.
+const ADMIN_COUNTS: &str = counts_of!("jetpack_tasks");
+
+/// The lowest and the highest id, through the primary key (`min` and `max`
+/// in one `SELECT` would read the table).
+const ADMIN_ID_SPAN: &str =
+    "SELECT (SELECT min(id) FROM jetpack_tasks), (SELECT max(id) FROM jetpack_tasks)";
+
+/// Counts per step and state of the tasks with ids in `[?1 + i * ?2, ?1 + i
+/// * ?2 + 20)` for `i` in `0..?3`: one range of the rowid per stratum (the
+/// `CROSS JOIN` keeps the strata the outer loop).
+const ADMIN_SAMPLE: &str = counts_of!(
+    "(WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < ?3 - 1)
+      SELECT i FROM g) g
+     CROSS JOIN jetpack_tasks t ON t.id >= ?1 + g.i * ?2 AND t.id < ?1 + g.i * ?2 + 20"
 );
+
+/// Parked and waiting tasks per step through their partial indexes, at most
+/// `?1` rows of each (the states written out, for SQLite to match the indexes).
+const ADMIN_INDEXED: &str = "
+SELECT kind, 'parked', count(*) FROM (
+    SELECT kind FROM jetpack_tasks WHERE state = 'parked' LIMIT ?1) GROUP BY kind
+UNION ALL
+SELECT kind, 'waiting', count(*) FROM (
+    SELECT kind FROM jetpack_tasks WHERE state = 'waiting' LIMIT ?1) GROUP BY kind";
 
 /// The tasks a filter takes, after id `?6`, at most `?7`, with
 /// `$also` ANDed first (running tasks are listed too: the filter's last
@@ -2086,11 +2112,11 @@ impl crate::Backend for Sqlite {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let (minutes, moves): (String, String) = sqlx::query_as(ACTIVITY)
+            let rows: String = sqlx::query_scalar(ACTIVITY)
                 .bind(since.format(TIME_FORMAT).to_string())
                 .fetch_one(db)
                 .await?;
-            crate::history::Activity::read(&minutes, &moves)
+            crate::history::Activity::read(&rows)
         })
     }
 
