@@ -183,7 +183,7 @@ pub enum Change {
 }
 
 /// Counts from rows `(kind, state, count)`.
-pub(crate) fn counted(rows: Vec<(String, String, i64)>) -> Result<Vec<Count>, Error> {
+pub(crate) fn counted(rows: Tallies) -> Result<Vec<Count>, Error> {
     rows.into_iter()
         .map(|(kind, state, count)| Count::read(kind, &state, count, false))
         .collect()
@@ -275,6 +275,10 @@ where
         .map(|(kind, state, count, estimated)| Count::read(kind, &state, count, estimated))
         .collect()
 }
+
+/// Rows of counts as the backends read them: step, state, count.
+#[doc(hidden)]
+pub type Tallies = Vec<(String, String, i64)>;
 
 /// Which rows of `(kind, state, count)` a backend reads for [`estimated_counts`].
 #[doc(hidden)]

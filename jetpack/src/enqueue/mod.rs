@@ -103,7 +103,7 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     fn admin_tally<'e, E>(
         db: E,
         which: crate::admin::Tally,
-    ) -> BoxFuture<'e, Result<Vec<(String, String, i64)>, Error>>
+    ) -> BoxFuture<'e, Result<crate::admin::Tallies, Error>>
     where
         E: Executor<'e, Database = Self> + 'e;
 

@@ -155,7 +155,7 @@ macro_rules! admin_shared {
             E: Executor<'e, Database = Self> + 'e,
         {
             Box::pin(async move {
-                let rows: Vec<(String, String, i64)> =
+                let rows: crate::admin::Tallies =
                     sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
                 crate::admin::counted(rows)
             })
@@ -175,7 +175,7 @@ macro_rules! admin_shared {
         fn admin_tally<'e, E>(
             db: E,
             which: crate::admin::Tally,
-        ) -> BoxFuture<'e, Result<Vec<(String, String, i64)>, Error>>
+        ) -> BoxFuture<'e, Result<crate::admin::Tallies, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
         {

@@ -1441,8 +1441,9 @@ const ADMIN_COUNTS: &str = counts_of!("jetpack_tasks");
 const ADMIN_ID_SPAN: &str =
     "SELECT (SELECT min(id) FROM jetpack_tasks), (SELECT max(id) FROM jetpack_tasks)";
 
-/// Counts per step and state of the tasks with ids in `[$1 + i * $2, $1 + i
-/// * $2 + 20)` for `i` in `0..$3`: one range of the primary key per stratum.
+/// Counts per step and state of the tasks with ids in
+/// `[$1 + i * $2, $1 + i * $2 + 20)` for `i` in `0..$3`: one range of the
+/// primary key per stratum.
 /// (The `LIMIT` tells the planner how few rows a range holds: without it, it
 /// guessed a tenth of the table per range and compiled the plan with JIT.)
 const ADMIN_SAMPLE: &str = counts_of!(
