@@ -26,11 +26,13 @@ fn jetpack(args: &[&str]) -> (i32, String, String) {
 }
 
 /// Builds the `tasks` example, a program's own command line with the
-/// README's types (a no-op when it is up to date), and returns its path.
+/// README's types (a no-op when it is up to date), and returns its path. With
+/// `--workspace`, as `cargo test --workspace` builds it: `-p jetpack-cli` would
+/// compile Jetpack again with that package's features alone.
 fn tasks_binary() -> std::path::PathBuf {
     let jetpack = std::path::PathBuf::from(env!("CARGO_BIN_EXE_jetpack"));
     let target = jetpack.parent().expect("target/<profile>");
-    let mut args = vec!["build", "-q", "-p", "jetpack-cli", "--example", "tasks"];
+    let mut args = vec!["build", "-q", "--workspace", "--example", "tasks"];
     if target.ends_with("release") {
         args.push("--release");
     }

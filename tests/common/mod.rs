@@ -136,6 +136,11 @@ pub async fn run_to_the_end<T: Scheduler>(db: &Db, ids: &[i64]) {
 }
 
 /// Builds the `worker` example (a no-op when it is up to date) and returns its path.
+///
+/// With `--workspace`, so that its features are those `cargo test --workspace`
+/// builds with: the example is then the one built beside these tests, where a
+/// build of this package alone would compile Jetpack a second time with other
+/// features (a minute and a half of each crash test on 2 cores).
 pub fn worker_binary() -> std::path::PathBuf {
     let deps = std::env::current_exe().expect("test binary path");
     let target = deps
@@ -144,7 +149,7 @@ pub fn worker_binary() -> std::path::PathBuf {
         .expect("target/<profile>");
     // Build the example in the profile these tests were built in (`--release`
     // for the soak), where the path below looks for it.
-    let mut args = vec!["build", "-q", "--example", "worker"];
+    let mut args = vec!["build", "-q", "--workspace", "--example", "worker"];
     if target.ends_with("release") {
         args.push("--release");
     }
