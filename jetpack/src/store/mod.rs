@@ -239,7 +239,8 @@ pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
 /// A task a worker has claimed, as the claim statement returns it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
+#[cfg_attr(any(feature = "postgres", feature = "sqlite"), derive(sqlx::FromRow))]
 pub(crate) struct Claimed {
     pub id: i64,
     pub step: String,
@@ -256,7 +257,7 @@ pub(crate) struct Claimed {
     pub awaited: bool,
     /// The scope of its concurrency limit, as the row has it: always `None`
     /// from [`Store::claim`], which takes only tasks without one.
-    #[sqlx(default)]
+    #[cfg_attr(any(feature = "postgres", feature = "sqlite"), sqlx(default))]
     pub scope: Option<String>,
     /// How long it had been due when claimed (claim time minus `wakeup_at`,
     /// both the database's clock), in µs: the queue lag.
