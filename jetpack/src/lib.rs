@@ -19,10 +19,10 @@
 
 pub mod admin;
 mod enqueue;
-mod error;
 mod history;
 mod machine;
 pub mod metrics;
+mod model;
 #[cfg(feature = "cron")]
 mod schedule;
 mod step;
@@ -36,7 +36,6 @@ pub use enqueue::{
     schedule, signal, Backend, Cancel, Delivery, Enqueue, Enqueued, OnConflict, SignalTo, TaskRow,
     TaskState, MAX_PRIORITY,
 };
-pub use error::Error;
 pub use history::{
     activity, counts_at, history, history_at, set_history, Activity, Minute, TaskError, Transition,
     ERRORS_CHANNEL,
@@ -48,6 +47,7 @@ pub use machine::{
 };
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
+pub use model::Error;
 #[cfg(feature = "cron")]
 pub use schedule::{Missed, Schedule};
 pub use step::{

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::store::Outcome;
+use crate::model::Outcome;
 
-/// A step's labels: its machine and its name.
-pub(crate) type Labels = (&'static str, &'static str);
+pub(crate) use crate::model::Labels;
 
 /// The metrics of one step type, registered once when the worker is built:
 /// an attempt then costs no allocation, and nothing without a recorder.

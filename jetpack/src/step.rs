@@ -15,9 +15,8 @@ use crate::machine::{Awaits, BoxFuture, Follows, Joins, Machine, MemberOf, StepO
 use crate::Error;
 
 mod children;
-mod rate;
+pub use crate::model::{Rate, Wakeup};
 pub use children::{Child, ChildError, OnPark, Spawn, SpawnAll};
-pub use rate::Rate;
 
 /// One state of a task, and the code that moves it on.
 ///
@@ -115,17 +114,6 @@ pub trait Step<M: Machine>: MemberOf<M> + StepOf + Sized + Send + Sync + 'static
 
 /// What a step returns: the next step and when it is due, or an error.
 pub type StepResult<S> = Result<NextStep<S>, StepError>;
-
-/// When a task's next step is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wakeup {
-    /// As soon as a worker is free.
-    Now,
-    /// After a delay, measured on the database clock.
-    Delay(Duration),
-    /// At a point in time.
-    At(DateTime<Utc>),
-}
 
 /// The outcome of a successful step: which step follows, and when.
 ///

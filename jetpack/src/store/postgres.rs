@@ -1616,7 +1616,7 @@ impl crate::Backend for Postgres {
     {
         Box::pin(async move {
             let rows = sqlx::query_as(HISTORY_OF).bind(id).fetch_all(db).await?;
-            Ok(rows.into_iter().map(crate::history::transition).collect())
+            Ok(rows.into_iter().map(crate::model::transition).collect())
         })
     }
 

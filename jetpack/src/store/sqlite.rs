@@ -2091,7 +2091,7 @@ INSERT INTO jetpack_config (singleton, history) VALUES (1, ?1)
 ON CONFLICT (singleton) DO UPDATE SET history = excluded.history";
 
 /// A row of [`HISTORY_OF`], its time as the table's text.
-type HistoryRow = crate::history::TransitionRow<String>;
+type HistoryRow = crate::model::TransitionRow<String>;
 
 /// A time as the tables store it (`YYYY-MM-DD HH:MM:SS.SSS`, UTC); the error
 /// names the column `what` says.
@@ -2130,7 +2130,7 @@ impl crate::Backend for Sqlite {
                 .map(
                     |(row_id, task, at, event, from, to, step, attempt, worker, us, error)| {
                         let at = read_time(&at, || format!("at of history row {row_id}"))?;
-                        Ok(crate::history::transition((
+                        Ok(crate::model::transition((
                             row_id, task, at, event, from, to, step, attempt, worker, us, error,
                         )))
                     },

@@ -60,3 +60,24 @@ pub enum Error {
     #[error("{0}")]
     Admin(String),
 }
+
+/// Whether the database refused the values of a statement (it answered, with
+/// an error about the data), as opposed to failing to run it (a lost
+/// connection, a lock timeout, a deadlock): retrying the same values cannot
+/// help, other values may pass.
+pub(crate) fn is_refusal(error: &Error) -> bool {
+    let Error::Database(sqlx::Error::Database(e)) = error else {
+        return false;
+    };
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = e.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        // SQLSTATE classes: data exception, integrity constraint violation,
+        // program limit exceeded (a value too large).
+        return matches!(pg.code().get(..2), Some("22" | "23" | "54"));
+    }
+    // SQLite's extended result codes; the primary code is the low byte:
+    // SQLITE_TOOBIG, SQLITE_CONSTRAINT, SQLITE_MISMATCH.
+    e.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 18..=20))
+}
