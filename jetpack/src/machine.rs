@@ -4,11 +4,10 @@ use std::fmt::Write as _;
 
 use serde::{de::DeserializeOwned, Serialize};
 
+pub(crate) use crate::model::kind;
+pub use crate::model::BoxFuture;
 use crate::step::{Context, RetryPolicy, Wakeup};
 use crate::StepError;
-
-/// A boxed, sendable future, as returned by generated code.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What running one step of a machine produced: the next state and when it is
 /// due, or `None` when the task is finished.
@@ -178,11 +177,6 @@ pub trait Scheduler: Serialize + DeserializeOwned + IntoTask + Send + 'static {
         }
         kinds
     }
-}
-
-/// The `kind` column's value for step `step` of machine `machine`.
-pub(crate) fn kind(machine: &str, step: &str) -> String {
-    format!("{machine}.{step}")
 }
 
 /// The longest limit key, in bytes.

@@ -7,9 +7,10 @@
 
 mod options;
 
+pub use crate::model::Encoded;
+pub(crate) use crate::model::{one_kind, Window};
 pub use crate::model::{Cancel, Delivery, SignalTo, TaskRow, TaskState};
 pub use options::{enqueue_all, Enqueue, Enqueued, NewTask, OnConflict, MAX_PRIORITY};
-pub(crate) use options::{store_all, KeyedStatements, Window};
 
 use std::time::Duration;
 
@@ -171,11 +172,15 @@ pub trait Backend: sqlx::Database + sealed::Sealed {
     where
         E: Executor<'e, Database = Self> + 'e;
 
+    /// The connection's keyed statements, for an enqueue with a unique key
+    /// or a throttle.
     #[doc(hidden)]
-    fn enqueue_all(
-        db: &mut Self::Connection,
-        tasks: Vec<NewTask>,
-    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>>;
+    fn keyed(db: &mut Self::Connection) -> &mut dyn crate::store::KeyedStatements;
+
+    /// After an enqueue: wakes the workers of this process (SQLite, which has
+    /// no notifications; PostgreSQL's triggers notify every worker).
+    #[doc(hidden)]
+    fn enqueued() {}
 }
 
 mod sealed {
@@ -210,10 +215,10 @@ where
     S: crate::Signal,
 {
     if let SignalTo::Key(key) = &to {
-        if key.is_empty() || key.contains('\0') || key.len() > crate::worker::MAX_KEY_LEN {
+        if key.is_empty() || key.contains('\0') || key.len() > crate::model::MAX_KEY_LEN {
             return Err(Error::Config(format!(
                 "a signal's key must be non-empty text without NUL, at most {} bytes",
-                crate::worker::MAX_KEY_LEN
+                crate::model::MAX_KEY_LEN
             )));
         }
     }
@@ -292,31 +297,6 @@ where
 {
     let reason = reason.replace('\0', "");
     <E::Database as Backend>::cancel(db, id, reason, true).await
-}
-
-/// A task ready to insert: its JSON and its `kind`.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Encoded {
-    pub(crate) json: String,
-    /// `(machine, step)`; stored as "machine.step".
-    kind: (&'static str, &'static str),
-    /// The task's priority: its step's, unless the enqueue gave one.
-    pub(crate) priority: u8,
-    /// The scope of its step's concurrency limit, if it has one.
-    pub(crate) scope: Option<String>,
-}
-
-impl Encoded {
-    pub(crate) fn kind(&self) -> String {
-        crate::machine::kind(self.kind.0, self.kind.1)
-    }
-}
-
-/// Whether all `steps` are of one kind (and so of one priority), with no
-/// concurrency scope.
-pub(crate) fn one_kind(steps: &[Encoded]) -> bool {
-    steps.windows(2).all(|w| w[0].kind == w[1].kind) && steps.iter().all(|s| s.scope.is_none())
 }
 
 pub(crate) fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {

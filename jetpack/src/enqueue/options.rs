@@ -3,74 +3,18 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{to_json, Backend, Encoded};
 use crate::machine::IntoTask;
+use crate::model::Window;
+pub use crate::model::{Enqueued, NewTask, OnConflict, MAX_PRIORITY};
 use crate::step::Wakeup;
+use crate::store::KeyedStatements;
 use crate::Error;
-
-/// The highest priority a task may have; the lowest is 0, the default.
-///
-/// A task of priority `p` is claimed as if it had become due `p` minutes
-/// earlier: higher first, first in first out within one priority, and a task
-/// waits behind higher-priority work only for what arrived within 10 minutes
-/// after it.
-pub const MAX_PRIORITY: u8 = 10;
 
 /// The longest unique or throttle key, in bytes.
 const MAX_KEY_BYTES: usize = 1024;
-
-/// What an enqueue with a [unique key](Enqueue::unique_key) does when a live
-/// task (ready, scheduled, running, waiting or parked) already holds the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OnConflict {
-    /// Keep the live task and answer its id ([`Enqueued::Existing`]): the
-    /// new task is not stored.
-    #[default]
-    Ignore,
-    /// Replace the live task's step, due time and priority, if it has not
-    /// started ([`Enqueued::Replaced`]); with a delay, that is a debounce
-    /// (see [`Enqueue::debounce`]). A task that is running, waiting or parked
-    /// gives up the key to a new task ([`Enqueued::Created`]), which runs
-    /// with the new step after the old one.
-    Replace,
-}
-
-/// What became of an [`Enqueue`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Enqueued {
-    /// A new task, with this id.
-    Created(i64),
-    /// A live task held the unique key: this one, left as it was.
-    Existing(i64),
-    /// A live task held the unique key and had not started: this one, now
-    /// with the new step, due time and priority.
-    Replaced(i64),
-    /// The throttle's window was taken: this is the task that took it (it
-    /// may have finished since).
-    Throttled(i64),
-}
-
-impl Enqueued {
-    /// The id of the task the enqueue created or found.
-    pub fn id(self) -> i64 {
-        match self {
-            Enqueued::Created(id)
-            | Enqueued::Existing(id)
-            | Enqueued::Replaced(id)
-            | Enqueued::Throttled(id) => id,
-        }
-    }
-
-    /// Whether a new task was stored.
-    pub fn is_created(self) -> bool {
-        matches!(self, Enqueued::Created(_))
-    }
-}
 
 /// One task to enqueue, with its options; run it with [`Enqueue::run`], or
 /// many at once with [`enqueue_all`].
@@ -260,49 +204,10 @@ where
         return Ok(Vec::new());
     }
     let mut tx = db.begin().await?;
-    let done = <A::Database as Backend>::enqueue_all(&mut *tx, tasks).await?;
+    let done = store_all(<A::Database as Backend>::keyed(&mut *tx), tasks).await?;
     tx.commit().await?;
+    <A::Database as Backend>::enqueued();
     Ok(done)
-}
-
-/// A checked [`Enqueue`], as the statements bind it.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct NewTask {
-    pub(crate) step: Encoded,
-    /// The delay in µs, or the time (`at`) when not `None`.
-    pub(crate) delay: i64,
-    pub(crate) at: Option<DateTime<Utc>>,
-    pub(crate) unique_key: Option<String>,
-    on_conflict: OnConflict,
-    /// The throttle key and window in µs.
-    throttle: Option<(String, i64)>,
-}
-
-/// Whether a throttle's window was free.
-pub(crate) enum Window {
-    /// It was: this enqueue took it.
-    Taken,
-    /// Another enqueue took it, and stored this task (`None`: none yet).
-    Held(Option<i64>),
-}
-
-/// The statements [`store_all`] runs, on one connection inside a transaction.
-#[async_trait]
-pub(crate) trait KeyedStatements: Send {
-    /// Stores `task` unless a live task holds its unique key; its id.
-    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error>;
-    /// The live task holding `key`, locked, and whether it has not started
-    /// (ready, and no live lease).
-    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error>;
-    /// Replaces the step, due time and priority of task `id`.
-    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error>;
-    /// Takes the unique key from task `id`.
-    async fn detach(&mut self, id: i64) -> Result<(), Error>;
-    /// Takes throttle `key`'s window of `window` µs, if it is free.
-    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error>;
-    /// Records the task that took throttle `key`'s window.
-    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
 }
 
 /// How often a keyed insert is tried when the task holding the key ends
@@ -311,7 +216,7 @@ const ATTEMPTS: usize = 100;
 
 /// Stores `tasks` with `db`, inside the caller's transaction: throttled and
 /// keyed ones in the order of their keys, the others in order.
-pub(crate) async fn store_all<C: KeyedStatements + ?Sized>(
+async fn store_all<C: KeyedStatements + ?Sized>(
     db: &mut C,
     tasks: Vec<NewTask>,
 ) -> Result<Vec<Enqueued>, Error> {

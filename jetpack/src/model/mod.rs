@@ -3,6 +3,7 @@
 //! The bottom layer: it does no I/O and imports nothing else of the crate.
 
 mod admin;
+mod enqueue;
 mod error;
 mod history;
 mod outcome;
@@ -11,6 +12,8 @@ mod task;
 
 pub(crate) use admin::counted;
 pub use admin::{Change, Count, Filter, Related, Tallies, Tally};
+pub(crate) use enqueue::{kind, one_kind, MAX_KEY_LEN};
+pub use enqueue::{BoxFuture, Encoded, Enqueued, NewTask, OnConflict, Window, MAX_PRIORITY};
 pub(crate) use error::is_refusal;
 pub use error::Error;
 #[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]

@@ -11,7 +11,7 @@ pub(crate) use crate::model::{
     is_refusal, micros, wakeup_binds, Claimed, History, Limit, Notice, Outcome, Retention, Trace,
     FENCE_MAX,
 };
-use crate::model::{Error, Rate};
+use crate::model::{Error, NewTask, Rate, Window};
 
 /// [`Store::back`] in a backend's transaction `$tx`: its `BACK` statement,
 /// then, with `$slow`, its `SLOW`.
@@ -415,6 +415,26 @@ pub(crate) fn which_held(done: &[(i64, i64, &Outcome)], held: Vec<(i64, i64)>) -
     done.iter()
         .map(|&(id, fence, _)| held.contains(&(id, fence)))
         .collect()
+}
+
+/// The statements of a keyed or throttled enqueue, on one connection inside a
+/// transaction; the enqueue's logic runs them.
+#[doc(hidden)]
+#[async_trait]
+pub trait KeyedStatements: Send {
+    /// Stores `task` unless a live task holds its unique key; its id.
+    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error>;
+    /// The live task holding `key`, locked, and whether it has not started
+    /// (ready, and no live lease).
+    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error>;
+    /// Replaces the step, due time and priority of task `id`.
+    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error>;
+    /// Takes the unique key from task `id`.
+    async fn detach(&mut self, id: i64) -> Result<(), Error>;
+    /// Takes throttle `key`'s window of `window` µs, if it is free.
+    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error>;
+    /// Records the task that took throttle `key`'s window.
+    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
 }
 
 /// The store for a pool of any supported database.

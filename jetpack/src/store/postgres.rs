@@ -10,11 +10,11 @@ use sqlx::{Executor, PgConnection};
 use chrono::{DateTime, Utc};
 
 use super::{
-    micros, wakeup_binds, Claimed, History, Limit, Listener, Notice, Outcome, Retention, Store,
+    micros, wakeup_binds, Claimed, History, KeyedStatements, Limit, Listener, Notice, Outcome,
+    Retention, Store,
 };
 use crate::enqueue::{
-    one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
-    TaskRow, TaskState, Window,
+    one_kind, Cancel, Delivery, Encoded, NewTask, SignalTo, TaskRow, TaskState, Window,
 };
 use crate::machine::BoxFuture;
 use crate::step::{Rate, Wakeup};
@@ -1752,11 +1752,8 @@ impl crate::Backend for Postgres {
         })
     }
 
-    fn enqueue_all(
-        db: &mut PgConnection,
-        tasks: Vec<NewTask>,
-    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>> {
-        Box::pin(store_all(db, tasks))
+    fn keyed(db: &mut PgConnection) -> &mut dyn KeyedStatements {
+        db
     }
 
     fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>

@@ -20,11 +20,11 @@ use sqlx::{ConnectOptions, Connection, Executor, Sqlite, SqliteConnection};
 use tokio::sync::Notify;
 
 use super::{
-    micros, wakeup_binds, Claimed, History, Limit, Listener, Notice, Outcome, Retention, Store,
+    micros, wakeup_binds, Claimed, History, KeyedStatements, Limit, Listener, Notice, Outcome,
+    Retention, Store,
 };
 use crate::enqueue::{
-    one_kind, store_all, Cancel, Delivery, Encoded, Enqueued, KeyedStatements, NewTask, SignalTo,
-    TaskRow, TaskState, Window,
+    one_kind, Cancel, Delivery, Encoded, NewTask, SignalTo, TaskRow, TaskState, Window,
 };
 use crate::machine::BoxFuture;
 use crate::step::{Rate, Wakeup};
@@ -2187,15 +2187,12 @@ impl crate::Backend for Sqlite {
         })
     }
 
-    fn enqueue_all(
-        db: &mut SqliteConnection,
-        tasks: Vec<NewTask>,
-    ) -> BoxFuture<'_, Result<Vec<Enqueued>, Error>> {
-        Box::pin(async move {
-            let done = store_all(db, tasks).await?;
-            LOCAL_WAKE.notify_waiters();
-            Ok(done)
-        })
+    fn keyed(db: &mut SqliteConnection) -> &mut dyn KeyedStatements {
+        db
+    }
+
+    fn enqueued() {
+        LOCAL_WAKE.notify_waiters();
     }
 
     fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>

@@ -10,6 +10,7 @@ use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
 use crate::machine::Scheduler;
+use crate::model::MAX_KEY_LEN;
 use crate::step::{Context, Stop, StopReason, Wait, Wakeup};
 use crate::store::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::StepError;
@@ -304,9 +305,6 @@ fn next_step<T: Scheduler>(
         scope,
     })
 }
-
-/// The longest key a wait may be addressed by.
-pub(crate) const MAX_KEY_LEN: usize = 1024;
 
 /// Writes the outcome, retrying while the database is unreachable for as long as
 /// the lease lasts; after that the lease expires and another worker reruns the step.

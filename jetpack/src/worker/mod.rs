@@ -15,8 +15,6 @@ mod execute;
 mod heartbeat;
 mod notify;
 
-pub(crate) use execute::MAX_KEY_LEN;
-
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
