@@ -19,9 +19,8 @@
 
 use sqlx::{Acquire, Executor};
 
-use crate::enqueue::Backend;
+use crate::driver::Backend;
 use crate::machine::Scheduler;
-pub(crate) use crate::model::counted;
 pub use crate::model::{Change, Count, Filter, Related, Tallies, Tally};
 use crate::{Error, TaskRow};
 

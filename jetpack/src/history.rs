@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
-use crate::enqueue::Backend;
+use crate::driver::Backend;
 pub use crate::model::{Activity, Minute, TaskError, Transition, ERRORS_CHANNEL};
 use crate::Error;
 
@@ -90,12 +90,3 @@ where
 {
     <E::Database as Backend>::set_history(db, on).await
 }
-
-/// How many tasks were at each step at `$1`: the query of [`counts_at`], the
-/// same on both backends.
-pub(crate) const COUNTS_AT: &str = "
-SELECT h.to_kind, count(*) FROM jetpack_history h
-JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY task_id) last
-  ON last.id = h.id
-WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
-GROUP BY h.to_kind ORDER BY h.to_kind";

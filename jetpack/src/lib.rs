@@ -18,6 +18,7 @@
 )]
 
 pub mod admin;
+mod driver;
 mod enqueue;
 mod history;
 mod machine;
@@ -26,7 +27,6 @@ mod model;
 #[cfg(feature = "cron")]
 mod schedule;
 mod step;
-mod store;
 mod verify;
 mod worker;
 
@@ -61,7 +61,7 @@ pub use worker::{Worker, WorkerBuilder};
 /// The SQLite backend's helpers.
 #[cfg(feature = "sqlite")]
 pub mod sqlite {
-    pub use crate::store::sqlite::connect;
+    pub use crate::driver::sqlite::connect;
 }
 
 /// Re-exported so that applications use the same versions Jetpack does.

@@ -10,7 +10,7 @@ use std::fmt;
 use sqlx::{Acquire, Executor};
 
 use crate::admin::{self, Filter};
-use crate::enqueue::Backend;
+use crate::driver::Backend;
 use crate::machine::Scheduler;
 use crate::{Error, TaskState};
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{to_json, Backend, Encoded};
+use crate::driver::KeyedStatements;
 use crate::machine::IntoTask;
 use crate::model::Window;
 pub use crate::model::{Enqueued, NewTask, OnConflict, MAX_PRIORITY};
 use crate::step::Wakeup;
-use crate::store::KeyedStatements;
 use crate::Error;
 
 /// The longest unique or throttle key, in bytes.
@@ -139,7 +139,7 @@ impl Enqueue {
                 step.priority
             )));
         }
-        let (delay, at) = crate::store::wakeup_binds(&self.wakeup)?;
+        let (delay, at) = crate::driver::wakeup_binds(&self.wakeup)?;
         if let Some(key) = &self.unique_key {
             check_key("unique key", key)?;
         }
@@ -152,7 +152,7 @@ impl Enqueue {
                         "the throttle window of {key:?} is zero"
                     )));
                 }
-                Some((key, crate::store::micros(window)?))
+                Some((key, crate::driver::micros(window)?))
             }
         };
         Ok(NewTask {

@@ -279,13 +279,13 @@ impl<'a> Context<'a> {
         &self,
         machine: Option<&str>,
         child: Option<i64>,
-    ) -> Result<Vec<crate::store::ChildRow>, StepError> {
-        Ok(crate::store::child_results(&*self.shared.pool, self.task_id, machine, child).await?)
+    ) -> Result<Vec<crate::driver::ChildRow>, StepError> {
+        Ok(crate::driver::child_results(&*self.shared.pool, self.task_id, machine, child).await?)
     }
 
     fn decode_child<M: Machine>(
         &self,
-        (id, state, result, error): crate::store::ChildRow,
+        (id, state, result, error): crate::driver::ChildRow,
     ) -> Result<ChildResult<M>, StepError> {
         let state = TaskState::parse(&state)?;
         if state != TaskState::Finished {
@@ -328,9 +328,9 @@ impl<'a> Context<'a> {
         let mut slot = self.tx.lock().await;
         let tx = match &mut *slot {
             Some(tx) => tx,
-            None => slot.insert(crate::store::begin(&*self.shared.pool).await?),
+            None => slot.insert(crate::driver::begin(&*self.shared.pool).await?),
         };
-        let ids = crate::store::insert_children(&mut **tx, self.task_id, awaited, tasks).await?;
+        let ids = crate::driver::insert_children(&mut **tx, self.task_id, awaited, tasks).await?;
         if awaited.is_some() {
             self.awaits_children.store(true, Ordering::Relaxed);
         }
@@ -345,7 +345,7 @@ impl<'a> Context<'a> {
         }
         let mut slot = self.tx.lock().await;
         match &mut *slot {
-            Some(tx) => crate::store::detach_children(&mut **tx, self.task_id).await,
+            Some(tx) => crate::driver::detach_children(&mut **tx, self.task_id).await,
             None => Ok(()),
         }
     }

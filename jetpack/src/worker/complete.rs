@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Runtime;
-use crate::store::{is_refusal, Outcome, Trace};
+use crate::driver::{is_refusal, Outcome, Trace};
 use crate::Error;
 
 /// The most outcomes written by one flush.

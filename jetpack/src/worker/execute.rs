@@ -9,10 +9,10 @@ use futures_util::FutureExt;
 use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
+use crate::driver::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::machine::Scheduler;
 use crate::model::MAX_KEY_LEN;
 use crate::step::{Context, Stop, StopReason, Wait, Wakeup};
-use crate::store::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::StepError;
 
 pub(super) async fn run<T: Scheduler>(
@@ -263,7 +263,7 @@ fn next_step<T: Scheduler>(
 ) -> Result<Outcome, StepError> {
     let step = serde_json::to_string(next)
         .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
-    crate::store::wakeup_binds(&wakeup)
+    crate::driver::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
     let kind = crate::machine::kind(next.machine_name(), next.step_name());
     let scope = next.limit_scope().map_err(StepError::permanent)?;
@@ -294,7 +294,7 @@ fn next_step<T: Scheduler>(
         }
     }
     if let Some(timeout) = wait.wait_timeout() {
-        crate::store::micros(timeout).map_err(|e| wrong(e.to_string()))?;
+        crate::driver::micros(timeout).map_err(|e| wrong(e.to_string()))?;
     }
     Ok(Outcome::Wait {
         step,

@@ -24,10 +24,10 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::enqueue::Backend;
+use crate::driver::Backend;
+use crate::driver::{History, Limit, Retention, Store, Trace};
 use crate::machine::Scheduler;
 use crate::step::{Shared, StateMap, Stop, StopReason};
-use crate::store::{History, Limit, Retention, Store, Trace};
 use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
@@ -479,7 +479,7 @@ async fn claim(
     rt: &Runtime,
     limit: usize,
     try_limited: bool,
-) -> Result<(Vec<crate::store::Claimed>, bool, bool), Error> {
+) -> Result<(Vec<crate::driver::Claimed>, bool, bool), Error> {
     let (owner, lease) = (&rt.config.name, rt.config.lease);
     let mut claimed = Vec::new();
     let (mut limited_full, mut limited_none) = (true, false);
@@ -600,7 +600,7 @@ pub struct WorkerBuilder<T: Scheduler> {
 
 impl<T: Scheduler> WorkerBuilder<T> {
     fn new<DB: Backend>(pool: sqlx::Pool<DB>) -> Self {
-        let store = crate::store::for_pool(pool.clone());
+        let store = crate::driver::for_pool(pool.clone());
         let config = Config {
             poll_interval: store.default_poll_interval(),
             ..Config::default()
@@ -752,7 +752,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 c.concurrency
             )));
         }
-        if crate::store::micros(c.lease).is_err() {
+        if crate::driver::micros(c.lease).is_err() {
             return Err(Error::Config(format!(
                 "a lease of {:?} is longer than the database can store",
                 c.lease
@@ -765,7 +765,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
             Some(c.retention.history),
         ];
         for keep in keeps.into_iter().flatten() {
-            if keep.is_zero() || crate::store::micros(keep).is_err() {
+            if keep.is_zero() || crate::driver::micros(keep).is_err() {
                 return Err(Error::Config(format!(
                     "cannot keep tasks for {keep:?}: use a period above zero and below \
                      10,000 years (finished tasks are deleted at once unless kept)"

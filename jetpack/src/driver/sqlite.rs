@@ -23,12 +23,10 @@ use super::{
     micros, wakeup_binds, Claimed, History, KeyedStatements, Limit, Listener, Notice, Outcome,
     Retention, Store,
 };
-use crate::enqueue::{
-    one_kind, Cancel, Delivery, Encoded, NewTask, SignalTo, TaskRow, TaskState, Window,
+use crate::model::{
+    one_kind, BoxFuture, Cancel, Delivery, Encoded, Error, NewTask, Rate, SignalTo, TaskRow,
+    TaskState, Wakeup, Window,
 };
-use crate::machine::BoxFuture;
-use crate::step::{Rate, Wakeup};
-use crate::Error;
 
 /// Wakes the workers of this process when a task is enqueued or resumed here.
 pub(crate) static LOCAL_WAKE: Notify = Notify::const_new();
@@ -2101,13 +2099,13 @@ fn read_time(text: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>,
         .map_err(|e| Error::InvalidTime(format!("{} {text:?}: {e}", what())))
 }
 
-impl crate::Backend for Sqlite {
+impl super::Backend for Sqlite {
     admin_shared!();
 
     fn activity<'e, E>(
         db: E,
         since: DateTime<Utc>,
-    ) -> BoxFuture<'e, Result<crate::history::Activity, Error>>
+    ) -> BoxFuture<'e, Result<crate::model::Activity, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
@@ -2116,11 +2114,11 @@ impl crate::Backend for Sqlite {
                 .bind(since.format(TIME_FORMAT).to_string())
                 .fetch_one(db)
                 .await?;
-            crate::history::Activity::read(&rows)
+            crate::model::Activity::read(&rows)
         })
     }
 
-    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
+    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::model::Transition>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
@@ -2147,7 +2145,7 @@ impl crate::Backend for Sqlite {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let query = sqlx::query_as(crate::history::COUNTS_AT);
+            let query = sqlx::query_as(super::COUNTS_AT);
             Ok(query
                 .bind(at.format(TIME_FORMAT).to_string())
                 .fetch_all(db)
@@ -2400,8 +2398,8 @@ impl KeyedStatements for SqliteConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::driver::FENCE_MAX;
     use crate::step::Wakeup;
-    use crate::store::FENCE_MAX;
 
     /// The all-or-nothing statements write every item of a batch whose
     /// attempts all hold their tasks, in one statement: SQLite evaluates their

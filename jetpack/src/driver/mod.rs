@@ -1,5 +1,7 @@
-//! Storage: every SQL statement lives behind [`Store`]; the worker's logic above
-//! it (claiming, retries, leases, shutdown) is written once for all backends.
+//! The driver: every SQL statement, behind [`Backend`] (the calls on a caller's
+//! executor) and [`Store`] (the worker's); one folder per backend. Imports only
+//! `model`. The worker's logic above it (claiming, retries, leases, shutdown) is
+//! written once for all backends.
 
 use std::any::Any;
 use std::time::Duration;
@@ -12,6 +14,7 @@ pub(crate) use crate::model::{
     FENCE_MAX,
 };
 use crate::model::{Error, NewTask, Rate, Window};
+pub use backend::Backend;
 
 /// [`Store::back`] in a backend's transaction `$tx`: its `BACK` statement,
 /// then, with `$slow`, its `SLOW`.
@@ -93,20 +96,20 @@ macro_rules! admin_shared {
 
         fn admin_tasks<'e, E>(
             db: E,
-            which: crate::admin::Related,
+            which: crate::model::Related,
         ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
         {
             Box::pin(async move {
                 let rows: Vec<FoundRow> = match which {
-                    crate::admin::Related::Children(id) => {
+                    crate::model::Related::Children(id) => {
                         sqlx::query_as(ADMIN_CHILDREN)
                             .bind(id)
                             .fetch_all(db)
                             .await?
                     }
-                    crate::admin::Related::Key(key) => {
+                    crate::model::Related::Key(key) => {
                         sqlx::query_as(ADMIN_BY_KEY).bind(key).fetch_all(db).await?
                     }
                 };
@@ -130,14 +133,14 @@ macro_rules! admin_shared {
 
         fn admin_change<'e, E>(
             db: E,
-            filter: crate::admin::Filter,
-            change: crate::admin::Change,
+            filter: crate::model::Filter,
+            change: crate::model::Change,
         ) -> BoxFuture<'e, Result<u64, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
         {
             Box::pin(async move {
-                use crate::admin::Change;
+                use crate::model::Change;
                 let sql = match change {
                     Change::Resume => ADMIN_RESUME,
                     Change::Cancel(_) => ADMIN_CANCEL,
@@ -153,14 +156,14 @@ macro_rules! admin_shared {
             })
         }
 
-        fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::admin::Count>, Error>>
+        fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::model::Count>, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
         {
             Box::pin(async move {
-                let rows: crate::admin::Tallies =
+                let rows: crate::model::Tallies =
                     sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
-                crate::admin::counted(rows)
+                crate::model::counted(rows)
             })
         }
 
@@ -177,13 +180,13 @@ macro_rules! admin_shared {
 
         fn admin_tally<'e, E>(
             db: E,
-            which: crate::admin::Tally,
-        ) -> BoxFuture<'e, Result<crate::admin::Tallies, Error>>
+            which: crate::model::Tally,
+        ) -> BoxFuture<'e, Result<crate::model::Tallies, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
         {
             Box::pin(async move {
-                use crate::admin::Tally;
+                use crate::model::Tally;
                 let query = match which {
                     Tally::Sample {
                         first,
@@ -201,7 +204,7 @@ macro_rules! admin_shared {
 
         fn admin_list<'e, E>(
             db: E,
-            filter: crate::admin::Filter,
+            filter: crate::model::Filter,
         ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
@@ -223,7 +226,7 @@ macro_rules! admin_shared {
 
         fn admin_redrivable<'e, E>(
             db: E,
-            filter: crate::admin::Filter,
+            filter: crate::model::Filter,
         ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
         where
             E: Executor<'e, Database = Self> + 'e,
@@ -236,6 +239,7 @@ macro_rules! admin_shared {
     };
 }
 
+mod backend;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
@@ -317,7 +321,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         name: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        tasks: Vec<crate::enqueue::Encoded>,
+        tasks: Vec<crate::model::Encoded>,
     ) -> Result<bool, Error>;
 
     /// Takes the concurrency scope from the live tasks of `kinds`, whose
@@ -437,6 +441,16 @@ pub trait KeyedStatements: Send {
     async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
 }
 
+/// How many tasks were at each step at `$1`: the query of
+/// [`counts_at`](crate::counts_at), the
+/// same on both backends.
+pub(crate) const COUNTS_AT: &str = "
+SELECT h.to_kind, count(*) FROM jetpack_history h
+JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY task_id) last
+  ON last.id = h.id
+WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
+GROUP BY h.to_kind ORDER BY h.to_kind";
+
 /// The store for a pool of any supported database.
 pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::Arc<dyn Store> {
     let pool: Box<dyn Any> = Box::new(pool);
@@ -464,7 +478,7 @@ pub(crate) async fn insert_children(
     tx: &mut (dyn Any + Send),
     parent: i64,
     awaited: Option<&str>,
-    steps: Vec<crate::enqueue::Encoded>,
+    steps: Vec<crate::model::Encoded>,
 ) -> Result<Vec<i64>, Error> {
     #[cfg(feature = "postgres")]
     if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>() {

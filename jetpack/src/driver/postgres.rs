@@ -13,12 +13,10 @@ use super::{
     micros, wakeup_binds, Claimed, History, KeyedStatements, Limit, Listener, Notice, Outcome,
     Retention, Store,
 };
-use crate::enqueue::{
-    one_kind, Cancel, Delivery, Encoded, NewTask, SignalTo, TaskRow, TaskState, Window,
+use crate::model::{
+    one_kind, BoxFuture, Cancel, Delivery, Encoded, Error, NewTask, Rate, SignalTo, TaskRow,
+    TaskState, Wakeup, Window,
 };
-use crate::machine::BoxFuture;
-use crate::step::{Rate, Wakeup};
-use crate::Error;
 
 /// The channel Jetpack's triggers notify and its workers listen on.
 pub(crate) const CHANNEL: &str = "jetpack";
@@ -1278,7 +1276,7 @@ impl Store for PgStore {
 
     async fn notify_errors(&self, payloads: &[String]) -> Result<(), Error> {
         sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-            .bind(crate::ERRORS_CHANNEL)
+            .bind(crate::model::ERRORS_CHANNEL)
             .bind(payloads)
             .execute(&self.pool)
             .await?;
@@ -1591,13 +1589,13 @@ fn task_row(row: FoundRow) -> Result<TaskRow, Error> {
     })
 }
 
-impl crate::Backend for Postgres {
+impl super::Backend for Postgres {
     admin_shared!();
 
     fn activity<'e, E>(
         db: E,
         since: DateTime<Utc>,
-    ) -> BoxFuture<'e, Result<crate::history::Activity, Error>>
+    ) -> BoxFuture<'e, Result<crate::model::Activity, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
@@ -1606,11 +1604,11 @@ impl crate::Backend for Postgres {
                 .bind(since)
                 .fetch_one(db)
                 .await?;
-            crate::history::Activity::read(&rows)
+            crate::model::Activity::read(&rows)
         })
     }
 
-    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::Transition>, Error>>
+    fn history<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Vec<crate::model::Transition>, Error>>
     where
         E: Executor<'e, Database = Self> + 'e,
     {
@@ -1628,7 +1626,7 @@ impl crate::Backend for Postgres {
         E: Executor<'e, Database = Self> + 'e,
     {
         Box::pin(async move {
-            let query = sqlx::query_as(crate::history::COUNTS_AT);
+            let query = sqlx::query_as(super::COUNTS_AT);
             Ok(query.bind(at).fetch_all(db).await?)
         })
     }
