@@ -20,8 +20,8 @@
 use sqlx::{Acquire, Executor};
 
 use crate::driver::Backend;
-use crate::machine::Scheduler;
 pub use crate::model::{Change, Count, Filter, Related, Tallies, Tally};
+use crate::workflow::Scheduler;
 use crate::{Error, TaskRow};
 
 /// How many tasks there are per step and state (running and scheduled told
@@ -354,7 +354,7 @@ where
     let machine = from.split_once('.').map_or(from, |(m, _)| m);
     let graphs =
         match <A::Database as Backend>::recorded_graph(&mut *conn, machine.to_string()).await? {
-            Some(graph) => vec![crate::machine::RecordedGraph::parse(&graph)?],
+            Some(graph) => vec![crate::workflow::RecordedGraph::parse(&graph)?],
             None => Vec::new(),
         };
     let steps = steps_of(&graphs, from, to)?;
@@ -458,7 +458,7 @@ impl Steps for crate::Graph {
     }
 }
 
-impl Steps for crate::machine::RecordedGraph {
+impl Steps for crate::workflow::RecordedGraph {
     fn machine(&self) -> &str {
         &self.machine
     }

@@ -21,14 +21,13 @@ pub mod admin;
 mod driver;
 mod enqueue;
 mod history;
-mod machine;
 pub mod metrics;
 mod model;
 #[cfg(feature = "cron")]
 mod schedule;
-mod step;
 mod verify;
 mod worker;
+mod workflow;
 
 pub use async_trait::async_trait;
 pub use enqueue::{
@@ -41,22 +40,22 @@ pub use history::{
     ERRORS_CHANNEL,
 };
 pub use jetpack_macros::{scheduler, task, Machine};
-pub use machine::{
-    Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
-    RecordedGraph, RecordedStep, Scheduler, StepNode, StepOf, TaskOf,
-};
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
 pub use model::Error;
 #[cfg(feature = "cron")]
 pub use schedule::{Missed, Schedule};
-pub use step::{
-    Child, ChildError, Context, NextStep, OnPark, Rate, RetryPolicy, Signal, Spawn, SpawnAll, Step,
-    StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,
-};
 pub use tokio_util::sync::CancellationToken;
 pub use verify::{verify, VerifyReport};
 pub use worker::{Worker, WorkerBuilder};
+pub use workflow::{
+    Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine, MachineResult, MemberOf,
+    RecordedGraph, RecordedStep, Scheduler, StepNode, StepOf, TaskOf,
+};
+pub use workflow::{
+    Child, ChildError, Context, NextStep, OnPark, Rate, RetryPolicy, Signal, Spawn, SpawnAll, Step,
+    StepError, StepResult, StopReason, TestContext, Tx, Wait, Wakeup,
+};
 
 /// The SQLite backend's helpers.
 #[cfg(feature = "sqlite")]
@@ -81,11 +80,11 @@ pub async fn migrate<DB: Backend>(pool: &sqlx::Pool<DB>) -> Result<(), Error> {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::enqueue::MAX_PRIORITY;
-    pub use crate::machine::{
+    pub use crate::workflow::{
         limit_scope, tagged_json, Awaits, BoxFuture, Follows, Graph, IntoTask, Joins, Machine,
         MachineResult, MemberOf, Scheduler, StepOf, TaskOf,
     };
-    pub use crate::step::{Context, NextStep, Rate, RetryPolicy, Step, StepError, Wakeup};
+    pub use crate::workflow::{Context, NextStep, Rate, RetryPolicy, Step, StepError, Wakeup};
     pub use serde;
     pub use serde_json;
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::enqueue::{to_json, Encoded};
-use crate::machine::IntoTask;
+use crate::workflow::IntoTask;
 use crate::Error;
 
 /// The longest schedule name, in bytes.

@@ -11,7 +11,7 @@ use sqlx::{Acquire, Executor};
 
 use crate::admin::{self, Filter};
 use crate::driver::Backend;
-use crate::machine::Scheduler;
+use crate::workflow::Scheduler;
 use crate::{Error, TaskState};
 
 /// What [`verify`] found.
@@ -87,7 +87,7 @@ where
         .flat_map(|g| {
             (g.steps.iter())
                 .flat_map(|s| std::iter::once(&s.name).chain(&s.aliases))
-                .map(|name| crate::machine::kind(g.machine, name))
+                .map(|name| crate::workflow::kind(g.machine, name))
         })
         .collect();
     let mut conn = db.acquire().await?;

@@ -2399,7 +2399,7 @@ impl KeyedStatements for SqliteConnection {
 mod tests {
     use super::*;
     use crate::driver::FENCE_MAX;
-    use crate::step::Wakeup;
+    use crate::workflow::Wakeup;
 
     /// The all-or-nothing statements write every item of a batch whose
     /// attempts all hold their tasks, in one statement: SQLite evaluates their

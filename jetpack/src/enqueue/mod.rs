@@ -17,8 +17,9 @@ use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
 pub use crate::driver::Backend;
-use crate::machine::IntoTask;
-use crate::step::Wakeup;
+pub(crate) use crate::workflow::to_json;
+use crate::workflow::IntoTask;
+use crate::workflow::Wakeup;
 use crate::Error;
 
 /// Sends signal `S` to a task, or to the tasks waiting under a key; says what
@@ -127,19 +128,6 @@ where
 {
     let reason = reason.replace('\0', "");
     <E::Database as Backend>::cancel(db, id, reason, true).await
-}
-
-pub(crate) fn to_json(task: impl IntoTask) -> Result<Encoded, Error> {
-    let kind = task.kind();
-    let priority = task.priority();
-    let scope = task.limit_scope().map_err(Error::InvalidEnqueue)?;
-    let json = task.into_step_json().map_err(Error::Serialize)?;
-    Ok(Encoded {
-        json,
-        kind,
-        priority,
-        scope,
-    })
 }
 
 /// Enqueues a task to run as soon as a worker is free; returns its id.

@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 
 use super::{to_json, Backend, Encoded};
 use crate::driver::KeyedStatements;
-use crate::machine::IntoTask;
 use crate::model::Window;
 pub use crate::model::{Enqueued, NewTask, OnConflict, MAX_PRIORITY};
-use crate::step::Wakeup;
+use crate::workflow::IntoTask;
+use crate::workflow::Wakeup;
 use crate::Error;
 
 /// The longest unique or throttle key, in bytes.

@@ -10,9 +10,9 @@ use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
 use crate::driver::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
-use crate::machine::Scheduler;
 use crate::model::MAX_KEY_LEN;
-use crate::step::{Context, Stop, StopReason, Wait, Wakeup};
+use crate::workflow::Scheduler;
+use crate::workflow::{Context, Stop, StopReason, Wait, Wakeup};
 use crate::StepError;
 
 pub(super) async fn run<T: Scheduler>(
@@ -89,7 +89,7 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
         }
     };
     let labels = (value.machine_name(), value.step_name());
-    let kind = crate::machine::kind(labels.0, labels.1);
+    let kind = crate::workflow::kind(labels.0, labels.1);
     match value.limit_scope() {
         Err(e) => {
             let (outcome, tx) = park(e);
@@ -265,7 +265,7 @@ fn next_step<T: Scheduler>(
         .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
     crate::driver::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
-    let kind = crate::machine::kind(next.machine_name(), next.step_name());
+    let kind = crate::workflow::kind(next.machine_name(), next.step_name());
     let scope = next.limit_scope().map_err(StepError::permanent)?;
     if join {
         return Ok(Outcome::Join { step, kind, scope });

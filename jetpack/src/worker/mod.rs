@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::Backend;
 use crate::driver::{History, Limit, Retention, Store, Trace};
-use crate::machine::Scheduler;
-use crate::step::{Shared, StateMap, Stop, StopReason};
+use crate::workflow::Scheduler;
+use crate::workflow::{Shared, StateMap, Stop, StopReason};
 use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
@@ -815,7 +815,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                             // its rows carry their own scope).
                             .flat_map(|s| {
                                 (std::iter::once(&s.name).chain(&s.aliases)).map(|name| Limit {
-                                    kind: crate::machine::kind(g.machine, name),
+                                    kind: crate::workflow::kind(g.machine, name),
                                     concurrency: s.concurrency,
                                     rate: s.rate,
                                 })

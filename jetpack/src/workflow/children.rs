@@ -8,10 +8,13 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Context, StepError};
-use crate::enqueue::{to_json, Encoded, TaskState};
-use crate::machine::{BoxFuture, Machine, TaskOf};
-use crate::Error;
+use crate::model::BoxFuture;
+use crate::model::Error;
+use crate::model::{Encoded, TaskState};
+use crate::workflow::context::{lock, Context};
+use crate::workflow::machine::to_json;
+use crate::workflow::machine::{Machine, TaskOf};
+use crate::workflow::policy::StepError;
 
 /// A child task of machine `M`, as [`Context::spawn`] returns it. Keep it in
 /// the join step's fields (it is stored as the child's id): the join step
@@ -312,7 +315,7 @@ impl<'a> Context<'a> {
     ) -> Result<Vec<i64>, Error> {
         if let Some(spawned) = &self.shared.spawned {
             // A TestContext without a pool: recorded, not inserted.
-            let mut spawned = super::lock(spawned);
+            let mut spawned = lock(spawned);
             let first = 1001 + i64::try_from(spawned.len()).unwrap_or(0);
             let ids: Vec<i64> = (first..).take(tasks.len()).collect();
             for (&id, task) in ids.iter().zip(&tasks) {

@@ -6,8 +6,9 @@ use serde::{de::DeserializeOwned, Serialize};
 
 pub(crate) use crate::model::kind;
 pub use crate::model::BoxFuture;
-use crate::step::{Context, RetryPolicy, Wakeup};
-use crate::StepError;
+use crate::model::Wakeup;
+use crate::workflow::context::Context;
+use crate::workflow::policy::{RetryPolicy, StepError};
 
 /// What running one step of a machine produced: the next state and when it is
 /// due, or `None` when the task is finished.
@@ -271,7 +272,7 @@ pub struct StepNode {
     pub concurrency: Option<u32>,
     /// How many steps of this type may start per period across all workers
     /// ([`Step::RATE`](crate::Step::RATE)); `None`: no limit.
-    pub rate: Option<crate::Rate>,
+    pub rate: Option<crate::model::Rate>,
     /// Its retries and timeout.
     pub policy: RetryPolicy,
     /// The priority of a task enqueued at it ([`Step::PRIORITY`](crate::Step::PRIORITY)).
@@ -293,7 +294,7 @@ impl Graph {
             &[&'static str],
             bool,
             Option<u32>,
-            Option<crate::Rate>,
+            Option<crate::model::Rate>,
             RetryPolicy,
             u8,
             &[&'static str],
@@ -458,9 +459,9 @@ pub struct RecordedStep {
 
 impl RecordedGraph {
     /// Reads a graph as [`Graph::to_json`] wrote it.
-    pub fn parse(json: &str) -> Result<Self, crate::Error> {
+    pub fn parse(json: &str) -> Result<Self, crate::model::Error> {
         serde_json::from_str(json)
-            .map_err(|e| crate::Error::Admin(format!("a recorded graph does not read: {e}")))
+            .map_err(|e| crate::model::Error::Admin(format!("a recorded graph does not read: {e}")))
     }
 
     /// Each edge `(from, to, label)`, the label empty, `join children` or
@@ -519,4 +520,22 @@ impl RecordedGraph {
         out.push_str("}\n");
         out
     }
+}
+
+/// A task's step encoded for its row: JSON, kind, priority, limit scope.
+pub(crate) fn to_json(task: impl IntoTask) -> Result<crate::model::Encoded, crate::model::Error> {
+    let kind = task.kind();
+    let priority = task.priority();
+    let scope = task
+        .limit_scope()
+        .map_err(crate::model::Error::InvalidEnqueue)?;
+    let json = task
+        .into_step_json()
+        .map_err(crate::model::Error::Serialize)?;
+    Ok(crate::model::Encoded {
+        json,
+        kind,
+        priority,
+        scope,
+    })
 }
