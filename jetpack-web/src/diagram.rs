@@ -9,13 +9,16 @@ use std::fmt::Write as _;
 use jetpack::RecordedGraph;
 use maud::{html, Markup, PreEscaped};
 
-use crate::pages::num;
-
 const WIDTH: i64 = 190;
 const HEIGHT: i64 = 78;
 const COLUMN: i64 = 270;
 const ROW: i64 = 118;
 const MARGIN: i64 = 30;
+
+/// A number, or `…` while it is being counted (the page's script fills it in).
+pub fn num(n: Option<i64>) -> String {
+    n.map_or_else(|| "…".to_string(), |n| n.to_string())
+}
 
 /// Where each step goes: its column (the longest path to it from an initial
 /// step, back edges left out) and its row within the column.

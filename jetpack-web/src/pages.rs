@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use jetpack::{Activity, RecordedGraph, TaskRow, TaskState, Transition};
 use maud::{html, Markup, DOCTYPE};
 
-use crate::{diagram, state_name, Counts, ListQuery};
+use crate::diagram::{self, num};
+use crate::{state_name, Counts, ListQuery};
 
 /// What every page needs to know of its dashboard.
 pub struct Page<'a> {
@@ -98,11 +99,6 @@ fn machine_total(counts: Option<&Counts>, machine: &str, state: &str) -> Option<
             .map(|(_, s)| s.get(state).copied().unwrap_or(0))
             .sum()
     })
-}
-
-/// A number, or `…` while it is being counted (the page's script fills it in).
-pub fn num(n: Option<i64>) -> String {
-    n.map_or_else(|| "…".to_string(), |n| n.to_string())
 }
 
 /// A count of tasks in `state`, marked `≈` when it is an estimate.

@@ -17,12 +17,14 @@
 //! # Ok(()) }
 //! ```
 
+// A feature: imports `model`, `driver` and `workflow` (docs/design.md, layers).
+
 use sqlx::{Acquire, Executor};
 
 use crate::driver::Backend;
 pub use crate::model::{Change, Count, Filter, Related, Tallies, Tally};
+use crate::model::{Error, TaskRow};
 use crate::workflow::Scheduler;
-use crate::{Error, TaskRow};
 
 /// How many tasks there are per step and state (running and scheduled told
 /// apart from ready), sorted by step.
@@ -122,7 +124,7 @@ where
 }
 
 /// Task `id` and its history; an error when there is no such task.
-pub async fn show<'a, A>(db: A, id: i64) -> Result<(TaskRow, Vec<crate::Transition>), Error>
+pub async fn show<'a, A>(db: A, id: i64) -> Result<(TaskRow, Vec<crate::model::Transition>), Error>
 where
     A: Acquire<'a>,
     A::Database: Backend,
@@ -144,19 +146,19 @@ where
 pub async fn recorded_graph<'e, E>(
     db: E,
     name: &str,
-) -> Result<Option<(crate::RecordedGraph, String)>, Error>
+) -> Result<Option<(crate::workflow::RecordedGraph, String)>, Error>
 where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
     match <E::Database as Backend>::recorded_graph(db, name.to_string()).await? {
-        Some(json) => Ok(Some((crate::RecordedGraph::parse(&json)?, json))),
+        Some(json) => Ok(Some((crate::workflow::RecordedGraph::parse(&json)?, json))),
         None => Ok(None),
     }
 }
 
 /// Every machine's graph the workers recorded in `jetpack_machines`, by name.
-pub async fn recorded_graphs<'e, E>(db: E) -> Result<Vec<crate::RecordedGraph>, Error>
+pub async fn recorded_graphs<'e, E>(db: E) -> Result<Vec<crate::workflow::RecordedGraph>, Error>
 where
     E: Executor<'e> + 'e,
     E::Database: Backend,
@@ -164,7 +166,7 @@ where
     let graphs = <E::Database as Backend>::recorded_graphs(db).await?;
     graphs
         .iter()
-        .map(|g| crate::RecordedGraph::parse(g))
+        .map(|g| crate::workflow::RecordedGraph::parse(g))
         .collect()
 }
 
@@ -449,7 +451,7 @@ trait Steps {
     fn has_step(&self, step: &str) -> bool;
 }
 
-impl Steps for crate::Graph {
+impl Steps for crate::workflow::Graph {
     fn machine(&self) -> &str {
         self.machine
     }

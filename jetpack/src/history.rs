@@ -4,13 +4,15 @@
 //! (enqueues, cancels, resumes, wakes, hand edits). It is kept for
 //! [`keep_history`](crate::WorkerBuilder::keep_history) (7 days by default)
 //! and switched on and off for every worker with [`set_history`].
+//!
+//! A feature: imports `model` and `driver` (docs/design.md, layers).
 
 use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
 use crate::driver::Backend;
+use crate::model::Error;
 pub use crate::model::{Activity, Minute, TaskError, Transition, ERRORS_CHANNEL};
-use crate::Error;
 
 /// Every transition of task `id` still kept, oldest first.
 ///

@@ -16,6 +16,8 @@
 //! | `jetpack_queue_lag_seconds` | histogram | how long a task had been due when its attempt was claimed |
 //! | `jetpack_steps_in_flight` | gauge | attempts running now |
 
+// A feature: imports `model` and `workflow` (docs/design.md, layers).
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -46,7 +48,7 @@ pub(crate) struct Metrics(HashMap<Labels, StepMetrics>);
 
 impl Metrics {
     /// Registers the metrics of every step of `graphs`.
-    pub(crate) fn of(graphs: &[crate::Graph]) -> Self {
+    pub(crate) fn of(graphs: &[crate::workflow::Graph]) -> Self {
         let mut all = HashMap::new();
         for g in graphs {
             for s in &g.steps {
@@ -120,11 +122,11 @@ impl Metrics {
 /// # Ok::<(), jetpack::Error>(())
 /// ```
 #[cfg(feature = "prometheus")]
-pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::Error> {
+pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<(), crate::model::Error> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
         .map_err(|e| {
-            crate::Error::Config(format!("cannot serve Prometheus metrics on {addr}: {e}"))
+            crate::model::Error::Config(format!("cannot serve Prometheus metrics on {addr}: {e}"))
         })
 }

@@ -1,5 +1,7 @@
 //! Schedules: tasks enqueued on the ticks of a cron expression, by the
 //! workers, exactly once per tick whatever their number ([`Schedule`]).
+//!
+//! A feature: imports `model`, `enqueue` and `workflow` (docs/design.md, layers).
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,8 +9,8 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::enqueue::{to_json, Encoded};
+use crate::model::Error;
 use crate::workflow::IntoTask;
-use crate::Error;
 
 /// The longest schedule name, in bytes.
 const MAX_NAME: usize = 200;

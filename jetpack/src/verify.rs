@@ -3,6 +3,8 @@
 //! rows of machines or steps the program does not know and the rows that do
 //! not decode, with counts and examples, so that a CI job can stop a deploy
 //! that would strand them.
+//!
+//! A feature: imports `model`, `driver`, `admin` and `workflow` (docs/design.md, layers).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,8 +13,8 @@ use sqlx::{Acquire, Executor};
 
 use crate::admin::{self, Filter};
 use crate::driver::Backend;
+use crate::model::{Error, TaskState};
 use crate::workflow::Scheduler;
-use crate::{Error, TaskState};
 
 /// What [`verify`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,6 +4,8 @@
 //! Each takes any sqlx executor: a pool, a connection, or your own open
 //! transaction (`&mut *tx`), so a task enqueued in a transaction that rolls back
 //! never exists.
+//!
+//! A feature: imports `model`, `driver` and `workflow` (docs/design.md, layers).
 
 mod options;
 
@@ -17,10 +19,10 @@ use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
 pub use crate::driver::Backend;
+use crate::model::Error;
 pub(crate) use crate::workflow::to_json;
 use crate::workflow::IntoTask;
 use crate::workflow::Wakeup;
-use crate::Error;
 
 /// Sends signal `S` to a task, or to the tasks waiting under a key; says what
 /// became of it (see [`Delivery`]). Takes any executor, so the signal is part
@@ -43,7 +45,7 @@ pub async fn signal<'e, E, S>(db: E, to: SignalTo, signal: &S) -> Result<Deliver
 where
     E: Executor<'e> + 'e,
     E::Database: Backend,
-    S: crate::Signal,
+    S: crate::workflow::Signal,
 {
     if let SignalTo::Key(key) = &to {
         if key.is_empty() || key.contains('\0') || key.len() > crate::model::MAX_KEY_LEN {

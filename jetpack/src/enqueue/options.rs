@@ -7,11 +7,11 @@ use chrono::{DateTime, Utc};
 
 use super::{to_json, Backend, Encoded};
 use crate::driver::KeyedStatements;
+use crate::model::Error;
 use crate::model::Window;
 pub use crate::model::{Enqueued, NewTask, OnConflict, MAX_PRIORITY};
 use crate::workflow::IntoTask;
 use crate::workflow::Wakeup;
-use crate::Error;
 
 /// The longest unique or throttle key, in bytes.
 const MAX_KEY_BYTES: usize = 1024;

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Runtime;
 use crate::driver::{is_refusal, Outcome, Trace};
-use crate::Error;
+use crate::model::Error;
 
 /// The most outcomes written by one flush.
 const MAX_BATCH: usize = 256;
@@ -75,7 +75,12 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
                     if let Ok((true, park)) = &held {
                         let written = park.as_ref().unwrap_or(&completion.outcome);
                         let (id, trace) = (completion.id, &completion.trace);
-                        failed.extend(crate::TaskError::of(id, written, trace, &rt.config.name));
+                        failed.extend(crate::model::TaskError::of(
+                            id,
+                            written,
+                            trace,
+                            &rt.config.name,
+                        ));
                     }
                     let _ = completion.reply.send(held.map(|(held, _)| held));
                 }
@@ -97,9 +102,9 @@ pub(super) async fn run(rt: Arc<Runtime>, mut queue: mpsc::UnboundedReceiver<Com
 fn failures<'a>(
     rt: &Runtime,
     written: impl Iterator<Item = &'a Completion>,
-) -> Vec<crate::TaskError> {
+) -> Vec<crate::model::TaskError> {
     written
-        .filter_map(|c| crate::TaskError::of(c.id, &c.outcome, &c.trace, &rt.config.name))
+        .filter_map(|c| crate::model::TaskError::of(c.id, &c.outcome, &c.trace, &rt.config.name))
         .collect()
 }
 
@@ -107,7 +112,7 @@ fn failures<'a>(
 /// [`Worker::errors`](crate::Worker::errors) receivers, and on PostgreSQL
 /// every listener, in one statement (after the flush has answered its steps
 /// and let go of the writes).
-async fn tell_errors(rt: &Runtime, events: Vec<crate::TaskError>) {
+async fn tell_errors(rt: &Runtime, events: Vec<crate::model::TaskError>) {
     if events.is_empty() {
         return;
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::Runtime;
+use crate::model::Error;
 use crate::schedule::Schedule;
-use crate::Error;
 
 /// The longest a worker goes without looking at its schedules (a tick
 /// another worker fired, a clock that jumped).

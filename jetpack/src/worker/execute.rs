@@ -12,8 +12,8 @@ use super::{lock, Backoff, Runtime, Slot};
 use crate::driver::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::model::MAX_KEY_LEN;
 use crate::workflow::Scheduler;
+use crate::workflow::StepError;
 use crate::workflow::{Context, Stop, StopReason, Wait, Wakeup};
-use crate::StepError;
 
 pub(super) async fn run<T: Scheduler>(
     rt: Arc<Runtime>,
@@ -402,7 +402,7 @@ async fn complete(
     task: &Claimed,
     outcome: Arc<Outcome>,
     trace: Arc<Trace>,
-) -> Result<bool, crate::Error> {
+) -> Result<bool, crate::model::Error> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     let completion = super::complete::Completion {
         id: task.id,
@@ -411,7 +411,7 @@ async fn complete(
         trace,
         reply,
     };
-    let stopped = || crate::Error::Completion("the worker's completer has stopped".into());
+    let stopped = || crate::model::Error::Completion("the worker's completer has stopped".into());
     if rt.completions.send(completion).is_err() {
         return Err(stopped());
     }

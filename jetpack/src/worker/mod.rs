@@ -6,6 +6,9 @@
 //! running steps alive, and tells the steps of cancelled tasks to stop;
 //! [`notify`] turns database notifications into wakeups and cancels; [`clean`]
 //! ends waits whose deadline passed and deletes what was kept long enough.
+//!
+//! The worker layer: imports `model`, `driver` and the features, never the facade
+//! (docs/design.md, layers).
 
 mod clean;
 mod complete;
@@ -26,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::Backend;
 use crate::driver::{History, Limit, Retention, Store, Trace};
+use crate::model::Error;
 use crate::workflow::Scheduler;
 use crate::workflow::{Shared, StateMap, Stop, StopReason};
-use crate::Error;
 
 /// Settings of a worker; see the [`WorkerBuilder`] methods.
 #[derive(Debug, Clone)]
@@ -109,7 +112,7 @@ struct Runtime {
     /// Whether the history is on, as the database last said.
     history: std::sync::atomic::AtomicBool,
     /// Failed attempts, for [`Worker::errors`].
-    errors: tokio::sync::broadcast::Sender<crate::TaskError>,
+    errors: tokio::sync::broadcast::Sender<crate::model::TaskError>,
     /// The steps' metrics.
     metrics: crate::metrics::Metrics,
 }
@@ -305,7 +308,7 @@ impl<T: Scheduler> Worker<T> {
     /// });
     /// # }
     /// ```
-    pub fn errors(&self) -> tokio::sync::broadcast::Receiver<crate::TaskError> {
+    pub fn errors(&self) -> tokio::sync::broadcast::Receiver<crate::model::TaskError> {
         self.rt.errors.subscribe()
     }
 
