@@ -457,6 +457,45 @@ impl crate::driver::Backend for Postgres {
     }
 }
 
+/// The live task holding unique key `$1`, locked, and whether it has not
+/// started.
+const HOLDER: &str = "
+SELECT id, state = 'ready' AND (lease_until IS NULL OR lease_until <= now())
+FROM jetpack_tasks
+WHERE unique_key = $1 AND state IN ('ready', 'waiting', 'parked')
+FOR UPDATE";
+
+/// Replaces the step of task `$1` (`$2`, of kind `$3`, concurrency scope
+/// `$7`), due after `$4` µs or at `$5`, with priority `$6`: a new attempt count, and a new fence, so that
+/// an attempt whose lease expired cannot write over it. Wakes the workers
+/// (the task may be due sooner).
+const REPLACE: &str = "
+WITH replaced AS (
+    UPDATE jetpack_tasks
+    SET step = $2::text::jsonb, kind = $3, priority = $6, tried = 0, limit_scope = $7,
+        wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond'),
+        fence = least(fence, 9223372036854775806) + 1, locked_by = NULL, lease_until = NULL,
+        updated_at = now()
+    WHERE id = $1
+    RETURNING id
+)
+SELECT count(*) FROM replaced, LATERAL (SELECT pg_notify('jetpack', '')) n";
+
+/// Takes the unique key from task `$1`.
+const DETACH: &str = "UPDATE jetpack_tasks SET unique_key = NULL WHERE id = $1";
+
+/// Takes throttle `$1`'s window for `$2` µs if it is free; a row if it was.
+const TAKE_WINDOW: &str = "
+INSERT INTO jetpack_throttles AS w (key, until) VALUES ($1, now() + $2 * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until, task_id = NULL WHERE w.until <= now()
+RETURNING key";
+
+/// The task that took throttle `$1`'s window.
+const WINDOW_TASK: &str = "SELECT task_id FROM jetpack_throttles WHERE key = $1";
+
+/// Records task `$2` as the one that took throttle `$1`'s window.
+const SET_WINDOW_TASK: &str = "UPDATE jetpack_throttles SET task_id = $2 WHERE key = $1";
+
 #[async_trait]
 impl KeyedStatements for PgConnection {
     async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error> {

@@ -671,114 +671,6 @@ INSERT INTO jetpack_tasks (step, kind, priority)
 SELECT s::jsonb, $2, $3 FROM unnest($1::text[]) WITH ORDINALITY AS u(s, n) ORDER BY n
 RETURNING id";
 
-/// Inserts child tasks of `$3` (`$1` steps, `$2` kinds, `$5` priorities, `$6`
-/// concurrency scopes), awaited by its join as `$4` says (NULL: detached),
-/// returning their ids in order.
-const INSERT_CHILDREN: &str = "
-INSERT INTO jetpack_tasks (step, kind, parent_id, awaited, priority, limit_scope)
-SELECT s::jsonb, k, $3, $4, p, c FROM unnest($1::text[], $2::text[], $5::smallint[], $6::text[])
-    WITH ORDINALITY AS u(s, k, p, c, n) ORDER BY n
-RETURNING id";
-
-/// The live task holding unique key `$1`, locked, and whether it has not
-/// started.
-const HOLDER: &str = "
-SELECT id, state = 'ready' AND (lease_until IS NULL OR lease_until <= now())
-FROM jetpack_tasks
-WHERE unique_key = $1 AND state IN ('ready', 'waiting', 'parked')
-FOR UPDATE";
-
-/// Replaces the step of task `$1` (`$2`, of kind `$3`, concurrency scope
-/// `$7`), due after `$4` µs or at `$5`, with priority `$6`: a new attempt count, and a new fence, so that
-/// an attempt whose lease expired cannot write over it. Wakes the workers
-/// (the task may be due sooner).
-const REPLACE: &str = "
-WITH replaced AS (
-    UPDATE jetpack_tasks
-    SET step = $2::text::jsonb, kind = $3, priority = $6, tried = 0, limit_scope = $7,
-        wakeup_at = coalesce($5, now() + $4 * interval '1 microsecond'),
-        fence = least(fence, 9223372036854775806) + 1, locked_by = NULL, lease_until = NULL,
-        updated_at = now()
-    WHERE id = $1
-    RETURNING id
-)
-SELECT count(*) FROM replaced, LATERAL (SELECT pg_notify('jetpack', '')) n";
-
-/// Takes the unique key from task `$1`.
-const DETACH: &str = "UPDATE jetpack_tasks SET unique_key = NULL WHERE id = $1";
-
-/// Takes throttle `$1`'s window for `$2` µs if it is free; a row if it was.
-const TAKE_WINDOW: &str = "
-INSERT INTO jetpack_throttles AS w (key, until) VALUES ($1, now() + $2 * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET until = EXCLUDED.until, task_id = NULL WHERE w.until <= now()
-RETURNING key";
-
-/// The task that took throttle `$1`'s window.
-const WINDOW_TASK: &str = "SELECT task_id FROM jetpack_throttles WHERE key = $1";
-
-/// Records task `$2` as the one that took throttle `$1`'s window.
-const SET_WINDOW_TASK: &str = "UPDATE jetpack_throttles SET task_id = $2 WHERE key = $1";
-
-/// Children of `$1` its step spawned awaited but will not join: detached.
-const DETACH_CHILDREN: &str = "
-UPDATE jetpack_tasks SET awaited = NULL
-WHERE parent_id = $1 AND awaited IN ('wait', 'fail', 'error')";
-
-/// The children of `$1` its join counted, of machine `$2` (every machine
-/// when NULL) or only child `$3`: id, state, result, error.
-const CHILD_RESULTS: &str = "
-SELECT id, state, result::text, error FROM jetpack_tasks
-WHERE parent_id = $1 AND awaited = 'done'
-  AND ($2::text IS NULL OR left(kind, length($2) + 1) = $2 || '.')
-  AND ($3::bigint IS NULL OR id = $3)
-ORDER BY id";
-
-/// Inserts children of task `parent` in the step's transaction.
-pub(crate) async fn insert_children(
-    db: &mut PgConnection,
-    parent: i64,
-    awaited: Option<&str>,
-    steps: Vec<Encoded>,
-) -> Result<Vec<i64>, Error> {
-    let kinds: Vec<String> = steps.iter().map(Encoded::kind).collect();
-    let priorities: Vec<i16> = steps.iter().map(|s| i16::from(s.priority)).collect();
-    let scopes: Vec<Option<&str>> = steps.iter().map(|s| s.scope.as_deref()).collect();
-    let json: Vec<&str> = steps.iter().map(|s| s.json.as_str()).collect();
-    Ok(sqlx::query_scalar(INSERT_CHILDREN)
-        .bind(json)
-        .bind(kinds)
-        .bind(parent)
-        .bind(awaited)
-        .bind(priorities)
-        .bind(scopes)
-        .fetch_all(db)
-        .await?)
-}
-
-/// Detaches the awaited children of `parent` (its step did not join them).
-pub(crate) async fn detach_children(db: &mut PgConnection, parent: i64) -> Result<(), Error> {
-    sqlx::query(DETACH_CHILDREN)
-        .bind(parent)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// The results of the children of `parent` its join counted.
-pub(crate) async fn child_results(
-    pool: &PgPool,
-    parent: i64,
-    machine: Option<&str>,
-    child: Option<i64>,
-) -> Result<Vec<super::ChildRow>, Error> {
-    Ok(sqlx::query_as(CHILD_RESULTS)
-        .bind(parent)
-        .bind(machine)
-        .bind(child)
-        .fetch_all(pool)
-        .await?)
-}
-
 pub(crate) struct PgStore {
     pool: PgPool,
 }
@@ -1332,3 +1224,5 @@ impl Listener for PgNotices {
 }
 
 mod backend;
+mod children;
+pub(crate) use children::{child_results, detach_children, insert_children};

@@ -777,136 +777,8 @@ const INSERT_MANY: &str = "INSERT INTO jetpack_tasks (kind, step, priority, limi
 const INSERT_MANY_OF_KIND: &str = "INSERT INTO jetpack_tasks (kind, step, priority)
      SELECT ?2, value, ?3 FROM json_each(?1) ORDER BY rowid";
 
-/// Inserts children of task `?2`, awaited by its join as `?3` says (NULL:
-/// detached): `?1` is an array of `[kind, step, priority, scope]`, in array
-/// order.
-const INSERT_CHILDREN: &str = "INSERT INTO jetpack_tasks (kind, step, priority, limit_scope, parent_id, awaited)
-     SELECT value ->> 0, value -> 1, value ->> 2, value ->> 3, ?2, ?3 FROM json_each(?1) ORDER BY rowid";
-
-/// Children of `?1` its step spawned awaited but will not join: detached.
-const DETACH_CHILDREN: &str = "UPDATE jetpack_tasks SET awaited = NULL
-     WHERE parent_id = ?1 AND awaited IN ('wait', 'fail', 'error')";
-
-/// The children of `?1` its join counted, of machine `?2` (every machine when
-/// NULL) or only child `?3`: id, state, result, error.
-const CHILD_RESULTS: &str = "SELECT id, state, result, error FROM jetpack_tasks
-     WHERE parent_id = ?1 AND awaited = 'done'
-       AND (?2 IS NULL OR substr(kind, 1, length(?2) + 1) = ?2 || '.')
-       AND (?3 IS NULL OR id = ?3)
-     ORDER BY id";
-
-/// `steps` as one JSON array of `[kind, step, priority, scope]`: each step is
-/// a JSON document already.
-fn rows(steps: &[Encoded]) -> String {
-    let rows: Vec<String> = steps
-        .iter()
-        .map(|s| {
-            let kind = serde_json::Value::from(s.kind());
-            let scope = serde_json::Value::from(s.scope.as_deref());
-            format!("[{kind},{},{},{scope}]", s.json, s.priority)
-        })
-        .collect();
-    format!("[{}]", rows.join(","))
-}
-
-/// Inserts children of task `parent` in the step's transaction.
-pub(crate) async fn insert_children(
-    db: &mut SqliteConnection,
-    parent: i64,
-    awaited: Option<&str>,
-    steps: Vec<Encoded>,
-) -> Result<Vec<i64>, Error> {
-    let done = sqlx::query(INSERT_CHILDREN)
-        .bind(rows(&steps))
-        .bind(parent)
-        .bind(awaited)
-        .execute(db)
-        .await?;
-    // Consecutive ids, as in `insert_many`.
-    let last = done.last_insert_rowid();
-    let n = i64::try_from(done.rows_affected()).unwrap_or(i64::MAX);
-    Ok((last - n + 1..=last).collect())
-}
-
-/// Detaches the awaited children of `parent` (its step did not join them).
-pub(crate) async fn detach_children(db: &mut SqliteConnection, parent: i64) -> Result<(), Error> {
-    sqlx::query(DETACH_CHILDREN)
-        .bind(parent)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// The results of the children of `parent` its join counted.
-pub(crate) async fn child_results(
-    pool: &SqlitePool,
-    parent: i64,
-    machine: Option<&str>,
-    child: Option<i64>,
-) -> Result<Vec<super::ChildRow>, Error> {
-    Ok(sqlx::query_as(CHILD_RESULTS)
-        .bind(parent)
-        .bind(machine)
-        .bind(child)
-        .fetch_all(pool)
-        .await?)
-}
-
-/// Jetpack's SQLite migrations, recorded in `_jetpack_migrations` (apart from
-/// the application's own `_sqlx_migrations`).
-pub(crate) fn migrator() -> sqlx::migrate::Migrator {
-    let mut migrator = sqlx::migrate!("../migrations/sqlite");
-    migrator.dangerous_set_table_name("_jetpack_migrations");
-    migrator
-}
-
-/// Applies Jetpack's migrations in one `BEGIN IMMEDIATE` transaction, so that
-/// processes migrating one file at once take turns: the first applies what is
-/// missing, the others then find nothing to do. (SQLite has no advisory lock,
-/// and sqlx's migrator takes none on SQLite: two processes could both see a
-/// migration missing, and the second one's `CREATE TABLE` failed.) A process
-/// that finds the file locked by another one's migration waits for it, up to
-/// a minute.
-pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
-    let mut db = pool.acquire().await?;
-    let waited = std::time::Instant::now();
-    let mut tx = loop {
-        match db.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => break tx,
-            Err(sqlx::Error::Database(e))
-                if e.code().as_deref() == Some("5") && waited.elapsed() < MIGRATE_WAIT =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
-    migrator().run_direct(None, &mut *tx, false).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// How long [`migrate`] waits for another process's migration.
-const MIGRATE_WAIT: Duration = Duration::from_secs(60);
-
 /// The time format of the table, for binding absolute times.
 pub(crate) const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
-
-/// Opens (creating if needed) the SQLite file at `url` (`sqlite://jetpack.db`)
-/// with the settings Jetpack needs: WAL journal, `synchronous = NORMAL`, a busy
-/// timeout of 5 s.
-pub async fn connect(url: &str) -> Result<SqlitePool, Error> {
-    let options: SqliteConnectOptions = url.parse()?;
-    let options = options
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(5));
-    Ok(SqlitePoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await?)
-}
 
 pub(crate) struct SqliteStore {
     pool: SqlitePool,
@@ -1776,7 +1648,15 @@ impl Listener for LocalNotices {
 }
 
 mod backend;
+mod children;
+mod migrate;
 use backend::{local_cancels, read_time};
+use children::rows;
+pub(crate) use children::{child_results, detach_children, insert_children};
+pub use migrate::connect;
+pub(crate) use migrate::migrate;
+#[cfg(test)]
+pub(crate) use migrate::migrator;
 
 #[cfg(test)]
 mod tests {
