@@ -22,6 +22,7 @@
 use sqlx::{Acquire, Executor};
 
 use crate::driver::Backend;
+use crate::driver::{Admin, Histories};
 pub use crate::model::{Change, Count, Filter, Related, Tallies, Tally};
 use crate::model::{Error, TaskRow};
 use crate::workflow::Scheduler;
@@ -33,7 +34,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::admin_counts(db).await
+    <E::Database>::admin_counts(db).await
 }
 
 /// A table whose ids span up to this many is counted row by row: a scan of
@@ -68,11 +69,11 @@ where
         Executor<'c, Database = A::Database>,
 {
     let mut conn = db.acquire().await?;
-    let Some((lo, hi)) = <A::Database as Backend>::admin_id_span(&mut *conn).await? else {
+    let Some((lo, hi)) = <A::Database>::admin_id_span(&mut *conn).await? else {
         return Ok(Vec::new());
     };
     if hi - lo < EXACT_UP_TO {
-        return <A::Database as Backend>::admin_counts(&mut *conn).await;
+        return <A::Database>::admin_counts(&mut *conn).await;
     }
     let stride = (hi - lo + 1) / SAMPLE_STRATA;
     let sample = Tally::Sample {
@@ -80,17 +81,17 @@ where
         stride,
         strata: SAMPLE_STRATA,
     };
-    let sampled = <A::Database as Backend>::admin_tally(&mut *conn, sample).await?;
+    let sampled = <A::Database>::admin_tally(&mut *conn, sample).await?;
     let scale = stride as f64 / SAMPLE_WIDTH as f64;
     let rows: i64 = sampled.iter().map(|(_, _, n)| n).sum();
     if rows as f64 * scale <= EXACT_UP_TO as f64 {
         // Few rows over many ids (finished tasks deleted): a scan is cheap.
-        return <A::Database as Backend>::admin_counts(&mut *conn).await;
+        return <A::Database>::admin_counts(&mut *conn).await;
     }
     let indexed = Tally::Indexed {
         limit: INDEXED_UP_TO + 1,
     };
-    let indexed = <A::Database as Backend>::admin_tally(&mut *conn, indexed).await?;
+    let indexed = <A::Database>::admin_tally(&mut *conn, indexed).await?;
     let mut per_state = std::collections::BTreeMap::<&str, i64>::new();
     for (_, state, n) in &indexed {
         *per_state.entry(state.as_str()).or_default() += n;
@@ -120,7 +121,7 @@ where
     E::Database: Backend,
 {
     filter.check()?;
-    <E::Database as Backend>::admin_list(db, filter.clone()).await
+    <E::Database>::admin_list(db, filter.clone()).await
 }
 
 /// Task `id` and its history; an error when there is no such task.
@@ -132,12 +133,12 @@ where
         Executor<'c, Database = A::Database>,
 {
     let mut conn = db.acquire().await?;
-    let Some(task) = <A::Database as Backend>::find(&mut *conn, id).await? else {
+    let Some(task) = <A::Database>::find(&mut *conn, id).await? else {
         return Err(Error::Admin(format!(
             "no task {id}: it never existed, or it ended and was deleted"
         )));
     };
-    let history = <A::Database as Backend>::history(&mut *conn, id).await?;
+    let history = <A::Database>::history(&mut *conn, id).await?;
     Ok((task, history))
 }
 
@@ -151,7 +152,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    match <E::Database as Backend>::recorded_graph(db, name.to_string()).await? {
+    match <E::Database>::recorded_graph(db, name.to_string()).await? {
         Some(json) => Ok(Some((crate::workflow::RecordedGraph::parse(&json)?, json))),
         None => Ok(None),
     }
@@ -163,7 +164,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    let graphs = <E::Database as Backend>::recorded_graphs(db).await?;
+    let graphs = <E::Database>::recorded_graphs(db).await?;
     graphs
         .iter()
         .map(|g| crate::workflow::RecordedGraph::parse(g))
@@ -177,7 +178,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::admin_tasks(db, Related::Children(id)).await
+    <E::Database>::admin_tasks(db, Related::Children(id)).await
 }
 
 /// The tasks that hold `key`, as their unique key or as the key signals are
@@ -187,7 +188,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::admin_tasks(db, Related::Key(key.to_string())).await
+    <E::Database>::admin_tasks(db, Related::Key(key.to_string())).await
 }
 
 /// Replaces the step of task `id` by `step` (`{"Machine":{"Step":{..}}}`),
@@ -225,7 +226,7 @@ where
         }
     };
     let mut conn = db.acquire().await?;
-    let Some(task) = <A::Database as Backend>::find(&mut *conn, id).await? else {
+    let Some(task) = <A::Database>::find(&mut *conn, id).await? else {
         return Err(Error::Admin(format!(
             "no task {id}: it ended, or never existed; nothing changed"
         )));
@@ -240,7 +241,7 @@ where
             value.machine_name()
         )));
     }
-    match <A::Database as Backend>::admin_edit(&mut *conn, id, step.to_string()).await? {
+    match <A::Database>::admin_edit(&mut *conn, id, step.to_string()).await? {
         0 => Err(Error::Admin(format!(
             "task {id} is not ready or parked (or is running): nothing changed"
         ))),
@@ -290,7 +291,7 @@ where
     E::Database: Backend,
 {
     filter.check()?;
-    let n = <E::Database as Backend>::admin_change(db, filter.clone(), change).await?;
+    let n = <E::Database>::admin_change(db, filter.clone(), change).await?;
     if n == 0 {
         return Err(Error::Admin(format!(
             "no {which} match ({}): nothing changed",
@@ -354,11 +355,10 @@ where
 {
     let mut conn = db.acquire().await?;
     let machine = from.split_once('.').map_or(from, |(m, _)| m);
-    let graphs =
-        match <A::Database as Backend>::recorded_graph(&mut *conn, machine.to_string()).await? {
-            Some(graph) => vec![crate::workflow::RecordedGraph::parse(&graph)?],
-            None => Vec::new(),
-        };
+    let graphs = match <A::Database>::recorded_graph(&mut *conn, machine.to_string()).await? {
+        Some(graph) => vec![crate::workflow::RecordedGraph::parse(&graph)?],
+        None => Vec::new(),
+    };
     let steps = steps_of(&graphs, from, to)?;
     move_tasks::<A::Database>(&mut conn, steps, from, to, filter, |_| Ok(())).await
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
 use crate::driver::Backend;
+use crate::driver::Histories;
 use crate::model::Error;
 pub use crate::model::{Activity, Minute, TaskError, Transition, ERRORS_CHANNEL};
 
@@ -28,7 +29,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::history(db, id).await
+    <E::Database>::history(db, id).await
 }
 
 /// What task `id` was doing at `at`: its last transition at or before then,
@@ -61,7 +62,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::counts_at(db, at).await
+    <E::Database>::counts_at(db, at).await
 }
 
 /// What the workers did since `since`, per minute, and how many tasks moved
@@ -79,7 +80,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::activity(db, since).await
+    <E::Database>::activity(db, since).await
 }
 
 /// Switches the history on or off for every worker and every trigger
@@ -90,5 +91,5 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::set_history(db, on).await
+    <E::Database>::set_history(db, on).await
 }

@@ -1,570 +1,113 @@
-//! The driver: every SQL statement, behind [`Backend`] (the calls on a caller's
-//! executor) and [`Store`] (the worker's); one folder per backend. Imports only
-//! `model`. The worker's logic above it (claiming, retries, leases, shutdown) is
-//! written once for all backends.
+//! The driver: every SQL statement, behind one sealed [`Driver`] implemented
+//! for `sqlx::Postgres` and `sqlx::Sqlite`. A file per concern here (its
+//! trait, and what the backends share) and in `postgres/` and `sqlite/` (its
+//! statements); `erased.rs` erases it once for the worker. Imports only `model`.
 
-use std::any::Any;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+mod admin;
+mod claim;
+mod clean;
+mod complete;
+mod enqueue;
+mod erased;
+mod history;
+mod limits;
+mod migrate;
+mod registry;
+mod schedule;
+mod workflow;
 
-pub(crate) use crate::model::{
-    is_refusal, micros, wakeup_binds, Claimed, History, Limit, Notice, Outcome, Retention, Trace,
-    FENCE_MAX,
-};
-use crate::model::{Error, NewTask, Rate, Window};
-pub use backend::Backend;
-
-/// [`Store::back`] in a backend's transaction `$tx`: its `BACK` statement,
-/// then, with `$slow`, its `SLOW`.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-macro_rules! back_and_slow {
-    ($tx:expr, $id:expr, $fence:expr, $delay:expr, $slow:expr) => {{
-        sqlx::query(BACK)
-            .bind($id)
-            .bind($fence)
-            .bind($delay)
-            .execute(&mut *$tx)
-            .await?;
-        if let Some((scope, rate)) = $slow {
-            sqlx::query(SLOW)
-                .bind(scope)
-                .bind(rate.steps_per_second())
-                .bind(rate.climb())
-                .bind(rate.floor())
-                .bind($delay)
-                .execute(&mut *$tx)
-                .await?;
-        }
-    }};
-}
-
-/// Binds an admin filter's five conditions (`$1`…`$5`) to `$query`.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-macro_rules! bind_filter {
-    ($query:expr, $filter:expr) => {{
-        let older = $filter.older_than_us();
-        $query
-            .bind($filter.step)
-            .bind($filter.machine)
-            .bind($filter.state)
-            .bind($filter.error_contains)
-            .bind(older)
-    }};
-}
-
-/// The admin API's methods in `impl Backend` that are the same on both
-/// backends but for their statements (`FIND`, `RECORDED_GRAPH`, `RECORDED_GRAPHS`,
-/// `ADMIN_COUNTS`, `ADMIN_ID_SPAN`, `ADMIN_SAMPLE`, `ADMIN_INDEXED`, `ADMIN_LIST`, `ADMIN_LIST_PARKED`, `ADMIN_REDRIVABLE`, `ADMIN_CHILDREN`,
-/// `ADMIN_BY_KEY`, `ADMIN_EDIT`, `ADMIN_RESUME`, `ADMIN_CANCEL`, `ADMIN_PURGE`),
-/// rows (`FoundRow`, `task_row`) and `wake_local` (after a change), named
-/// where it expands.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-macro_rules! admin_shared {
-    () => {
-        fn recorded_graph<'e, E>(
-            db: E,
-            machine: String,
-        ) -> BoxFuture<'e, Result<Option<String>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let query = sqlx::query_scalar(RECORDED_GRAPH).bind(machine);
-                Ok(query.fetch_optional(db).await?)
-            })
-        }
-
-        fn find<'e, E>(db: E, id: i64) -> BoxFuture<'e, Result<Option<TaskRow>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let row: Option<FoundRow> =
-                    sqlx::query_as(FIND).bind(id).fetch_optional(db).await?;
-                row.map(task_row).transpose()
-            })
-        }
-
-        fn recorded_graphs<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<String>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move { Ok(sqlx::query_scalar(RECORDED_GRAPHS).fetch_all(db).await?) })
-        }
-
-        fn admin_tasks<'e, E>(
-            db: E,
-            which: crate::model::Related,
-        ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let rows: Vec<FoundRow> = match which {
-                    crate::model::Related::Children(id) => {
-                        sqlx::query_as(ADMIN_CHILDREN)
-                            .bind(id)
-                            .fetch_all(db)
-                            .await?
-                    }
-                    crate::model::Related::Key(key) => {
-                        sqlx::query_as(ADMIN_BY_KEY).bind(key).fetch_all(db).await?
-                    }
-                };
-                rows.into_iter().map(task_row).collect()
-            })
-        }
-
-        fn admin_edit<'e, E>(db: E, id: i64, step: String) -> BoxFuture<'e, Result<u64, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let done = sqlx::query(ADMIN_EDIT)
-                    .bind(id)
-                    .bind(step)
-                    .execute(db)
-                    .await?;
-                Ok(done.rows_affected())
-            })
-        }
-
-        fn admin_change<'e, E>(
-            db: E,
-            filter: crate::model::Filter,
-            change: crate::model::Change,
-        ) -> BoxFuture<'e, Result<u64, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                use crate::model::Change;
-                let sql = match change {
-                    Change::Resume => ADMIN_RESUME,
-                    Change::Cancel(_) => ADMIN_CANCEL,
-                    Change::Purge => ADMIN_PURGE,
-                };
-                let mut query = bind_filter!(sqlx::query(sql), filter);
-                if let Change::Cancel(reason) = change {
-                    query = query.bind(reason);
-                }
-                let done = query.execute(db).await?;
-                wake_local();
-                Ok(done.rows_affected())
-            })
-        }
-
-        fn admin_counts<'e, E>(db: E) -> BoxFuture<'e, Result<Vec<crate::model::Count>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let rows: crate::model::Tallies =
-                    sqlx::query_as(ADMIN_COUNTS).fetch_all(db).await?;
-                crate::model::counted(rows)
-            })
-        }
-
-        fn admin_id_span<'e, E>(db: E) -> BoxFuture<'e, Result<Option<(i64, i64)>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let (lo, hi): (Option<i64>, Option<i64>) =
-                    sqlx::query_as(ADMIN_ID_SPAN).fetch_one(db).await?;
-                Ok(lo.zip(hi))
-            })
-        }
-
-        fn admin_tally<'e, E>(
-            db: E,
-            which: crate::model::Tally,
-        ) -> BoxFuture<'e, Result<crate::model::Tallies, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                use crate::model::Tally;
-                let query = match which {
-                    Tally::Sample {
-                        first,
-                        stride,
-                        strata,
-                    } => sqlx::query_as(ADMIN_SAMPLE)
-                        .bind(first)
-                        .bind(stride)
-                        .bind(strata),
-                    Tally::Indexed { limit } => sqlx::query_as(ADMIN_INDEXED).bind(limit),
-                };
-                Ok(query.fetch_all(db).await?)
-            })
-        }
-
-        fn admin_list<'e, E>(
-            db: E,
-            filter: crate::model::Filter,
-        ) -> BoxFuture<'e, Result<Vec<TaskRow>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let (after, limit) = (filter.after_id, i64::from(filter.limit.unwrap_or(100)));
-                let sql = match filter.state.as_deref() {
-                    Some("parked") => ADMIN_LIST_PARKED,
-                    _ => ADMIN_LIST,
-                };
-                let rows: Vec<FoundRow> = bind_filter!(sqlx::query_as(sql), filter)
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(db)
-                    .await?;
-                rows.into_iter().map(task_row).collect()
-            })
-        }
-
-        fn admin_redrivable<'e, E>(
-            db: E,
-            filter: crate::model::Filter,
-        ) -> BoxFuture<'e, Result<Vec<(i64, i64, String)>, Error>>
-        where
-            E: Executor<'e, Database = Self> + 'e,
-        {
-            Box::pin(async move {
-                let query = bind_filter!(sqlx::query_as(ADMIN_REDRIVABLE), filter);
-                Ok(query.fetch_all(db).await?)
-            })
-        }
-    };
-}
-
-mod backend;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
-/// How long a rate bucket no claim took from is kept: a day. Deleted, it
-/// starts again full and at its limit, as it would mostly be by then.
-pub(crate) const IDLE_BUCKET: Duration = Duration::from_secs(24 * 3600);
+pub use admin::{Admin, AdminStatements};
+pub(crate) use claim::back_and_slow;
+pub use claim::{Claims, Listener};
+pub use clean::Clean;
+pub(crate) use complete::which_held;
+pub use complete::Completes;
+pub use enqueue::{Enqueues, KeyedStatements};
+pub(crate) use erased::{Pooled, Store};
+pub use history::Histories;
+pub(crate) use history::COUNTS_AT;
+pub use limits::Limits;
+pub(crate) use limits::IDLE_BUCKET;
+pub use migrate::Migrations;
+pub use registry::Registry;
+pub use schedule::Schedules;
+pub(crate) use workflow::ChildRow;
+pub use workflow::Workflows;
 
-/// The database operations a worker needs. One implementation per backend.
-#[async_trait]
-pub(crate) trait Store: Send + Sync + 'static {
-    /// The database's name, for messages.
-    fn database(&self) -> &'static str;
-
-    /// How often to poll when no notification arrives, unless the user chose.
-    fn default_poll_interval(&self) -> Duration {
-        Duration::from_secs(2)
-    }
-
-    /// Claims up to `limit` ready tasks of the given kinds, oldest first, leasing
-    /// them to `owner` for `lease`; bumps `tried` and `fence` of each.
-    async fn claim(
-        &self,
-        limit: usize,
-        kinds: &[String],
-        owner: &str,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>, Error>;
-
-    /// Claims up to `limit` ready tasks of limited steps, of the kinds
-    /// `limits` names with their limits (per scope): never more attempts
-    /// holding live leases in a scope than its concurrency, never more
-    /// started than its rate's bucket holds tokens (which the claim takes).
-    async fn claim_limited(
-        &self,
-        limit: usize,
-        limits: &[Limit],
-        owner: &str,
-        lease: Duration,
-    ) -> Result<Vec<Claimed>, Error>;
-
-    /// Gives back attempt `(id, fence)`, whose step was rate limited: ready
-    /// after `delay`, not counted as tried. With `slow`, the scope's rate
-    /// (under that limit) halves and its claims pause for `delay`, unless a
-    /// slow-down's pause is under way.
-    async fn back(
-        &self,
-        id: i64,
-        fence: i64,
-        delay: Duration,
-        slow: Option<(&str, &Rate)>,
-    ) -> Result<(), Error>;
-
-    /// Gives a task claimed without a concurrency scope (a row written by
-    /// hand, or under a step's former name) its `scope`, stores its step
-    /// again as `step` of `kind` (the step's current name), and releases it
-    /// to the claims of limited steps (not counted as an attempt).
-    async fn rescope(
-        &self,
-        id: i64,
-        fence: i64,
-        scope: &str,
-        step: &str,
-        kind: &str,
-    ) -> Result<(), Error>;
-
-    /// The last tick schedule `name` fired, recorded as `start` when the
-    /// schedule has no row yet.
-    #[cfg_attr(not(feature = "cron"), allow(dead_code))]
-    async fn last_tick(&self, name: &str, start: DateTime<Utc>) -> Result<DateTime<Utc>, Error>;
-
-    /// Moves schedule `name` from tick `from` to `to` and enqueues `tasks`, in
-    /// one transaction, if its last tick is still `from` (no other worker
-    /// fired it); whether it did.
-    #[cfg_attr(not(feature = "cron"), allow(dead_code))]
-    async fn fire(
-        &self,
-        name: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        tasks: Vec<crate::model::Encoded>,
-    ) -> Result<bool, Error>;
-
-    /// Takes the concurrency scope from the live tasks of `kinds`, whose
-    /// steps have no limit; how many.
-    async fn unscope(&self, kinds: &[String]) -> Result<u64, Error>;
-
-    /// Records the outcomes of attempts `(id, fence, outcome)`, all in one
-    /// transaction, with their `history` when it is on; returns, in order,
-    /// whether each attempt still held its task (false when its lease expired
-    /// and another claim happened).
-    async fn complete_many(
-        &self,
-        done: &[(i64, i64, &Outcome)],
-        history: Option<&History<'_>>,
-    ) -> Result<Vec<bool>, Error>;
-
-    /// Records one outcome inside the step's own transaction, which is
-    /// committed when the attempt still holds the task and rolled back otherwise.
-    async fn complete_in_tx(
-        &self,
-        tx: Box<dyn Any + Send>,
-        id: i64,
-        fence: i64,
-        outcome: &Outcome,
-        history: Option<&History<'_>>,
-    ) -> Result<bool, Error>;
-
-    /// Records the machines `(name, graph as JSON)` in `jetpack_machines`,
-    /// writing only those that changed.
-    async fn register(&self, machines: &[(String, String)]) -> Result<(), Error>;
-
-    /// Tells every listener of [`ERRORS_CHANNEL`](crate::ERRORS_CHANNEL) of
-    /// failed attempts (JSON payloads); a backend without notifications does
-    /// nothing.
-    async fn notify_errors(&self, payloads: &[String]) -> Result<(), Error>;
-
-    /// Whether the history is on (`jetpack_config.history`).
-    async fn history_on(&self) -> Result<bool, Error>;
-
-    /// Extends the leases of the given `(id, fence)` attempts; returns those
-    /// still held.
-    async fn heartbeat(
-        &self,
-        held: &[(i64, i64)],
-        lease: Duration,
-    ) -> Result<Vec<(i64, i64)>, Error>;
-
-    /// Gives back abandoned attempts: ready at once, and not counted as tried.
-    async fn release(&self, held: &[(i64, i64)]) -> Result<(), Error>;
-
-    /// How long until the next task of these kinds is due, by the database clock.
-    async fn next_due(&self, kinds: &[String]) -> Result<Option<Duration>, Error>;
-
-    /// Opens the stream of wakeups (new work, resumed tasks, stop requests).
-    async fn listen(&self) -> Result<Box<dyn Listener>, Error>;
-
-    /// Makes up to `limit` waiting tasks whose deadline passed ready, without
-    /// a signal; how many.
-    async fn expire_waits(&self, limit: usize) -> Result<u64, Error>;
-
-    /// The `state` of each of the tasks `ids` that exists.
-    async fn states(&self, ids: &[i64]) -> Result<Vec<(i64, String)>, Error>;
-
-    /// Deletes up to `limit` finished and cancelled tasks kept longer than
-    /// `keep` says, oldest first, and up to `limit` kept signals and rows of
-    /// history as old; how many it deleted.
-    async fn clean(&self, keep: &Retention, limit: usize) -> Result<u64, Error>;
-
-    /// Deletes up to `limit` throttle windows that have passed and up to
-    /// `limit` rate buckets no claim has taken from for [`IDLE_BUCKET`]; how
-    /// many it deleted.
-    async fn clean_limits(&self, limit: usize) -> Result<u64, Error>;
-
-    /// How many live tasks (ready, waiting or parked) wait whose kind is none
-    /// of `kinds`, by kind.
-    async fn other_kinds(&self, kinds: &[String]) -> Result<Vec<(String, i64)>, Error>;
-
-    /// The connections a worker needs from its pool at the least, and how many
-    /// the pool may open.
-    fn connections(&self) -> (u32, u32);
+/// A database Jetpack can store tasks in: PostgreSQL or SQLite (sealed).
+///
+/// Every statement Jetpack runs is one of its methods, grouped by concern
+/// ([`Claims`], [`Completes`], [`Enqueues`], [`Admin`], [`Workflows`],
+/// [`Limits`], [`Schedules`], [`Histories`], [`Registry`], [`Clean`],
+/// [`Migrations`]); none of them is a public API. The calls of the public API
+/// (`enqueue`, `find`, `signal`, the admin API) take any executor of a
+/// `Driver`: a pool, a connection or a transaction.
+pub trait Driver:
+    Base
+    + Claims
+    + Completes
+    + Enqueues
+    + Admin
+    + Workflows
+    + Limits
+    + Schedules
+    + Histories
+    + Registry
+    + Clean
+    + Migrations
+{
 }
 
-#[async_trait]
-pub(crate) trait Listener: Send {
-    /// Waits for the next notice. An error means the connection dropped; the
-    /// caller backs off and calls again (the listener reconnects).
-    async fn recv(&mut self) -> Result<Notice, Error>;
+impl<D> Driver for D where
+    D: Base
+        + Claims
+        + Completes
+        + Enqueues
+        + Admin
+        + Workflows
+        + Limits
+        + Schedules
+        + Histories
+        + Registry
+        + Clean
+        + Migrations
+{
 }
 
-/// For each outcome of `done`, whether its attempt still held the task: whether
-/// its (id, fence) is among those the statements wrote. By id alone, a stale
-/// attempt flushed with the live attempt of the same task would count as held.
-pub(crate) fn which_held(done: &[(i64, i64, &Outcome)], held: Vec<(i64, i64)>) -> Vec<bool> {
-    let held: std::collections::HashSet<(i64, i64)> = held.into_iter().collect();
-    done.iter()
-        .map(|&(id, fence, _)| held.contains(&(id, fence)))
-        .collect()
+/// The name the public API's bounds use for a [`Driver`] (`DB: Backend`).
+pub use self::Driver as Backend;
+
+/// What the driver's traits share: the database (sealed) and the worker's
+/// state of one of its pools.
+pub trait Base: sqlx::Database + sealed::Sealed {
+    /// What the worker's statements run on: the pool, and what the backend
+    /// keeps beside it (SQLite: the worker's own writing connection).
+    type Handle: Send + Sync + 'static;
+
+    /// How often a worker polls when no notification arrives, unless its
+    /// builder says.
+    const DEFAULT_POLL: Duration;
+
+    /// The connections a worker takes from its pool at the least.
+    const WORKER_CONNECTIONS: u32;
+
+    /// The worker's state of `pool`.
+    fn handle(pool: sqlx::Pool<Self>) -> Self::Handle;
 }
 
-/// The statements of a keyed or throttled enqueue, on one connection inside a
-/// transaction; the enqueue's logic runs them.
-#[doc(hidden)]
-#[async_trait]
-pub trait KeyedStatements: Send {
-    /// Stores `task` unless a live task holds its unique key; its id.
-    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error>;
-    /// The live task holding `key`, locked, and whether it has not started
-    /// (ready, and no live lease).
-    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error>;
-    /// Replaces the step, due time and priority of task `id`.
-    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error>;
-    /// Takes the unique key from task `id`.
-    async fn detach(&mut self, id: i64) -> Result<(), Error>;
-    /// Takes throttle `key`'s window of `window` µs, if it is free.
-    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error>;
-    /// Records the task that took throttle `key`'s window.
-    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
-}
-
-/// How many tasks were at each step at `$1`: the query of
-/// [`counts_at`](crate::counts_at), the
-/// same on both backends.
-pub(crate) const COUNTS_AT: &str = "
-SELECT h.to_kind, count(*) FROM jetpack_history h
-JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY task_id) last
-  ON last.id = h.id
-WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
-GROUP BY h.to_kind ORDER BY h.to_kind";
-
-/// The store for a pool of any supported database.
-pub(crate) fn for_pool<DB: sqlx::Database>(pool: sqlx::Pool<DB>) -> std::sync::Arc<dyn Store> {
-    let pool: Box<dyn Any> = Box::new(pool);
+mod sealed {
+    pub trait Sealed {}
     #[cfg(feature = "postgres")]
-    let pool = match pool.downcast::<sqlx::PgPool>() {
-        Ok(pg) => return std::sync::Arc::new(postgres::PgStore::new(*pg)),
-        Err(other) => other,
-    };
+    impl Sealed for sqlx::Postgres {}
     #[cfg(feature = "sqlite")]
-    let pool = match pool.downcast::<sqlx::SqlitePool>() {
-        Ok(lite) => return std::sync::Arc::new(sqlite::SqliteStore::new(*lite)),
-        Err(other) => other,
-    };
-    // `Backend` is sealed and implemented only for the databases above.
-    drop(pool);
-    unreachable!("jetpack::Backend is implemented only for enabled databases")
-}
-
-/// A child's row as a join step reads it: id, state, result, error.
-pub(crate) type ChildRow = (i64, String, Option<String>, Option<String>);
-
-/// Inserts children of task `parent` in the step's transaction `tx`, awaited
-/// by the parent's join as `awaited` says (`None`: detached); their ids.
-pub(crate) async fn insert_children(
-    tx: &mut (dyn Any + Send),
-    parent: i64,
-    awaited: Option<&str>,
-    steps: Vec<crate::model::Encoded>,
-) -> Result<Vec<i64>, Error> {
-    #[cfg(feature = "postgres")]
-    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>() {
-        return postgres::insert_children(tx, parent, awaited, steps).await;
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Sqlite>>() {
-        return sqlite::insert_children(tx, parent, awaited, steps).await;
-    }
-    Err(unknown_database())
-}
-
-/// Detaches the awaited children of `parent`, in the step's transaction.
-pub(crate) async fn detach_children(tx: &mut (dyn Any + Send), parent: i64) -> Result<(), Error> {
-    #[cfg(feature = "postgres")]
-    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Postgres>>() {
-        return postgres::detach_children(tx, parent).await;
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(tx) = tx.downcast_mut::<sqlx::Transaction<'static, sqlx::Sqlite>>() {
-        return sqlite::detach_children(tx, parent).await;
-    }
-    Err(unknown_database())
-}
-
-/// The children of `parent` its join counted, of `machine` (all when `None`)
-/// or only `child`, read with the worker's pool.
-pub(crate) async fn child_results(
-    pool: &(dyn Any + Send + Sync),
-    parent: i64,
-    machine: Option<&str>,
-    child: Option<i64>,
-) -> Result<Vec<ChildRow>, Error> {
-    #[cfg(feature = "postgres")]
-    if let Some(pool) = pool.downcast_ref::<sqlx::PgPool>() {
-        return postgres::child_results(pool, parent, machine, child).await;
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(pool) = pool.downcast_ref::<sqlx::SqlitePool>() {
-        return sqlite::child_results(pool, parent, machine, child).await;
-    }
-    Err(unknown_database())
-}
-
-/// Opens a transaction on the worker's pool, boxed as a step's transaction.
-pub(crate) async fn begin(pool: &(dyn Any + Send + Sync)) -> Result<Box<dyn Any + Send>, Error> {
-    #[cfg(feature = "postgres")]
-    if let Some(pool) = pool.downcast_ref::<sqlx::PgPool>() {
-        return Ok(Box::new(pool.begin().await?));
-    }
-    #[cfg(feature = "sqlite")]
-    if let Some(pool) = pool.downcast_ref::<sqlx::SqlitePool>() {
-        return Ok(Box::new(pool.begin().await?));
-    }
-    Err(unknown_database())
-}
-
-fn unknown_database() -> Error {
-    Error::WrongDatabase {
-        actual: "no database",
-        requested: "PostgreSQL or SQLite (child tasks need a worker's database)",
-    }
-}
-
-/// The step's transaction, as the worker handed it over, back in its type.
-pub(crate) fn downcast_tx<DB: sqlx::Database>(
-    tx: Box<dyn Any + Send>,
-) -> Result<Box<sqlx::Transaction<'static, DB>>, Error> {
-    tx.downcast().map_err(|_| Error::WrongDatabase {
-        actual: DB::NAME,
-        requested: "another database",
-    })
-}
-
-/// Commits the step's transaction when its attempt still held the task, rolls
-/// it back otherwise; returns `held`.
-pub(crate) async fn end_tx<DB: sqlx::Database>(
-    tx: Box<sqlx::Transaction<'static, DB>>,
-    held: bool,
-) -> Result<bool, Error> {
-    if held {
-        tx.commit().await?;
-    } else {
-        tx.rollback().await?;
-    }
-    Ok(held)
+    impl Sealed for sqlx::Sqlite {}
 }
 
 #[cfg(all(test, feature = "postgres", feature = "sqlite"))]
@@ -577,7 +120,7 @@ mod tests {
     use sqlx::Connection;
 
     use super::*;
-    use crate::model::Wakeup;
+    use crate::model::{Limit, Outcome, Retention, Wakeup};
 
     type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
@@ -997,7 +540,7 @@ mod tests {
         std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite://{}", dir.join("unit.db").display());
         let pool = sqlite::connect(&url).await?;
-        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+        <sqlx::Sqlite as Migrations>::migrate(&pool).await?;
         // Once on the statements for a few tasks, once on those for batches,
         // each from the same `tasks` ready tasks.
         let problems = async {
@@ -1009,7 +552,10 @@ mod tests {
                 sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
                     .execute(&pool)
                     .await?;
-                let store = sqlite::SqliteStore::with_few(pool.clone(), few);
+                let store = Pooled::with(
+                    pool.clone(),
+                    sqlite::SqliteHandle::with_few(pool.clone(), few),
+                );
                 let found = run_checks(&store, checks).await?;
                 problems.extend(found.into_iter().map(|p| format!("({paths}) {p}")));
             }
@@ -1029,7 +575,7 @@ mod tests {
         sqlx::query(sqlx::AssertSqlSafe(insert_tasks(tasks)))
             .execute(&pool)
             .await?;
-        let problems = run_checks(&postgres::PgStore::new(pool.clone()), checks).await;
+        let problems = run_checks(&Pooled::<sqlx::Postgres>::new(pool.clone()), checks).await;
         drop_pg(admin, &name, pool).await?;
         let problems = problems?;
         assert!(problems.is_empty(), "{problems:?}");
@@ -1080,12 +626,15 @@ mod tests {
     #[tokio::test]
     async fn sqlite_worker_writes_reach_an_in_memory_database() -> TestResult {
         let pool = sqlite::connect("sqlite::memory:").await?;
-        <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+        <sqlx::Sqlite as Migrations>::migrate(&pool).await?;
         sqlx::query(sqlx::AssertSqlSafe(insert_tasks(3)))
             .execute(&pool)
             .await?;
         for few in [usize::MAX, 0] {
-            let store = sqlite::SqliteStore::with_few(pool.clone(), few);
+            let store = Pooled::with(
+                pool.clone(),
+                sqlite::SqliteHandle::with_few(pool.clone(), few),
+            );
             let claimed = store
                 .claim(1, &["M.A".to_string()], "w", Duration::from_secs(60))
                 .await?;
@@ -1118,12 +667,15 @@ mod tests {
         let url = format!("sqlite://{}", dir.join("unit.db").display());
         let pool = sqlite::connect(&url).await?;
         let result = async {
-            <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
+            <sqlx::Sqlite as Migrations>::migrate(&pool).await?;
             sqlx::query(sqlx::AssertSqlSafe(insert_tasks(2)))
                 .execute(&pool)
                 .await?;
             // Batch statements: the claim begins a transaction, then reads.
-            let store = sqlite::SqliteStore::with_few(pool.clone(), 0);
+            let store = Pooled::with(
+                pool.clone(),
+                sqlite::SqliteHandle::with_few(pool.clone(), 0),
+            );
             let kinds = vec!["M.A".to_string()];
             let hour = Duration::from_secs(3600);
             store.claim(1, &kinds, "w", hour).await?;
@@ -1229,8 +781,8 @@ mod tests {
             old.dangerous_set_table_name("_jetpack_migrations");
             before_lifecycle(old).run(&pool).await?;
             sqlx::query(OLD_ROWS).execute(&pool).await?;
-            <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
-            lifecycle_states_after_migrating(&postgres::PgStore::new(pool.clone())).await
+            <sqlx::Postgres as Migrations>::migrate(&pool).await?;
+            lifecycle_states_after_migrating(&Pooled::<sqlx::Postgres>::new(pool.clone())).await
         }
         .await;
         drop_pg(admin, &name, pool).await?;
@@ -1247,8 +799,8 @@ mod tests {
         let result = async {
             before_lifecycle(sqlite::migrator()).run(&pool).await?;
             sqlx::query(OLD_ROWS).execute(&pool).await?;
-            <sqlx::Sqlite as crate::Backend>::migrate(&pool).await?;
-            lifecycle_states_after_migrating(&sqlite::SqliteStore::new(pool.clone())).await
+            <sqlx::Sqlite as Migrations>::migrate(&pool).await?;
+            lifecycle_states_after_migrating(&Pooled::<sqlx::Sqlite>::new(pool.clone())).await
         }
         .await;
         pool.close().await;
@@ -1259,7 +811,7 @@ mod tests {
     /// A fresh PostgreSQL database with Jetpack's tables, dropped by `drop_pg`.
     async fn pg_database() -> TestResult<(sqlx::PgConnection, String, sqlx::PgPool)> {
         let (admin, name, pool) = pg_empty_database().await?;
-        <sqlx::Postgres as crate::Backend>::migrate(&pool).await?;
+        <sqlx::Postgres as Migrations>::migrate(&pool).await?;
         Ok((admin, name, pool))
     }
 

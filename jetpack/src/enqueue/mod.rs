@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Executor;
 
 pub use crate::driver::Backend;
+use crate::driver::{Admin, AdminStatements, Enqueues, Workflows};
 use crate::model::Error;
 pub(crate) use crate::workflow::to_json;
 use crate::workflow::IntoTask;
@@ -56,7 +57,7 @@ where
         }
     }
     let payload = serde_json::to_string(signal).map_err(Error::Serialize)?;
-    <E::Database as Backend>::signal(db, to, S::NAME, payload).await
+    <E::Database>::signal(db, to, S::NAME, payload).await
 }
 
 /// Reads task `id`; `None` when there is no such task (finished tasks are
@@ -66,7 +67,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::find(db, id).await
+    <E::Database>::find(db, id).await
 }
 
 /// Resumes a parked task, as `UPDATE jetpack_tasks SET error = NULL WHERE id = ..`
@@ -77,7 +78,7 @@ where
     E: Executor<'e> + 'e,
     E::Database: Backend,
 {
-    <E::Database as Backend>::resume(db, id).await
+    <E::Database>::resume(db, id).await
 }
 
 /// Cancels task `id`, keeping `reason` in its `error` column: a ready,
@@ -109,7 +110,7 @@ where
 {
     // PostgreSQL's text cannot hold NUL.
     let reason = reason.replace('\0', "");
-    <E::Database as Backend>::cancel(db, id, reason, false).await
+    <E::Database>::cancel(db, id, reason, false).await
 }
 
 /// Cancels task `id` as [`cancel`] does, and with it every descendant that
@@ -129,7 +130,7 @@ where
     E::Database: Backend,
 {
     let reason = reason.replace('\0', "");
-    <E::Database as Backend>::cancel(db, id, reason, true).await
+    <E::Database>::cancel(db, id, reason, true).await
 }
 
 /// Enqueues a task to run as soon as a worker is free; returns its id.
@@ -148,7 +149,7 @@ where
     E::Database: Backend,
     T: IntoTask,
 {
-    <E::Database as Backend>::insert(db, to_json(task)?, Wakeup::Now).await
+    <E::Database>::insert(db, to_json(task)?, Wakeup::Now).await
 }
 
 /// Enqueues a task to run after `delay` (on the database clock); returns its id.
@@ -158,7 +159,7 @@ where
     E::Database: Backend,
     T: IntoTask,
 {
-    <E::Database as Backend>::insert(db, to_json(task)?, Wakeup::Delay(delay)).await
+    <E::Database>::insert(db, to_json(task)?, Wakeup::Delay(delay)).await
 }
 
 /// Enqueues a task to run at `at` (at once if that has passed); returns its id.
@@ -168,7 +169,7 @@ where
     E::Database: Backend,
     T: IntoTask,
 {
-    <E::Database as Backend>::insert(db, to_json(task)?, Wakeup::At(at)).await
+    <E::Database>::insert(db, to_json(task)?, Wakeup::At(at)).await
 }
 
 /// Enqueues many tasks, due now, in one statement; returns their ids in order.
@@ -186,5 +187,5 @@ where
     if steps.is_empty() {
         return Ok(Vec::new());
     }
-    <E::Database as Backend>::insert_many(db, steps).await
+    <E::Database>::insert_many(db, steps).await
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{to_json, Backend, Encoded};
+use crate::driver::Enqueues;
 use crate::driver::KeyedStatements;
 use crate::model::Error;
 use crate::model::Window;
@@ -139,7 +140,7 @@ impl Enqueue {
                 step.priority
             )));
         }
-        let (delay, at) = crate::driver::wakeup_binds(&self.wakeup)?;
+        let (delay, at) = crate::model::wakeup_binds(&self.wakeup)?;
         if let Some(key) = &self.unique_key {
             check_key("unique key", key)?;
         }
@@ -152,7 +153,7 @@ impl Enqueue {
                         "the throttle window of {key:?} is zero"
                     )));
                 }
-                Some((key, crate::driver::micros(window)?))
+                Some((key, crate::model::micros(window)?))
             }
         };
         Ok(NewTask {
@@ -204,9 +205,9 @@ where
         return Ok(Vec::new());
     }
     let mut tx = db.begin().await?;
-    let done = store_all(<A::Database as Backend>::keyed(&mut *tx), tasks).await?;
+    let done = store_all(<A::Database>::keyed(&mut *tx), tasks).await?;
     tx.commit().await?;
-    <A::Database as Backend>::enqueued();
+    <A::Database>::enqueued();
     Ok(done)
 }
 

@@ -19,9 +19,8 @@ pub use error::Error;
 #[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
 pub(crate) use history::{transition, TransitionRow};
 pub use history::{Activity, Minute, TaskError, Transition, ERRORS_CHANNEL};
-pub(crate) use outcome::{
-    Claimed, History, Labels, Limit, Notice, Outcome, Retention, Trace, FENCE_MAX,
-};
+pub use outcome::{Claimed, History, Limit, Notice, Outcome, Retention, Trace};
+pub(crate) use outcome::{Labels, FENCE_MAX};
 pub use rate::Rate;
 pub(crate) use task::{micros, wakeup_binds};
 pub use task::{Cancel, Delivery, SignalTo, TaskRow, TaskState, Wakeup};

@@ -12,7 +12,7 @@ pub(crate) type Labels = (&'static str, &'static str);
 /// A task a worker has claimed, as the claim statement returns it.
 #[derive(Debug)]
 #[cfg_attr(any(feature = "postgres", feature = "sqlite"), derive(sqlx::FromRow))]
-pub(crate) struct Claimed {
+pub struct Claimed {
     pub id: i64,
     pub step: String,
     /// The attempt number this claim started (1-based).
@@ -37,7 +37,7 @@ pub(crate) struct Claimed {
 
 /// What the history records of the attempts whose outcomes one write
 /// records, besides the outcomes.
-pub(crate) struct History<'a> {
+pub struct History<'a> {
     /// The worker that ran them.
     pub worker: &'a str,
     /// One per outcome, in the same order.
@@ -46,7 +46,7 @@ pub(crate) struct History<'a> {
 
 /// What the history records of one attempt, besides its outcome.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Trace {
+pub struct Trace {
     /// The kind of the step it ran; `None` when its JSON did not decode.
     pub kind: Option<String>,
     /// Its number (1 for the first).
@@ -75,7 +75,7 @@ impl Outcome {
 /// A step type with a concurrency or a rate limit, as the claims of limited
 /// steps keep them.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Limit {
+pub struct Limit {
     /// Its kind, `Machine.Step`.
     pub kind: String,
     /// How many may run at once, per scope.
@@ -101,7 +101,7 @@ impl Limit {
 
 /// What happens to a claimed task when its attempt ends.
 #[derive(Debug)]
-pub(crate) enum Outcome {
+pub enum Outcome {
     /// Move to the next step, stored as JSON (of kind "Machine.Step"), due at `wakeup`.
     Next {
         step: String,
@@ -167,7 +167,7 @@ const MAX_ERROR_LEN: usize = 16 * 1024;
 
 /// How long finished and cancelled tasks are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Retention {
+pub struct Retention {
     /// `None`: finished tasks are deleted as they finish, and any kept
     /// earlier (by another worker, or before a restart) by the cleanup.
     pub finished: Option<Duration>,
@@ -186,7 +186,7 @@ pub(crate) const FENCE_MAX: i64 = (1 << 53) - 1;
 
 /// A notification from the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Notice {
+pub enum Notice {
     /// Work may be ready.
     Wake,
     /// `pg_notify('jetpack', 'stop')`: every worker shuts down gracefully.

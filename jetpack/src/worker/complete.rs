@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Runtime;
-use crate::driver::{is_refusal, Outcome, Trace};
 use crate::model::Error;
+use crate::model::{is_refusal, Outcome, Trace};
 
 /// The most outcomes written by one flush.
 const MAX_BATCH: usize = 256;

@@ -9,8 +9,8 @@ use futures_util::FutureExt;
 use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
-use crate::driver::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::model::MAX_KEY_LEN;
+use crate::model::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
 use crate::workflow::Scheduler;
 use crate::workflow::StepError;
 use crate::workflow::{Context, Stop, StopReason, Wait, Wakeup};
@@ -263,7 +263,7 @@ fn next_step<T: Scheduler>(
 ) -> Result<Outcome, StepError> {
     let step = serde_json::to_string(next)
         .map_err(|e| StepError::permanent(format!("cannot serialize the next step: {e}")))?;
-    crate::driver::wakeup_binds(&wakeup)
+    crate::model::wakeup_binds(&wakeup)
         .map_err(|e| StepError::permanent(format!("cannot schedule the next step: {e}")))?;
     let kind = crate::workflow::kind(next.machine_name(), next.step_name());
     let scope = next.limit_scope().map_err(StepError::permanent)?;
@@ -294,7 +294,7 @@ fn next_step<T: Scheduler>(
         }
     }
     if let Some(timeout) = wait.wait_timeout() {
-        crate::driver::micros(timeout).map_err(|e| wrong(e.to_string()))?;
+        crate::model::micros(timeout).map_err(|e| wrong(e.to_string()))?;
     }
     Ok(Outcome::Wait {
         step,

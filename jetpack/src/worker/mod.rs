@@ -28,8 +28,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::Backend;
-use crate::driver::{History, Limit, Retention, Store, Trace};
+use crate::driver::{Pooled, Store};
 use crate::model::Error;
+use crate::model::{History, Limit, Retention, Trace};
 use crate::workflow::Scheduler;
 use crate::workflow::{Shared, StateMap, Stop, StopReason};
 
@@ -482,7 +483,7 @@ async fn claim(
     rt: &Runtime,
     limit: usize,
     try_limited: bool,
-) -> Result<(Vec<crate::driver::Claimed>, bool, bool), Error> {
+) -> Result<(Vec<crate::model::Claimed>, bool, bool), Error> {
     let (owner, lease) = (&rt.config.name, rt.config.lease);
     let mut claimed = Vec::new();
     let (mut limited_full, mut limited_none) = (true, false);
@@ -591,7 +592,6 @@ impl Runtime {
 /// Builds a [`Worker`]; every setting has a default that suits most uses.
 pub struct WorkerBuilder<T: Scheduler> {
     store: Arc<dyn Store>,
-    pool: Box<dyn std::any::Any + Send + Sync>,
     database: &'static str,
     state: StateMap,
     config: Config,
@@ -603,7 +603,7 @@ pub struct WorkerBuilder<T: Scheduler> {
 
 impl<T: Scheduler> WorkerBuilder<T> {
     fn new<DB: Backend>(pool: sqlx::Pool<DB>) -> Self {
-        let store = crate::driver::for_pool(pool.clone());
+        let store: Arc<dyn Store> = Arc::new(Pooled::new(pool));
         let config = Config {
             poll_interval: store.default_poll_interval(),
             ..Config::default()
@@ -611,7 +611,6 @@ impl<T: Scheduler> WorkerBuilder<T> {
         WorkerBuilder {
             database: store.database(),
             store,
-            pool: Box::new(pool),
             state: StateMap::default(),
             config,
             shutdown: CancellationToken::new(),
@@ -755,7 +754,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 c.concurrency
             )));
         }
-        if crate::driver::micros(c.lease).is_err() {
+        if crate::model::micros(c.lease).is_err() {
             return Err(Error::Config(format!(
                 "a lease of {:?} is longer than the database can store",
                 c.lease
@@ -768,7 +767,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
             Some(c.retention.history),
         ];
         for keep in keeps.into_iter().flatten() {
-            if keep.is_zero() || crate::driver::micros(keep).is_err() {
+            if keep.is_zero() || crate::model::micros(keep).is_err() {
                 return Err(Error::Config(format!(
                     "cannot keep tasks for {keep:?}: use a period above zero and below \
                      10,000 years (finished tasks are deleted at once unless kept)"
@@ -799,10 +798,10 @@ impl<T: Scheduler> WorkerBuilder<T> {
             #[cfg(feature = "cron")]
             schedules: Arc::new(self.schedules),
             rt: Arc::new(Runtime {
-                store: self.store,
+                store: self.store.clone(),
                 shared: Shared {
                     state: self.state,
-                    pool: self.pool,
+                    store: Some(self.store),
                     database: self.database,
                     shutdown: self.shutdown,
                     spawned: None,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{lock, Backoff, Runtime};
-use crate::driver::Notice;
+use crate::model::Notice;
 
 /// Listens for new work and stop requests. When the listening connection drops
 /// it reconnects with backoff, and wakes the fetch loop after reconnecting since

@@ -283,7 +283,11 @@ impl<'a> Context<'a> {
         machine: Option<&str>,
         child: Option<i64>,
     ) -> Result<Vec<crate::driver::ChildRow>, StepError> {
-        Ok(crate::driver::child_results(&*self.shared.pool, self.task_id, machine, child).await?)
+        Ok(self
+            .shared
+            .store()?
+            .child_results(self.task_id, machine, child)
+            .await?)
     }
 
     fn decode_child<M: Machine>(
@@ -331,9 +335,11 @@ impl<'a> Context<'a> {
         let mut slot = self.tx.lock().await;
         let tx = match &mut *slot {
             Some(tx) => tx,
-            None => slot.insert(crate::driver::begin(&*self.shared.pool).await?),
+            None => slot.insert(self.shared.store()?.begin().await?),
         };
-        let ids = crate::driver::insert_children(&mut **tx, self.task_id, awaited, tasks).await?;
+        let ids = (self.shared.store()?)
+            .insert_children(&mut **tx, self.task_id, awaited, tasks)
+            .await?;
         if awaited.is_some() {
             self.awaits_children.store(true, Ordering::Relaxed);
         }
@@ -348,7 +354,11 @@ impl<'a> Context<'a> {
         }
         let mut slot = self.tx.lock().await;
         match &mut *slot {
-            Some(tx) => crate::driver::detach_children(&mut **tx, self.task_id).await,
+            Some(tx) => {
+                (self.shared.store()?)
+                    .detach_children(&mut **tx, self.task_id)
+                    .await
+            }
             None => Ok(()),
         }
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
+use crate::driver::{Backend, Pooled, Store};
 use crate::model::{BoxFuture, Error};
 use crate::workflow::policy::StepError;
 
@@ -158,13 +159,24 @@ impl Stop {
 /// What the worker shares with every step it runs.
 pub(crate) struct Shared {
     pub(crate) state: StateMap,
-    /// The worker's pool, as `sqlx::Pool<DB>`.
-    pub(crate) pool: Box<dyn Any + Send + Sync>,
+    /// The worker's pool with its driver; `None` in a [`TestContext`]
+    /// without a pool.
+    pub(crate) store: Option<Arc<dyn Store>>,
     pub(crate) database: &'static str,
     pub(crate) shutdown: CancellationToken,
     /// A [`TestContext`] without a pool records the children a step spawns
     /// here (`kind`, step JSON, awaited) instead of inserting them.
     pub(crate) spawned: Option<std::sync::Mutex<Vec<Spawned>>>,
+}
+
+impl Shared {
+    /// The worker's pool with its driver, for a step's children.
+    pub(crate) fn store(&self) -> Result<&dyn Store, Error> {
+        self.store.as_deref().ok_or(Error::WrongDatabase {
+            actual: "no database",
+            requested: "PostgreSQL or SQLite (child tasks need a worker's database)",
+        })
+    }
 }
 
 /// A child a step spawned under a [`TestContext`] without a pool: see
@@ -313,10 +325,12 @@ impl<'a> Context<'a> {
 
     /// The worker's connection pool: `let pool: &PgPool = cx.pool()?;`
     pub fn pool<DB: sqlx::Database>(&self) -> Result<&sqlx::Pool<DB>, Error> {
-        self.shared.pool.downcast_ref().ok_or(Error::WrongDatabase {
-            actual: self.shared.database,
-            requested: DB::NAME,
-        })
+        let pool = self.shared.store.as_ref().map(|store| store.pool());
+        pool.and_then(|pool| pool.downcast_ref())
+            .ok_or(Error::WrongDatabase {
+                actual: self.shared.database,
+                requested: DB::NAME,
+            })
     }
 
     /// Cancelled when the worker is shutting down. A long step can watch it and
@@ -468,7 +482,7 @@ impl TestContext {
             attempt: 1,
             shared: Shared {
                 state: StateMap::default(),
-                pool: Box::new(()),
+                store: None,
                 database: "no database (a TestContext without a pool)",
                 shutdown: CancellationToken::new(),
                 spawned: Some(std::sync::Mutex::new(Vec::new())),
@@ -508,8 +522,8 @@ impl TestContext {
     /// children a step spawns are inserted (in its transaction, rolled back
     /// when the context is dropped); without one, they are recorded: see
     /// [`spawned`](Self::spawned).
-    pub fn pool<DB: sqlx::Database>(mut self, pool: sqlx::Pool<DB>) -> Self {
-        self.shared.pool = Box::new(pool);
+    pub fn pool<DB: Backend>(mut self, pool: sqlx::Pool<DB>) -> Self {
+        self.shared.store = Some(Arc::new(Pooled::new(pool)));
         self.shared.database = DB::NAME;
         self.shared.spawned = None;
         self

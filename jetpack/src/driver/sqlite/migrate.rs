@@ -1,4 +1,4 @@
-//! SQLite: the migrations and the pool Jetpack opens on a file.
+//! SQLite: migrations ([`Migrations`](crate::driver::Migrations)) and the pool Jetpack opens on a file.
 
 use super::*;
 
@@ -17,7 +17,7 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
 /// migration missing, and the second one's `CREATE TABLE` failed.) A process
 /// that finds the file locked by another one's migration waits for it, up to
 /// a minute.
-pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+async fn migrate_locked(pool: &SqlitePool) -> Result<(), Error> {
     let mut db = pool.acquire().await?;
     let waited = std::time::Instant::now();
     let mut tx = loop {
@@ -36,7 +36,7 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
     Ok(())
 }
 
-/// How long [`migrate`] waits for another process's migration.
+/// How long [`migrate_locked`] waits for another process's migration.
 const MIGRATE_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens (creating if needed) the SQLite file at `url` (`sqlite://jetpack.db`)
@@ -53,4 +53,17 @@ pub async fn connect(url: &str) -> Result<SqlitePool, Error> {
         .max_connections(8)
         .connect_with(options)
         .await?)
+}
+
+impl crate::driver::Migrations for Sqlite {
+    fn migrate(pool: &sqlx::Pool<Self>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            // WAL lets workers read while another process writes; the setting is
+            // kept in the file, so pools that did not ask for it get it too.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(pool)
+                .await?;
+            migrate_locked(pool).await
+        })
+    }
 }

@@ -1,0 +1,48 @@
+//! Enqueues: one task, many, and the statements of an enqueue with a unique
+//! key or a throttle (its logic is the enqueue feature's).
+
+use async_trait::async_trait;
+use sqlx::Executor;
+
+use super::Base;
+use crate::model::{BoxFuture, Encoded, Error, NewTask, Wakeup, Window};
+
+/// The statements of enqueues.
+pub trait Enqueues: Base {
+    /// Stores `step`, due at `wakeup`; its id.
+    fn insert<'e, E>(db: E, step: Encoded, wakeup: Wakeup) -> BoxFuture<'e, Result<i64, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    /// Stores `steps`, due now, in one statement; their ids in order.
+    fn insert_many<'e, E>(db: E, steps: Vec<Encoded>) -> BoxFuture<'e, Result<Vec<i64>, Error>>
+    where
+        E: Executor<'e, Database = Self> + 'e;
+
+    /// The connection's keyed statements, for an enqueue with a unique key
+    /// or a throttle.
+    fn keyed(db: &mut Self::Connection) -> &mut dyn KeyedStatements;
+
+    /// After an enqueue: wakes the workers of this process (SQLite, which has
+    /// no notifications; PostgreSQL's triggers notify every worker).
+    fn enqueued() {}
+}
+
+/// The statements of a keyed or throttled enqueue, on one connection inside a
+/// transaction; the enqueue's logic runs them.
+#[async_trait]
+pub trait KeyedStatements: Send {
+    /// Stores `task` unless a live task holds its unique key; its id.
+    async fn insert_unless_held(&mut self, task: &NewTask) -> Result<Option<i64>, Error>;
+    /// The live task holding `key`, locked, and whether it has not started
+    /// (ready, and no live lease).
+    async fn holder(&mut self, key: &str) -> Result<Option<(i64, bool)>, Error>;
+    /// Replaces the step, due time and priority of task `id`.
+    async fn replace(&mut self, id: i64, task: &NewTask) -> Result<(), Error>;
+    /// Takes the unique key from task `id`.
+    async fn detach(&mut self, id: i64) -> Result<(), Error>;
+    /// Takes throttle `key`'s window of `window` µs, if it is free.
+    async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error>;
+    /// Records the task that took throttle `key`'s window.
+    async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
+}
