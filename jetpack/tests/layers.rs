@@ -42,6 +42,8 @@ fn table() -> BTreeMap<String, Row> {
         .split("\n## ")
         .find(|s| s.starts_with("Layers of the runtime crate"))
         .expect("docs/design.md has a section \"Layers of the runtime crate\"");
+    // The table before the section's first subsection.
+    let section = section.split("\n### ").next().unwrap_or(section);
     let mut rows = BTreeMap::new();
     for line in section.lines().filter(|l| l.starts_with("| `")) {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
@@ -78,7 +80,7 @@ struct File {
 
 fn files() -> Vec<File> {
     let src = root().join("src");
-    let mut all = Vec::new();
+    let mut read = Vec::new();
     let mut dirs = vec![src.clone()];
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).expect("read jetpack/src") {
@@ -94,16 +96,49 @@ fn files() -> Vec<File> {
                     module.pop();
                 }
                 let text = fs::read_to_string(&path).expect("read a source file");
-                all.push(File {
-                    path: rel.to_path_buf(),
-                    module,
-                    code: code_lines(&text),
-                });
+                read.push((rel.to_path_buf(), module, text));
             }
         }
     }
+    // Files that are test modules of their own (`#[cfg(test)] mod tests;`)
+    // are test code through and through.
+    let tests: BTreeSet<Vec<String>> = (read.iter())
+        .flat_map(|(_, module, text)| {
+            test_modules(text).into_iter().map(move |name| {
+                let mut path = module.clone();
+                path.push(name);
+                path
+            })
+        })
+        .collect();
+    let mut all: Vec<File> = read
+        .into_iter()
+        .map(|(path, module, text)| {
+            let test = tests.iter().any(|t| module.starts_with(t));
+            File {
+                path,
+                code: if test { Vec::new() } else { code_lines(&text) },
+                module,
+            }
+        })
+        .collect();
     all.sort_by(|a, b| a.path.cmp(&b.path));
     all
+}
+
+/// The modules `text` declares in files of their own under a `#[cfg(…)]`
+/// that names `test`: `#[cfg(test)]` then `mod tests;` gives `tests`.
+fn test_modules(text: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("#[cfg(") && w[0].contains("test"))
+        .filter_map(|w| {
+            let name = w[1].strip_prefix("pub(crate) ").unwrap_or(w[1]);
+            let name = name.strip_prefix("mod ")?.strip_suffix(';')?;
+            Some(name.trim().to_string())
+        })
+        .collect()
 }
 
 /// The lines of code of a file: its test module (a `mod` under a `#[cfg(…)]`
@@ -347,4 +382,10 @@ fn the_reader_of_imports_reads_what_rust_does() {
     );
     let names: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
     assert_eq!(names, ["a::b::C", "a::d", "a::f::self", "a::f::G", "h::i"]);
+}
+
+#[test]
+fn test_files_are_found_by_their_declarations() {
+    let text = "mod a;\n#[cfg(all(test, feature = \"x\"))]\nmod conformance;\n#[cfg(test)]\npub(crate) mod tests;\n#[cfg(test)]\nmod inline {\n}\n";
+    assert_eq!(test_modules(text), ["conformance", "tests"]);
 }

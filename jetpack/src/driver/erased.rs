@@ -28,7 +28,7 @@ impl<D: Driver> Pooled<D> {
     }
 
     /// The same with `handle`, made by the caller (a test's variant).
-    #[cfg(all(test, feature = "postgres", feature = "sqlite"))]
+    #[cfg(all(test, feature = "sqlite"))]
     pub(crate) fn with(pool: sqlx::Pool<D>, handle: D::Handle) -> Self {
         Pooled { pool, handle }
     }

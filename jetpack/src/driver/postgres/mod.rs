@@ -26,8 +26,6 @@ mod registry;
 mod schedule;
 mod workflow;
 
-#[cfg(all(test, feature = "sqlite"))]
-pub(crate) use claim::{CLAIM, CLAIM_LIMITED};
 use enqueue::INSERT;
 
 /// The channel Jetpack's triggers notify and its workers listen on.
@@ -53,3 +51,6 @@ impl crate::driver::Base for Postgres {
 fn split(held: &[(i64, i64)]) -> (Vec<i64>, Vec<i64>) {
     held.iter().copied().unzip()
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests;
