@@ -2,7 +2,7 @@
 //! key or a throttle (its logic is the enqueue feature's).
 
 use async_trait::async_trait;
-use sqlx::Executor;
+use sqlx::{Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::Base;
 use crate::model::{BoxFuture, Encoded, Error, NewTask, Wakeup, Window};
@@ -45,4 +45,66 @@ pub trait KeyedStatements: Send {
     async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error>;
     /// Records the task that took throttle `key`'s window.
     async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error>;
+}
+
+/// A backend's statements of a throttle's window: `take` takes window `$1`
+/// for `$2` µs (a row when it was free), `task` reads the task that took
+/// window `$1`, `set` records task `$2` as the one that took window `$1`.
+pub(crate) struct WindowStatements {
+    pub(crate) take: &'static str,
+    pub(crate) task: &'static str,
+    pub(crate) set: &'static str,
+}
+
+/// [`KeyedStatements::take_window`] by `sql`.
+pub(crate) async fn take_window<D>(
+    db: &mut D::Connection,
+    sql: &WindowStatements,
+    key: &str,
+    window: i64,
+) -> Result<Window, Error>
+where
+    D: sqlx::Database,
+    D::Arguments: IntoArguments<D>,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'r> (String,): FromRow<'r, D::Row>,
+    for<'r> (Option<i64>,): FromRow<'r, D::Row>,
+{
+    let taken: Option<String> = sqlx::query_scalar(sql.take)
+        .bind(key.to_owned())
+        .bind(window)
+        .fetch_optional(&mut *db)
+        .await?;
+    if taken.is_some() {
+        return Ok(Window::Taken);
+    }
+    let task: Option<Option<i64>> = sqlx::query_scalar(sql.task)
+        .bind(key.to_owned())
+        .fetch_optional(&mut *db)
+        .await?;
+    Ok(Window::Held(task.flatten()))
+}
+
+/// [`KeyedStatements::set_window_task`] by `sql`.
+pub(crate) async fn set_window_task<D>(
+    db: &mut D::Connection,
+    sql: &WindowStatements,
+    key: &str,
+    id: i64,
+) -> Result<(), Error>
+where
+    D: sqlx::Database,
+    D::Arguments: IntoArguments<D>,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> String: Encode<'q, D> + Type<D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+{
+    sqlx::query(sql.set)
+        .bind(key.to_owned())
+        .bind(id)
+        .execute(&mut *db)
+        .await?;
+    Ok(())
 }

@@ -29,6 +29,7 @@ pub use claim::{Claims, Listener};
 pub use clean::Clean;
 pub(crate) use complete::which_held;
 pub use complete::Completes;
+pub(crate) use enqueue::{set_window_task, take_window, WindowStatements};
 pub use enqueue::{Enqueues, KeyedStatements};
 pub(crate) use erased::{Pooled, Store};
 pub use history::Histories;
@@ -38,8 +39,8 @@ pub(crate) use limits::IDLE_BUCKET;
 pub use migrate::Migrations;
 pub use registry::Registry;
 pub use schedule::Schedules;
-pub(crate) use workflow::ChildRow;
 pub use workflow::Workflows;
+pub(crate) use workflow::{child_results, detach_children, ChildRow};
 
 /// A database Jetpack can store tasks in: PostgreSQL or SQLite (sealed).
 ///

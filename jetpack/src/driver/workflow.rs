@@ -2,7 +2,7 @@
 //! by its join), signals and the waits they end, the states of tasks.
 
 use async_trait::async_trait;
-use sqlx::Executor;
+use sqlx::{Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::Base;
 use crate::model::{BoxFuture, Delivery, Encoded, Error, SignalTo};
@@ -51,4 +51,46 @@ pub trait Workflows: Base {
 
     /// The `state` of each of the tasks `ids` that exists.
     async fn states(db: &Self::Handle, ids: &[i64]) -> Result<Vec<(i64, String)>, Error>;
+}
+
+/// [`Workflows::detach_children`] by statement `sql` (`$1` the parent).
+pub(crate) async fn detach_children<D>(
+    tx: &mut D::Connection,
+    sql: &'static str,
+    parent: i64,
+) -> Result<(), Error>
+where
+    D: sqlx::Database,
+    D::Arguments: IntoArguments<D>,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+{
+    sqlx::query(sql).bind(parent).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// [`Workflows::child_results`] by statement `sql` (`$1` the parent, `$2`
+/// the machine or NULL, `$3` the child or NULL).
+pub(crate) async fn child_results<D>(
+    pool: &sqlx::Pool<D>,
+    sql: &'static str,
+    parent: i64,
+    machine: Option<&str>,
+    child: Option<i64>,
+) -> Result<Vec<ChildRow>, Error>
+where
+    D: sqlx::Database,
+    D::Arguments: IntoArguments<D>,
+    for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
+    for<'q> i64: Encode<'q, D> + Type<D>,
+    for<'q> Option<i64>: Encode<'q, D> + Type<D>,
+    for<'q> Option<String>: Encode<'q, D> + Type<D>,
+    for<'r> ChildRow: FromRow<'r, D::Row>,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(parent)
+        .bind(machine.map(str::to_owned))
+        .bind(child)
+        .fetch_all(pool)
+        .await?)
 }

@@ -107,28 +107,11 @@ impl KeyedStatements for PgConnection {
     }
 
     async fn take_window(&mut self, key: &str, window: i64) -> Result<Window, Error> {
-        let taken: Option<String> = sqlx::query_scalar(TAKE_WINDOW)
-            .bind(key)
-            .bind(window)
-            .fetch_optional(&mut *self)
-            .await?;
-        if taken.is_some() {
-            return Ok(Window::Taken);
-        }
-        let task: Option<Option<i64>> = sqlx::query_scalar(WINDOW_TASK)
-            .bind(key)
-            .fetch_optional(self)
-            .await?;
-        Ok(Window::Held(task.flatten()))
+        crate::driver::take_window::<Postgres>(self, &WINDOW, key, window).await
     }
 
     async fn set_window_task(&mut self, key: &str, id: i64) -> Result<(), Error> {
-        sqlx::query(SET_WINDOW_TASK)
-            .bind(key)
-            .bind(id)
-            .execute(self)
-            .await?;
-        Ok(())
+        crate::driver::set_window_task::<Postgres>(self, &WINDOW, key, id).await
     }
 }
 
@@ -186,3 +169,10 @@ impl crate::driver::Enqueues for Postgres {
         db
     }
 }
+
+/// The statements of a throttle's window.
+const WINDOW: crate::driver::WindowStatements = crate::driver::WindowStatements {
+    take: TAKE_WINDOW,
+    task: WINDOW_TASK,
+    set: SET_WINDOW_TASK,
+};

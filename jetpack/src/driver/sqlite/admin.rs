@@ -17,9 +17,6 @@ macro_rules! task_columns {
     };
 }
 
-/// A task's row for `find`, with running and scheduled told apart from ready.
-const FIND: &str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = ?1");
-
 /// A task row as [`FIND`] selects it; times as the table's text.
 type FoundRow = (
     i64,
@@ -89,37 +86,6 @@ macro_rules! admin_filter {
     };
 }
 
-/// The graph machine `$1` has recorded.
-const RECORDED_GRAPH: &str = "SELECT graph FROM jetpack_machines WHERE name = ?1";
-
-/// Every recorded graph, by machine name.
-const RECORDED_GRAPHS: &str = "SELECT graph FROM jetpack_machines ORDER BY name";
-
-/// The children of task `?1`, by id (at most 100).
-const ADMIN_CHILDREN: &str = concat!(
-    task_columns!(),
-    " FROM jetpack_tasks WHERE parent_id = ?1 ORDER BY id LIMIT 100"
-);
-
-/// The live tasks holding key `?1`, unique or for signals, by id (at most
-/// 100), each read through its partial index.
-const ADMIN_BY_KEY: &str = concat!(
-    task_columns!(),
-    " FROM jetpack_tasks WHERE unique_key = ?1 AND state IN ('ready', 'waiting', 'parked') UNION ",
-    task_columns!(),
-    " FROM jetpack_tasks WHERE wait_key = ?1 AND state = 'waiting' ORDER BY 1 LIMIT 100"
-);
-
-/// Stores step `?2` for task `?1` when it is ready or parked and no worker
-/// holds it (the kind follows by trigger; the history records the edit).
-const ADMIN_EDIT: &str = concat!(
-    "UPDATE jetpack_tasks SET step = ?2, updated_at = ",
-    now!(),
-    " WHERE id = ?1 AND state IN ('ready', 'parked') AND (locked_by IS NULL OR lease_until <= ",
-    now!(),
-    ")"
-);
-
 /// Counts per step and state of the rows `FROM $from`.
 macro_rules! counts_of {
     ($from:literal) => {
@@ -134,32 +100,6 @@ macro_rules! counts_of {
         )
     };
 }
-
-/// Counts per step and state, of every row.
-const ADMIN_COUNTS: &str = counts_of!("jetpack_tasks");
-
-/// The lowest and the highest id, through the primary key (`min` and `max`
-/// in one `SELECT` would read the table).
-const ADMIN_ID_SPAN: &str =
-    "SELECT (SELECT min(id) FROM jetpack_tasks), (SELECT max(id) FROM jetpack_tasks)";
-
-/// Counts per step and state of the tasks with ids in `[?1 + i * ?2, ?1 + i
-/// * ?2 + 20)` for `i` in `0..?3`: one range of the rowid per stratum (the
-/// `CROSS JOIN` keeps the strata the outer loop).
-const ADMIN_SAMPLE: &str = counts_of!(
-    "(WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < ?3 - 1)
-      SELECT i FROM g) g
-     CROSS JOIN jetpack_tasks t ON t.id >= ?1 + g.i * ?2 AND t.id < ?1 + g.i * ?2 + 20"
-);
-
-/// Parked and waiting tasks per step through their partial indexes, at most
-/// `?1` rows of each (the states written out, for SQLite to match the indexes).
-const ADMIN_INDEXED: &str = "
-SELECT kind, 'parked', count(*) FROM (
-    SELECT kind FROM jetpack_tasks WHERE state = 'parked' LIMIT ?1) GROUP BY kind
-UNION ALL
-SELECT kind, 'waiting', count(*) FROM (
-    SELECT kind FROM jetpack_tasks WHERE state = 'waiting' LIMIT ?1) GROUP BY kind";
 
 /// The tasks a filter takes, after id `?6`, at most `?7`, with
 /// `$also` ANDed first (running tasks are listed too: the filter's last
@@ -180,43 +120,6 @@ macro_rules! admin_list {
         )
     };
 }
-
-/// The tasks a filter takes.
-const ADMIN_LIST: &str = admin_list!("");
-
-/// [`ADMIN_LIST`] for parked tasks: the condition written out, so that the
-/// planner reads them through their partial index (a bound state it cannot
-/// match with the index's `WHERE`).
-const ADMIN_LIST_PARKED: &str = admin_list!("state = 'parked' AND ");
-
-/// Resumes the parked tasks a filter takes.
-const ADMIN_RESUME: &str = concat!(
-    "UPDATE jetpack_tasks SET error = NULL WHERE state = 'parked' AND ",
-    admin_filter!()
-);
-
-/// Cancels the live tasks a filter takes, with reason `?6`.
-const ADMIN_CANCEL: &str = concat!(
-    "UPDATE jetpack_tasks SET state = 'cancelled', error = ?6, finished_at = ",
-    now!(),
-    ", updated_at = ",
-    now!(),
-    " WHERE state IN ('ready', 'waiting', 'parked') AND ",
-    admin_filter!()
-);
-
-/// Deletes the finished and cancelled tasks a filter takes.
-const ADMIN_PURGE: &str = concat!(
-    "DELETE FROM jetpack_tasks WHERE state IN ('finished', 'cancelled') AND ",
-    admin_filter!()
-);
-
-/// The ready and parked tasks a filter takes: id, fence, step.
-const ADMIN_REDRIVABLE: &str = concat!(
-    "SELECT id, fence, step FROM jetpack_tasks WHERE state IN ('ready', 'parked') AND ",
-    admin_filter!(),
-    " ORDER BY id"
-);
 
 /// Moves tasks `?1` (a JSON array of `[id, fence, step]`) to their steps,
 /// of kind `?2` (see the PostgreSQL backend).
@@ -258,22 +161,102 @@ WHERE id IN family AND (id = ?1 OR state IN ('ready', 'waiting', 'parked'))
 RETURNING id, state";
 
 impl crate::driver::AdminStatements for Sqlite {
-    const FIND: &'static str = FIND;
-    const RECORDED_GRAPH: &'static str = RECORDED_GRAPH;
-    const RECORDED_GRAPHS: &'static str = RECORDED_GRAPHS;
-    const ADMIN_CHILDREN: &'static str = ADMIN_CHILDREN;
-    const ADMIN_BY_KEY: &'static str = ADMIN_BY_KEY;
-    const ADMIN_EDIT: &'static str = ADMIN_EDIT;
-    const ADMIN_COUNTS: &'static str = ADMIN_COUNTS;
-    const ADMIN_ID_SPAN: &'static str = ADMIN_ID_SPAN;
-    const ADMIN_SAMPLE: &'static str = ADMIN_SAMPLE;
-    const ADMIN_INDEXED: &'static str = ADMIN_INDEXED;
-    const ADMIN_LIST: &'static str = ADMIN_LIST;
-    const ADMIN_LIST_PARKED: &'static str = ADMIN_LIST_PARKED;
-    const ADMIN_RESUME: &'static str = ADMIN_RESUME;
-    const ADMIN_CANCEL: &'static str = ADMIN_CANCEL;
-    const ADMIN_PURGE: &'static str = ADMIN_PURGE;
-    const ADMIN_REDRIVABLE: &'static str = ADMIN_REDRIVABLE;
+    /// A task's row for `find`, with running and scheduled told apart from ready.
+    const FIND: &'static str = concat!(task_columns!(), " FROM jetpack_tasks WHERE id = ?1");
+
+    /// The graph machine `$1` has recorded.
+    const RECORDED_GRAPH: &'static str = "SELECT graph FROM jetpack_machines WHERE name = ?1";
+
+    /// Every recorded graph, by machine name.
+    const RECORDED_GRAPHS: &'static str = "SELECT graph FROM jetpack_machines ORDER BY name";
+
+    /// The children of task `?1`, by id (at most 100).
+    const ADMIN_CHILDREN: &'static str = concat!(
+        task_columns!(),
+        " FROM jetpack_tasks WHERE parent_id = ?1 ORDER BY id LIMIT 100"
+    );
+
+    /// The live tasks holding key `?1`, unique or for signals, by id (at most
+    /// 100), each read through its partial index.
+    const ADMIN_BY_KEY: &'static str = concat!(
+        task_columns!(),
+        " FROM jetpack_tasks WHERE unique_key = ?1 AND state IN ('ready', 'waiting', 'parked') UNION ",
+        task_columns!(),
+        " FROM jetpack_tasks WHERE wait_key = ?1 AND state = 'waiting' ORDER BY 1 LIMIT 100"
+    );
+
+    /// Stores step `?2` for task `?1` when it is ready or parked and no worker
+    /// holds it (the kind follows by trigger; the history records the edit).
+    const ADMIN_EDIT: &'static str = concat!(
+        "UPDATE jetpack_tasks SET step = ?2, updated_at = ",
+        now!(),
+        " WHERE id = ?1 AND state IN ('ready', 'parked') AND (locked_by IS NULL OR lease_until <= ",
+        now!(),
+        ")"
+    );
+
+    /// Counts per step and state, of every row.
+    const ADMIN_COUNTS: &'static str = counts_of!("jetpack_tasks");
+
+    /// The lowest and the highest id, through the primary key (`min` and `max`
+    /// in one `SELECT` would read the table).
+    const ADMIN_ID_SPAN: &'static str =
+        "SELECT (SELECT min(id) FROM jetpack_tasks), (SELECT max(id) FROM jetpack_tasks)";
+
+    /// Counts per step and state of the tasks with ids in `[?1 + i * ?2, ?1 + i
+    /// * ?2 + 20)` for `i` in `0..?3`: one range of the rowid per stratum (the
+    /// `CROSS JOIN` keeps the strata the outer loop).
+    const ADMIN_SAMPLE: &'static str = counts_of!(
+        "(WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i < ?3 - 1)
+          SELECT i FROM g) g
+         CROSS JOIN jetpack_tasks t ON t.id >= ?1 + g.i * ?2 AND t.id < ?1 + g.i * ?2 + 20"
+    );
+
+    /// Parked and waiting tasks per step through their partial indexes, at most
+    /// `?1` rows of each (the states written out, for SQLite to match the indexes).
+    const ADMIN_INDEXED: &'static str = "
+    SELECT kind, 'parked', count(*) FROM (
+        SELECT kind FROM jetpack_tasks WHERE state = 'parked' LIMIT ?1) GROUP BY kind
+    UNION ALL
+    SELECT kind, 'waiting', count(*) FROM (
+        SELECT kind FROM jetpack_tasks WHERE state = 'waiting' LIMIT ?1) GROUP BY kind";
+
+    /// The tasks a filter takes.
+    const ADMIN_LIST: &'static str = admin_list!("");
+
+    /// [`ADMIN_LIST`] for parked tasks: the condition written out, so that the
+    /// planner reads them through their partial index (a bound state it cannot
+    /// match with the index's `WHERE`).
+    const ADMIN_LIST_PARKED: &'static str = admin_list!("state = 'parked' AND ");
+
+    /// Resumes the parked tasks a filter takes.
+    const ADMIN_RESUME: &'static str = concat!(
+        "UPDATE jetpack_tasks SET error = NULL WHERE state = 'parked' AND ",
+        admin_filter!()
+    );
+
+    /// Cancels the live tasks a filter takes, with reason `?6`.
+    const ADMIN_CANCEL: &'static str = concat!(
+        "UPDATE jetpack_tasks SET state = 'cancelled', error = ?6, finished_at = ",
+        now!(),
+        ", updated_at = ",
+        now!(),
+        " WHERE state IN ('ready', 'waiting', 'parked') AND ",
+        admin_filter!()
+    );
+
+    /// Deletes the finished and cancelled tasks a filter takes.
+    const ADMIN_PURGE: &'static str = concat!(
+        "DELETE FROM jetpack_tasks WHERE state IN ('finished', 'cancelled') AND ",
+        admin_filter!()
+    );
+
+    /// The ready and parked tasks a filter takes: id, fence, step.
+    const ADMIN_REDRIVABLE: &'static str = concat!(
+        "SELECT id, fence, step FROM jetpack_tasks WHERE state IN ('ready', 'parked') AND ",
+        admin_filter!(),
+        " ORDER BY id"
+    );
 
     type Found = FoundRow;
 

@@ -83,28 +83,17 @@ impl crate::driver::Workflows for Sqlite {
         Ok((last - n + 1..=last).collect())
     }
 
-    /// Detaches the awaited children of `parent` (its step did not join them).
     async fn detach_children(db: &mut SqliteConnection, parent: i64) -> Result<(), Error> {
-        sqlx::query(DETACH_CHILDREN)
-            .bind(parent)
-            .execute(db)
-            .await?;
-        Ok(())
+        crate::driver::detach_children::<Sqlite>(db, DETACH_CHILDREN, parent).await
     }
 
-    /// The results of the children of `parent` its join counted.
     async fn child_results(
         db: &SqliteHandle,
         parent: i64,
         machine: Option<&str>,
         child: Option<i64>,
     ) -> Result<Vec<ChildRow>, Error> {
-        Ok(sqlx::query_as(CHILD_RESULTS)
-            .bind(parent)
-            .bind(machine)
-            .bind(child)
-            .fetch_all(&db.pool)
-            .await?)
+        crate::driver::child_results(&db.pool, CHILD_RESULTS, parent, machine, child).await
     }
 
     fn signal<'e, E>(
