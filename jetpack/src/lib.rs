@@ -21,6 +21,7 @@ pub mod admin;
 mod driver;
 mod enqueue;
 mod history;
+mod limits;
 pub mod metrics;
 mod model;
 #[cfg(feature = "cron")]

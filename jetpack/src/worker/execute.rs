@@ -229,20 +229,11 @@ async fn run_step<T: Scheduler>(
     }
 }
 
-/// Gives back `task`, whose step was rate limited, due after `retry_after`
-/// (at most `max_delay`), without counting its attempt, and slows its scope
-/// when its step has a rate. Without a wait given: two intervals between
-/// starts at the step's rate (one at the halved rate), or a second.
+/// Gives back `task`, whose step was rate limited, without counting its
+/// attempt, as [`limits::give_back`](crate::limits::give_back) says.
 async fn back(rt: &Runtime, task: &Claimed, retry_after: Option<Duration>, max_delay: Duration) {
-    let kind = task.scope.as_deref().and_then(|s| s.split('/').next());
-    let rate = (rt.limited.iter())
-        .find(|l| Some(l.kind.as_str()) == kind)
-        .and_then(|l| l.rate);
-    let delay = retry_after
-        .or_else(|| rate.map(|r| r.period() * 2 / r.count()))
-        .unwrap_or(Duration::from_secs(1))
-        .min(max_delay);
-    let slow = task.scope.as_deref().zip(rate.as_ref());
+    let scope = task.scope.as_deref();
+    let (delay, slow) = crate::limits::give_back(&rt.limited, scope, retry_after, max_delay);
     // The task is due again (and the scope's pause ends) after `delay`.
     rt.limited_busy_for(delay + super::LIMITED_BUSY);
     tracing::info!(retry_in = ?delay, slowed = slow.is_some(), "step rate limited; task goes back");

@@ -808,22 +808,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 },
                 config: self.config,
                 kinds: T::kinds(),
-                limited: T::graphs()
-                    .iter()
-                    .flat_map(|g| {
-                        (g.steps.iter())
-                            .filter(|s| s.concurrency.is_some() || s.rate.is_some())
-                            // A former name keeps the limits (its own budget:
-                            // its rows carry their own scope).
-                            .flat_map(|s| {
-                                (std::iter::once(&s.name).chain(&s.aliases)).map(|name| Limit {
-                                    kind: crate::workflow::kind(g.machine, name),
-                                    concurrency: s.concurrency,
-                                    rate: s.rate,
-                                })
-                            })
-                    })
-                    .collect(),
+                limited: crate::limits::of(&T::graphs()),
                 in_flight: InFlight::default(),
                 wake: Notify::new(),
                 completions,
