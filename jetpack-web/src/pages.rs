@@ -2,11 +2,13 @@
 //! text a person or a program wrote).
 
 use axum::http::StatusCode;
+use jetpack::admin::Filter;
 use jetpack::{Activity, RecordedGraph, TaskRow, TaskState, Transition};
 use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
 
 use crate::diagram::{self, num};
-use crate::{state_name, Counts, ListQuery};
+use crate::{state_name, Counts};
 
 /// What every page needs to know of its dashboard.
 pub struct Page<'a> {
@@ -534,3 +536,30 @@ pub fn redriven(page: &Page, machine: &str, from: &str, to: &str, moved: u64) ->
     };
     layout(page, "Redriven", body)
 }
+
+/// The filters of the task list, from its query string.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListQuery {
+    pub(crate) state: Option<String>,
+    pub(crate) step: Option<String>,
+    pub(crate) machine: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) after: Option<i64>,
+}
+
+impl ListQuery {
+    pub(crate) fn filter(&self) -> Filter {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let mut f = Filter::new();
+        f.state = given(&self.state);
+        f.step = given(&self.step);
+        f.machine = given(&self.machine);
+        f.error_contains = given(&self.error);
+        f.after_id = self.after;
+        f.limit = Some(PAGE);
+        f
+    }
+}
+
+/// Tasks per page of a list.
+pub(crate) const PAGE: u32 = 50;
