@@ -2,6 +2,7 @@
 //! facade: install any recorder (or [`serve_prometheus`]) before building the
 //! workers and they are recorded; without one they cost nothing. Every metric
 //! has the labels `machine` and `step`:
+//! A feature: imports `model` and `workflow`.
 //!
 //! | metric | kind | what |
 //! |---|---|---|

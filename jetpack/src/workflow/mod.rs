@@ -1,6 +1,6 @@
 //! Workflows as types: [`Machine`]s of [`Step`]s, the [`Context`] a step runs
-//! with, children and joins, signals, retry policies. Imports `model` and
-//! `driver`, and the `enqueue` feature (children are enqueued).
+//! with, children and joins, signals, retry policies. A feature: imports
+//! `model` and `driver`.
 
 mod children;
 mod context;

@@ -1,10 +1,11 @@
-//! The SQLite backend: one file, no server.
+//! The SQLite backend: one database file, no server; a file here per concern
+//! of the driver, each the statements of its trait and the code that binds them.
 //!
 //! A claim reads and leases its tasks under SQLite's write lock (one statement
 //! for a few tasks, a `BEGIN IMMEDIATE` transaction for a batch), so two
 //! processes on one file never claim the same attempt. Outcomes are written
 //! by statements that each write all their items or none, checked against the
-//! attempts' fences (see [`flush`]). There is no LISTEN/NOTIFY: enqueues from
+//! attempts' fences (see `complete::flush`). There is no LISTEN/NOTIFY: enqueues from
 //! this process wake its workers at once through an in-process signal, changes
 //! from other processes are seen at the next poll (250 ms by default).
 
