@@ -2,7 +2,6 @@
 //! resume, redrive, cancel and purge. No operation touches a task a worker
 //! holds (a live lease); each says how many tasks it changed, and one that
 //! matches nothing is an error that says so and changes nothing.
-//! A feature: imports `model`, `driver` and `workflow`.
 //!
 //! ```no_run
 //! # async fn f(pool: sqlx::PgPool) -> Result<(), jetpack::Error> {

@@ -4,7 +4,6 @@
 //! (enqueues, cancels, resumes, wakes, hand edits). It is kept for
 //! [`keep_history`](crate::WorkerBuilder::keep_history) (7 days by default)
 //! and switched on and off for every worker with [`set_history`].
-//! A feature: imports `model` and `driver`.
 //!
 //! A feature: imports `model` and `driver` (docs/design.md, layers).
 

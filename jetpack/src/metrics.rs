@@ -1,8 +1,9 @@
 //! The workers' metrics, through the [`metrics`](https://docs.rs/metrics)
-//! facade: install any recorder (or [`serve_prometheus`]) before building the
-//! workers and they are recorded; without one they cost nothing. Every metric
-//! has the labels `machine` and `step`:
-//! A feature: imports `model` and `workflow`.
+//! facade: install any recorder (or `serve_prometheus`, with the feature
+//! `prometheus`) before building the workers and they are recorded; without
+//! one they cost nothing. A feature: imports `model` and `workflow`.
+//!
+//! Every metric has the labels `machine` and `step`:
 //!
 //! | metric | kind | what |
 //! |---|---|---|

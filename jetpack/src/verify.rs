@@ -3,7 +3,6 @@
 //! rows of machines or steps the program does not know and the rows that do
 //! not decode, with counts and examples, so that a CI job can stop a deploy
 //! that would strand them.
-//! A feature: imports `model`, `driver`, `admin` and `workflow`.
 //!
 //! A feature: imports `model`, `driver`, `admin` and `workflow` (docs/design.md, layers).
 

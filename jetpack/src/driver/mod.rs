@@ -45,11 +45,11 @@ pub(crate) use workflow::{child_results, detach_children, ChildRow};
 /// A database Jetpack can store tasks in: PostgreSQL or SQLite (sealed).
 ///
 /// Every statement Jetpack runs is one of its methods, grouped by concern
-/// ([`Claims`], [`Completes`], [`Enqueues`], [`Admin`], [`Workflows`],
-/// [`Limits`], [`Schedules`], [`Histories`], [`Registry`], [`Clean`],
-/// [`Migrations`]); none of them is a public API. The calls of the public API
-/// (`enqueue`, `find`, `signal`, the admin API) take any executor of a
-/// `Driver`: a pool, a connection or a transaction.
+/// (claims, completions, enqueues, the admin API, workflows, limits,
+/// schedules, the history, the registry, retention, migrations); none of them
+/// is a public API. The calls of the public API (`enqueue`, `find`, `signal`,
+/// the admin API) take any executor of a `Driver`: a pool, a connection or a
+/// transaction.
 pub trait Driver:
     Base
     + Claims

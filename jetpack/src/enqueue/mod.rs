@@ -1,6 +1,5 @@
 //! Putting tasks into the table: [`enqueue`], [`delay`], [`schedule`],
-//! [`enqueue_many`], and [`Enqueue`] with its options. A feature: imports
-//! `model`, `driver` and `workflow` (docs/design.md, layers).
+//! [`enqueue_many`], and [`Enqueue`] with its options.
 //!
 //! Each takes any sqlx executor: a pool, a connection, or your own open
 //! transaction (`&mut *tx`), so a task enqueued in a transaction that rolls back

@@ -1,6 +1,4 @@
 //! The worker: claims ready tasks, runs their steps, records what came of them.
-//! The worker layer: imports `model`, `driver` and the features; only the facade
-//! (`lib.rs`) imports it.
 //!
 //! Its parts, each with one job: the fetch loop in [`Worker::run`] claims batches
 //! sized to the free slots; [`execute`] runs one attempt (timeouts and panics

@@ -30,7 +30,7 @@ pub trait Signal: serde::Serialize + serde::de::DeserializeOwned + Send + Sync +
     const NAME: &'static str;
 }
 
-/// What a task waits for when a step returns [`NextStep::wait`]: a signal,
+/// What a task waits for when a step returns [`NextStep::wait`](crate::NextStep::wait): a signal,
 /// addressed to the task's id and, optionally, a key; with an optional timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wait {
@@ -279,7 +279,7 @@ impl<'a> Context<'a> {
         std::mem::take(&mut *lock(&self.then))
     }
 
-    /// The payload of signal `S`, in a step that [`NextStep::wait`] led to:
+    /// The payload of signal `S`, in a step that [`NextStep::wait`](crate::NextStep::wait) led to:
     /// `Ok(None)` when the wait timed out (or the step was not reached by a
     /// wait). A payload that does not decode as `S`, or a wait for another
     /// signal, is a permanent error: the task parks saying so.
@@ -580,7 +580,7 @@ impl TestContext {
         self.stop.fire(reason);
     }
 
-    /// The context to pass to [`Step::step`]. A transaction the step opened
+    /// The context to pass to [`Step::step`](crate::Step::step). A transaction the step opened
     /// is rolled back when the context is dropped.
     pub fn context(&self) -> Context<'_> {
         let (name, payload) = self.signal.clone().unzip();

@@ -35,9 +35,9 @@ impl StepError {
     /// task goes back, due after `retry_after` (what the answer's
     /// `Retry-After` said; `None`: when the slowed rate allows), without
     /// spending an attempt and without an error on its row. When the step
-    /// has a [`RATE`](Step::RATE), its scope's rate halves and no step of
+    /// has a [`RATE`](crate::Step::RATE), its scope's rate halves and no step of
     /// the scope starts for that wait, across every worker (see
-    /// [`Rate`]). A task can be rate limited any number of times.
+    /// [`Rate`](crate::Rate)). A task can be rate limited any number of times.
     ///
     /// ```
     /// # use jetpack::StepError;

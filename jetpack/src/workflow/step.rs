@@ -298,7 +298,7 @@ impl<S: StepOf> NextStep<S> {
     }
 
     /// The step the task moves to, `None` when it finishes: for tests of a
-    /// step (see [`TestContext`]).
+    /// step (see [`TestContext`](crate::TestContext)).
     pub fn next(&self) -> Option<&S::Machine> {
         self.next.as_ref().map(|(next, _)| next)
     }
