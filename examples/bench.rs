@@ -11,14 +11,19 @@
 //! the bench creates and drops a database of its own); SQLite uses a temporary file.
 //!
 //! Scenarios (medians over `--runs`, default 3):
-//! 1. enqueue one at a time            vs raw single-row INSERT
+//! 1. enqueue one at a time            vs raw single-row INSERT (PostgreSQL: on a table with
+//!    a NOTIFY statement trigger, as Jetpack's has)
 //! 2. enqueue_many of 10,000           vs raw INSERT … SELECT FROM UNNEST / json_each
+//!    RETURNING id; and with the history off, in the same run
 //! 3. drain 10,000 no-op tasks, 1 worker vs raw loops on one connection, 100 tasks at a
 //!    time, each right after Jetpack's drain on the same database: the fastest form (one
 //!    statement deletes what it locks), the common shape (claim with SKIP LOCKED, then
 //!    delete, one transaction; PostgreSQL), and one with Jetpack's guarantee that a task
-//!    outlives its worker (a lease committed first, then the delete)
-//! 4. 2,000 three-step chains, 1 worker (steps/s) vs scenario 3
+//!    outlives its worker (a lease committed first, then the delete); tuned, each side at
+//!    its better batch of two (Jetpack 200 or 500, the raw delete 100 or 500); and with the
+//!    history off, in the same run
+//! 4. 2,000 three-step chains, 1 worker (steps/s) vs scenario 3, and vs a raw chain (a batch
+//!    of 100 a transaction: claim, one UPDATE moving the rows at A or B on, delete those at C)
 //! 5. two worker processes draining 10,000 (and 50,000) vs one process
 //! 6. pickup latency into an idle worker, from the enqueue call vs a raw INSERT + NOTIFY round
 //!    trip (PostgreSQL), and from the commit (the enqueue's return)
@@ -570,10 +575,19 @@ fn process_cpu_ns() -> u64 {
 
 /// Runs one worker until `steps` steps ran and the table is empty.
 async fn drain(db: &Db, steps: usize) -> Result<Drained, Error> {
+    let batch = std::env::var("BENCH_CONCURRENCY")
+        .ok()
+        .map(|n| n.parse())
+        .transpose()?;
+    drain_by(db, steps, batch).await
+}
+
+/// [`drain`] by a worker of `batch` slots claiming `batch` at a time (its
+/// defaults when `None`).
+async fn drain_by(db: &Db, steps: usize, batch: Option<usize>) -> Result<Drained, Error> {
     DONE.store(0, Ordering::Relaxed);
     let mut builder = db.worker::<Tasks>();
-    if let Ok(n) = std::env::var("BENCH_CONCURRENCY") {
-        let n: usize = n.parse()?;
+    if let Some(n) = batch {
         builder = builder.concurrency(n).batch_size(n);
     }
     if std::env::var_os("BENCH_KEEP").is_some() {
@@ -653,6 +667,13 @@ const RAW_LEASE_LITE: &str = "UPDATE raw_tasks
 
 /// A raw reference drain of `n` tasks; rows/s.
 async fn raw_drain(db: &Db, n: usize, how: Raw) -> Result<Drained, Error> {
+    raw_drain_by(db, n, how, 100).await
+}
+
+/// [`raw_drain`] taking `batch` tasks at a time.
+async fn raw_drain_by(db: &Db, n: usize, how: Raw, batch: usize) -> Result<Drained, Error> {
+    let limit =
+        |sql: &str| sqlx::AssertSqlSafe(sql.replace("LIMIT 100", &format!("LIMIT {batch}")));
     // One connection, opened before the timer, for the whole loop.
     enum Conn {
         Pg(sqlx::pool::PoolConnection<sqlx::Postgres>),
@@ -668,14 +689,16 @@ async fn raw_drain(db: &Db, n: usize, how: Raw) -> Result<Drained, Error> {
     while left > 0 {
         let ids: Vec<i64> = match (&mut conn, how) {
             (Conn::Pg(c), Raw::Delete) => {
-                sqlx::query_scalar(RAW_DELETE_PG)
+                sqlx::query_scalar(limit(RAW_DELETE_PG))
                     .fetch_all(&mut **c)
                     .await?
             }
             (Conn::Pg(c), Raw::ClaimThenDelete) => {
                 use sqlx::Connection;
                 let mut tx = c.begin().await?;
-                let ids: Vec<i64> = sqlx::query_scalar(RAW_CLAIM_PG).fetch_all(&mut *tx).await?;
+                let ids: Vec<i64> = sqlx::query_scalar(limit(RAW_CLAIM_PG))
+                    .fetch_all(&mut *tx)
+                    .await?;
                 sqlx::query("DELETE FROM raw_tasks WHERE id = ANY($1)")
                     .bind(&ids)
                     .execute(&mut *tx)
@@ -684,7 +707,9 @@ async fn raw_drain(db: &Db, n: usize, how: Raw) -> Result<Drained, Error> {
                 ids
             }
             (Conn::Pg(c), Raw::LeaseThenDelete) => {
-                let ids: Vec<i64> = sqlx::query_scalar(RAW_LEASE_PG).fetch_all(&mut **c).await?;
+                let ids: Vec<i64> = sqlx::query_scalar(limit(RAW_LEASE_PG))
+                    .fetch_all(&mut **c)
+                    .await?;
                 sqlx::query("DELETE FROM raw_tasks WHERE id = ANY($1)")
                     .bind(&ids)
                     .execute(&mut **c)
@@ -692,7 +717,7 @@ async fn raw_drain(db: &Db, n: usize, how: Raw) -> Result<Drained, Error> {
                 ids
             }
             (Conn::Lite(c), Raw::LeaseThenDelete) => {
-                let ids: Vec<i64> = sqlx::query_scalar(RAW_LEASE_LITE)
+                let ids: Vec<i64> = sqlx::query_scalar(limit(RAW_LEASE_LITE))
                     .fetch_all(&mut **c)
                     .await?;
                 let list = format!(
@@ -706,7 +731,7 @@ async fn raw_drain(db: &Db, n: usize, how: Raw) -> Result<Drained, Error> {
                 ids
             }
             (Conn::Lite(c), _) => {
-                sqlx::query_scalar(RAW_DELETE_LITE)
+                sqlx::query_scalar(limit(RAW_DELETE_LITE))
                     .fetch_all(&mut **c)
                     .await?
             }
@@ -1133,6 +1158,8 @@ async fn bench(
     // With the history switched off, in the same runs (unless all are).
     let history_on = !std::env::var("BENCH_HISTORY").is_ok_and(|v| v == "off");
     let (mut s2_off, mut s3_off) = (vec![], vec![]);
+    // Scenario 3 again at a batch of 500, each side: the tuned drain.
+    let (mut s3_big, mut r3_big) = (vec![], vec![]);
     let mut s9 = vec![];
     let (mut s10, mut r10) = (vec![], vec![]);
     let (mut s11, mut r11) = (vec![], vec![]);
@@ -1199,6 +1226,13 @@ async fn bench(
                         costs.push((j, (raw, dead_tuples(p, "raw_tasks").await?)));
                     }
                 }
+            }
+            if want.has(3) {
+                f.db.enqueue_many((0..10_000).map(|i| One { n: i })).await;
+                analyze(&f.db).await?;
+                s3_big.push(drain_by(&f.db, 10_000, Some(500)).await?.rate);
+                fill_raw(&f.db, 10_000).await?;
+                r3_big.push(raw_drain_by(&f.db, 10_000, Raw::Delete, 500).await?.rate);
             }
         }
         if want.has(3) && history_on {
@@ -1319,6 +1353,18 @@ async fn bench(
     }
     let drain3 = if run3 { median(s3.clone()) } else { f64::NAN };
     if want.has(3) {
+        // Each side at its better batch: Jetpack's default (200) or 500; the
+        // raw one-statement delete's 100 or 500.
+        let raw100 = median(r3[0].clone());
+        rows.push(row(
+            backend,
+            "3 tuned drain, each side's best batch",
+            "steps/s",
+            drain3.max(median(s3_big)),
+            raw100.max(median(r3_big)),
+            "raw one-statement delete, best",
+            true,
+        ));
         for (&how, rates) in raw_loops(backend).iter().zip(r3) {
             rows.push(row(
                 backend,
