@@ -42,6 +42,8 @@
 //!     slots: steps/s vs the limit's ideal, 8 / 20 ms (the ratio is how close to 8 at once)
 //! 12. 600 steps under a rate of 200 a second (`Step::RATE`, a burst of 10), two workers
 //!     of 16 slots: steps/s vs the rate (how close to it the workers keep)
+//! 13. (only when named: `--scenario 3,13`) the drain of a backlog of 1,000,000 no-op
+//!     tasks, 1 worker, vs scenario 3's drain of 10,000
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -1145,6 +1147,11 @@ impl Want {
     fn has(&self, n: u32) -> bool {
         self.0.as_ref().is_none_or(|v| v.contains(&n))
     }
+
+    /// Named on the command line (the long scenarios run only when asked).
+    fn asked(&self, n: u32) -> bool {
+        self.0.as_ref().is_some_and(|v| v.contains(&n))
+    }
 }
 
 async fn bench(
@@ -1171,7 +1178,7 @@ async fn bench(
     let mut costs = Vec::new();
     let (mut cpu3, mut raw_cpu3) = (vec![], vec![]);
     // Scenarios 4 and 7 are read against scenario 3.
-    let run3 = want.has(3) || want.has(4) || want.has(7) || want.has(9);
+    let run3 = want.has(3) || want.has(4) || want.has(7) || want.has(9) || want.asked(13);
     for run in 0..runs {
         eprintln!("[{backend}] run {}/{runs}", run + 1);
         if want.has(1) {
@@ -1279,6 +1286,19 @@ async fn bench(
                 two.push(processes(&fresh(backend).await?, n, 2).await?);
             }
         }
+    }
+    // Scenario 13, once (a million tasks): the drain of a big backlog.
+    let mut s13 = None;
+    if want.asked(13) {
+        let f = fresh(backend).await?;
+        for block in 0..100 {
+            f.db.enqueue_many((0..10_000).map(|i| One {
+                n: block * 10_000 + i,
+            }))
+            .await;
+        }
+        analyze(&f.db).await?;
+        s13 = Some(drain(&f.db, 1_000_000).await?.rate);
     }
     // Statements are counted in a run of their own: sqlx's query events cost
     // time when enabled.
@@ -1465,6 +1485,17 @@ async fn bench(
             let j = percentile(&from_commit, p);
             rows.push(row(backend, name, "ms", j, f64::NAN, "none", false));
         }
+    }
+    if let Some(rate) = s13 {
+        rows.push(row(
+            backend,
+            "13 drain of a 1,000,000 backlog",
+            "steps/s",
+            rate,
+            drain3,
+            "scenario 3 (10,000)",
+            true,
+        ));
     }
     if want.has(9) {
         rows.push(row(

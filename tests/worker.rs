@@ -818,6 +818,47 @@ async fn a_stop_notification_stops_every_postgres_worker() {
     }
 }
 
+/// PostgreSQL only (where a claim can be held at a table lock): a shutdown that
+/// begins while a claim is under way starts none of the tasks the claim took;
+/// it gives them back, not counted as tried.
+#[tokio::test]
+async fn a_shutdown_during_a_claim_starts_nothing_it_took() {
+    let db = TestDb::postgres().await;
+    setup(&db).await;
+    let Db::Postgres(pool) = &*db else {
+        unreachable!("a PostgreSQL database")
+    };
+    let w = common::spawn(
+        db.worker::<Tasks>()
+            .poll_interval(Duration::from_millis(20))
+            .build()
+            .unwrap(),
+    );
+    // The task is stored in a transaction that holds the table: the worker's
+    // next claim waits for it.
+    let mut tx = pool.begin().await.unwrap();
+    jetpack::sqlx::query("LOCK TABLE jetpack_tasks IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let id = jetpack::enqueue(&mut *tx, Start { n: 0 }).await.unwrap();
+    let claiming = "SELECT count(*) FROM pg_stat_activity
+                    WHERE datname = current_database() AND wait_event_type = 'Lock'
+                      AND query LIKE '%UPDATE jetpack_tasks t%'";
+    common::wait_for(DEADLINE, || async {
+        Ok((db.scalar(claiming, None).await > 0).then_some(()))
+    })
+    .await
+    .expect("the worker's claim waits at the lock");
+    // The shutdown begins; then the claim goes through and takes the task.
+    w.stop.cancel();
+    tx.commit().await.unwrap();
+    w.shutdown().await;
+    assert_eq!(names(&db.runs(id).await), Vec::<&str>::new(), "nothing ran");
+    let row = db.find(id).await.expect("the task is kept");
+    assert_eq!((row.tried, row.locked_by, row.lease_until), (0, None, None));
+}
+
 /// `concurrency` steps run at once, no more: steps wait at a gate the test
 /// opens one at a time. (Steps whose outcome is still being written no longer
 /// count, so this is checked on the steps themselves.)

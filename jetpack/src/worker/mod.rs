@@ -387,6 +387,19 @@ impl<T: Scheduler> Worker<T> {
             };
             backoff.reset();
             let (claimed, limited_full, limited_none) = claimed;
+            if stop.is_cancelled() {
+                // The shutdown began while the claim ran: start nothing new,
+                // give back what it took (not counted as tried).
+                let took: Vec<(i64, i64)> = claimed.iter().map(|t| (t.id, t.fence)).collect();
+                if !took.is_empty() {
+                    tracing::info!(
+                        tasks = took.len(),
+                        "shutting down: giving back what the last claim took"
+                    );
+                    rt.release(&took).await;
+                }
+                break;
+            }
             if limited_none {
                 no_limited_since.get_or_insert_with(Instant::now);
             } else if try_limited {
