@@ -605,7 +605,6 @@ impl Runtime {
 /// Builds a [`Worker`]; every setting has a default that suits most uses.
 pub struct WorkerBuilder<T: Scheduler> {
     store: Arc<dyn Store>,
-    database: &'static str,
     state: StateMap,
     config: Config,
     shutdown: CancellationToken,
@@ -622,7 +621,6 @@ impl<T: Scheduler> WorkerBuilder<T> {
             ..Config::default()
         };
         WorkerBuilder {
-            database: store.database(),
             store,
             state: StateMap::default(),
             config,
@@ -798,7 +796,7 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 "the pool allows {allowed} connection(s), and a {} worker needs {needed}: \
                  one listens for notifications, another claims tasks and records outcomes \
                  (raise the pool's max_connections)",
-                self.database
+                self.store.database()
             )));
         }
         Ok(self.finish())
@@ -815,7 +813,6 @@ impl<T: Scheduler> WorkerBuilder<T> {
                 shared: Shared {
                     state: self.state,
                     store: Some(self.store),
-                    database: self.database,
                     shutdown: self.shutdown,
                     spawned: None,
                 },

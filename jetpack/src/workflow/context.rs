@@ -162,7 +162,6 @@ pub(crate) struct Shared {
     /// The worker's pool with its driver; `None` in a [`TestContext`]
     /// without a pool.
     pub(crate) store: Option<Arc<dyn Store>>,
-    pub(crate) database: &'static str,
     pub(crate) shutdown: CancellationToken,
     /// A [`TestContext`] without a pool records the children a step spawns
     /// here (`kind`, step JSON, awaited) instead of inserting them.
@@ -170,6 +169,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The database's name, for messages.
+    pub(crate) fn database(&self) -> &'static str {
+        (self.store.as_ref()).map_or("no database (a TestContext without a pool)", |s| {
+            s.database()
+        })
+    }
+
     /// The worker's pool with its driver, for a step's children.
     pub(crate) fn store(&self) -> Result<&dyn Store, Error> {
         self.store.as_deref().ok_or(Error::WrongDatabase {
@@ -328,7 +334,7 @@ impl<'a> Context<'a> {
         let pool = self.shared.store.as_ref().map(|store| store.pool());
         pool.and_then(|pool| pool.downcast_ref())
             .ok_or(Error::WrongDatabase {
-                actual: self.shared.database,
+                actual: self.shared.database(),
                 requested: DB::NAME,
             })
     }
@@ -410,7 +416,7 @@ impl<'a> Context<'a> {
                     _db: PhantomData,
                 }),
                 _ => Err(Error::WrongDatabase {
-                    actual: self.shared.database,
+                    actual: self.shared.database(),
                     requested: DB::NAME,
                 }),
             }
@@ -483,7 +489,6 @@ impl TestContext {
             shared: Shared {
                 state: StateMap::default(),
                 store: None,
-                database: "no database (a TestContext without a pool)",
                 shutdown: CancellationToken::new(),
                 spawned: Some(std::sync::Mutex::new(Vec::new())),
             },
@@ -524,7 +529,6 @@ impl TestContext {
     /// [`spawned`](Self::spawned).
     pub fn pool<DB: Backend>(mut self, pool: sqlx::Pool<DB>) -> Self {
         self.shared.store = Some(Arc::new(Pooled::new(pool)));
-        self.shared.database = DB::NAME;
         self.shared.spawned = None;
         self
     }
