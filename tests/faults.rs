@@ -160,7 +160,7 @@ async fn a_worker_needs_only_dml_privileges() {
     for sql in [
         format!("CREATE ROLE {name} LOGIN"),
         format!("GRANT SELECT, INSERT, UPDATE, DELETE ON jetpack_tasks TO {name}"),
-        format!("GRANT SELECT, INSERT, DELETE ON jetpack_history TO {name}"),
+        format!("GRANT SELECT, INSERT, DELETE ON jetpack_history_blocks TO {name}"),
         format!("GRANT SELECT, INSERT, UPDATE ON jetpack_machines TO {name}"),
         format!("GRANT INSERT, SELECT ON runs TO {name}"),
     ] {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::{Encode, Executor, IntoArguments, Type};
 
 use super::Base;
-use crate::model::{Claimed, Error, Limit, Notice, Rate};
+use crate::model::{Claimed, EnqueueRecord, Error, Limit, Notice, Rate};
 
 /// The statements of claims and leases.
 #[async_trait]
@@ -49,7 +49,11 @@ pub trait Claims: Base {
     /// Gives a task claimed without a concurrency scope (a row written by
     /// hand, or under a step's former name) its `scope`, stores its step
     /// again as `step` of `kind` (the step's current name), and releases it
-    /// to the claims of limited steps (not counted as an attempt).
+    /// to the claims of limited steps (not counted as an attempt). The step
+    /// stored again is a transition: with `enqueued` (the history is on, and
+    /// the claim found the task at the step it was enqueued with), the
+    /// history takes in the record of its enqueue first, if nothing moved the
+    /// task since.
     async fn rescope(
         db: &Self::Handle,
         id: i64,
@@ -57,6 +61,7 @@ pub trait Claims: Base {
         scope: &str,
         step: &str,
         kind: &str,
+        enqueued: Option<&EnqueueRecord>,
     ) -> Result<(), Error>;
 
     /// Takes the concurrency scope from the live tasks of `kinds`, whose

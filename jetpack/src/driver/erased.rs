@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{ChildRow, Driver, Listener};
-use crate::model::{Claimed, Encoded, Error, History, Limit, Outcome, Rate, Retention};
+use crate::model::{
+    Claimed, Encoded, EnqueueRecord, Error, History, Limit, Outcome, Rate, Retention,
+};
 
 /// A pool with the worker's state of its driver (see [`Base::Handle`](super::Base::Handle)).
 pub(crate) struct Pooled<D: Driver> {
@@ -76,6 +78,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         scope: &str,
         step: &str,
         kind: &str,
+        enqueued: Option<&EnqueueRecord>,
     ) -> Result<(), Error>;
     async fn unscope(&self, kinds: &[String]) -> Result<u64, Error>;
     async fn heartbeat(
@@ -207,8 +210,9 @@ impl<D: Driver> Store for Pooled<D> {
         scope: &str,
         step: &str,
         kind: &str,
+        enqueued: Option<&EnqueueRecord>,
     ) -> Result<(), Error> {
-        D::rescope(&self.handle, id, fence, scope, step, kind).await
+        D::rescope(&self.handle, id, fence, scope, step, kind, enqueued).await
     }
     async fn unscope(&self, kinds: &[String]) -> Result<u64, Error> {
         D::unscope(&self.handle, kinds).await

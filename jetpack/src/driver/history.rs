@@ -9,11 +9,12 @@ use super::Base;
 use crate::model::{Activity, BoxFuture, Error, Transition};
 
 /// How many tasks were at each step at `$1`: the query of
-/// [`counts_at`](Histories::counts_at), the same on both backends.
+/// [`counts_at`](Histories::counts_at), the same on both backends. (A task
+/// still at its first step has one transition, its row, of id 0.)
 pub(crate) const COUNTS_AT: &str = "
 SELECT h.to_kind, count(*) FROM jetpack_history h
 JOIN (SELECT task_id, max(id) AS id FROM jetpack_history WHERE at <= $1 GROUP BY task_id) last
-  ON last.id = h.id
+  ON last.task_id = h.task_id AND last.id = h.id
 WHERE h.event NOT IN ('finished', 'cancelled', 'deleted') AND h.to_kind IS NOT NULL
 GROUP BY h.to_kind ORDER BY h.to_kind";
 

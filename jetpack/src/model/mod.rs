@@ -19,7 +19,7 @@ pub use error::Error;
 #[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
 pub(crate) use history::{transition, TransitionRow};
 pub use history::{Activity, Minute, TaskError, Transition, ERRORS_CHANNEL};
-pub use outcome::{Claimed, History, Limit, Notice, Outcome, Retention, Trace};
+pub use outcome::{Claimed, EnqueueRecord, History, Limit, Notice, Outcome, Retention, Trace};
 pub(crate) use outcome::{Labels, FENCE_MAX};
 pub use rate::Rate;
 pub(crate) use task::{micros, wakeup_binds};

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::{Error, Rate, Wakeup};
 
 /// A step's labels: its machine and its name.
@@ -33,6 +35,12 @@ pub struct Claimed {
     /// How long it had been due when claimed (claim time minus `wakeup_at`,
     /// both the database's clock), in µs: the queue lag.
     pub lag_us: i64,
+    /// When it was enqueued, if it is still at the step it was enqueued with
+    /// (no transition yet): its row is then the record of its enqueue, which
+    /// the history takes in with its first transition.
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// Its kind, as the row has it.
+    pub kind: String,
 }
 
 /// What the history records of the attempts whose outcomes one write
@@ -55,6 +63,21 @@ pub struct Trace {
     pub duration_us: i64,
     /// The labels of its metrics, when its step decoded.
     pub labels: Option<Labels>,
+    /// The task's enqueue, when this was an attempt of the step it was
+    /// enqueued with and nothing has moved it since its claim.
+    pub enqueued: Option<EnqueueRecord>,
+}
+
+/// The record of a task's enqueue, which the history takes in with the
+/// task's first transition (until then the task's row is that record).
+#[derive(Debug, Clone)]
+pub struct EnqueueRecord {
+    /// When the task was enqueued (`created_at`).
+    pub at: DateTime<Utc>,
+    /// The kind it was enqueued at, as its row has it.
+    pub kind: String,
+    /// The step it was enqueued with, as the row's JSON.
+    pub step: String,
 }
 
 impl Outcome {

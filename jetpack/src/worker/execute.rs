@@ -10,14 +10,14 @@ use tracing::{field, Instrument};
 
 use super::{lock, Backoff, Runtime, Slot};
 use crate::model::MAX_KEY_LEN;
-use crate::model::{is_refusal, Claimed, Outcome, Trace, FENCE_MAX};
+use crate::model::{is_refusal, Claimed, EnqueueRecord, Outcome, Trace, FENCE_MAX};
 use crate::workflow::Scheduler;
 use crate::workflow::StepError;
 use crate::workflow::{Context, Stop, StopReason, Wait, Wakeup};
 
 pub(super) async fn run<T: Scheduler>(
     rt: Arc<Runtime>,
-    task: Claimed,
+    mut task: Claimed,
     mut slot: Slot,
     stop: Arc<Stop>,
 ) {
@@ -33,11 +33,19 @@ pub(super) async fn run<T: Scheduler>(
         let Some((outcome, tx, kind, labels)) = attempt::<T>(&rt, &task, &stop).await else {
             return;
         };
+        // A task at the step it was enqueued with: its row, the record of
+        // its enqueue, goes into the history with this transition.
+        let enqueued = task.enqueued_at.map(|at| EnqueueRecord {
+            at,
+            kind: std::mem::take(&mut task.kind),
+            step: std::mem::take(&mut task.step),
+        });
         let trace = Trace {
             kind,
             attempt: task.tried,
             duration_us: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
             labels,
+            enqueued,
         };
         if tx.is_none() {
             // The step is done; only its outcome is left to write, with others.
@@ -108,9 +116,19 @@ async fn attempt<T: Scheduler>(rt: &Runtime, task: &Claimed, stop: &Stop) -> Opt
                     return Some((outcome, tx, Some(kind), Some(labels)));
                 }
             };
+            // The step stored again is the task's first transition when it
+            // is still at the step it was enqueued with: the history takes
+            // the record of that enqueue in first.
+            let enqueued = (task.enqueued_at)
+                .filter(|_| rt.history.load(std::sync::atomic::Ordering::Relaxed))
+                .map(|at| EnqueueRecord {
+                    at,
+                    kind: task.kind.clone(),
+                    step: task.step.clone(),
+                });
             if let Err(e) = rt
                 .store
-                .rescope(task.id, task.fence, &scope, &step, &kind)
+                .rescope(task.id, task.fence, &scope, &step, &kind, enqueued.as_ref())
                 .await
             {
                 tracing::warn!(error = %e, "giving a task its scope failed; its lease will expire");

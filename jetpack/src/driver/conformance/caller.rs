@@ -399,8 +399,10 @@ pub(super) fn signals_end_waits<D: Tested>(t: &Under<D>) -> Checked<'_> {
     })
 }
 
-/// The history: switched on and off; an attempt's outcome recorded with it
-/// reads back as the task's transition, counted at a moment and by minute.
+/// The history: switched on and off; a task's row is the record of its
+/// enqueue until its first transition, which takes that record in with it;
+/// an attempt's outcome recorded with it reads back as the task's
+/// transition, counted at a moment and by minute.
 pub(super) fn history_records_outcomes<D: Tested>(t: &Under<D>) -> Checked<'_> {
     let store = &t.store;
     Box::pin(async move {
@@ -411,31 +413,68 @@ pub(super) fn history_records_outcomes<D: Tested>(t: &Under<D>) -> Checked<'_> {
             problems.push("the history is off after switching it on".into());
         }
         let id = D::insert(t.db(), step_a("1"), Wakeup::Now).await?;
-        let (_, fence) = claim_one(store, "M.A").await?;
-        let trace = Trace {
-            kind: Some("M.A".into()),
-            attempt: 1,
-            duration_us: 1500,
-            labels: None,
+        let finished = D::insert(t.db(), step_a("2"), Wakeup::Now).await?;
+        let events = |h: &[crate::model::Transition]| -> Vec<String> {
+            h.iter().map(|h| h.event.clone()).collect()
         };
+        let before = D::history(t.db(), id).await?;
+        if events(&before) != ["enqueued"] || before[0].to_kind.as_deref() != Some("M.A") {
+            problems.push(format!("the history of a task not yet run: {before:?}"));
+        }
+        let claimed = store
+            .claim(2, &["M.A".to_string()], "w", Duration::from_secs(30))
+            .await?;
+        let traces: Vec<Trace> = (claimed.iter())
+            .map(|c| Trace {
+                kind: Some("M.A".into()),
+                attempt: 1,
+                duration_us: 1500,
+                labels: None,
+                enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
+                    at,
+                    kind: c.kind.clone(),
+                    step: c.step.clone(),
+                }),
+            })
+            .collect();
+        if traces.iter().any(|t| t.enqueued.is_none()) || claimed.len() != 2 {
+            problems.push(format!("the claims read no record of enqueue: {claimed:?}"));
+        }
+        let (next, finish) = (to_b(Wakeup::Now), Outcome::Finish);
+        let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
+            .map(|c| (c.id, c.fence, if c.id == id { &next } else { &finish }))
+            .collect();
         let history = History {
             worker: "w",
-            traces: &[&trace],
+            traces: &traces.iter().collect::<Vec<_>>(),
         };
-        let next = to_b(Wakeup::Now);
-        store
-            .complete_many(&[(id, fence, &next)], Some(&history))
-            .await?;
-        let transitions = D::history(t.db(), id).await?;
-        let moved = transitions.iter().find(|h| h.event == "next");
-        match moved {
-            Some(h)
-                if h.from_kind.as_deref() == Some("M.A") && h.to_kind.as_deref() == Some("M.B") => {
+        store.complete_many(&done, Some(&history)).await?;
+        for (task, step, then) in [(id, "1", "next"), (finished, "2", "finished")] {
+            let transitions = D::history(t.db(), task).await?;
+            let first = transitions.first();
+            let step = format!(r#"{{"M":{{"A":{step}}}}}"#);
+            let enqueued_as_stored = first.is_some_and(|h| {
+                h.event == "enqueued"
+                    && h.to_kind.as_deref() == Some("M.A")
+                    && h.step.as_deref().is_some_and(|s| same_json(s, &step))
+                    && h.worker.is_none()
+                    && (task != id || h.at == before[0].at)
+            });
+            let moved = transitions.get(1).is_some_and(|h| {
+                h.event == then
+                    && h.from_kind.as_deref() == Some("M.A")
+                    && h.worker.as_deref() == Some("w")
+                    && h.attempt == Some(1)
+            });
+            if transitions.len() != 2 || !enqueued_as_stored || !moved {
+                problems.push(format!("the history of task {task}: {transitions:?}"));
             }
-            _ => problems.push(format!("the history of the task: {transitions:?}")),
         }
+        // Two tasks at their first steps: their rows are their records.
+        D::insert(t.db(), step_a("3"), Wakeup::Now).await?;
+        D::insert(t.db(), step_a("4"), Wakeup::Now).await?;
         let at = D::counts_at(t.db(), chrono::Utc::now()).await?;
-        if !at.contains(&("M.B".to_string(), 1)) {
+        if at != [("M.A".to_string(), 2), ("M.B".to_string(), 1)] {
             problems.push(format!("counts now: {at:?}"));
         }
         let activity = D::activity(t.db(), since).await?;
@@ -446,6 +485,74 @@ pub(super) fn history_records_outcomes<D: Tested>(t: &Under<D>) -> Checked<'_> {
         D::set_history(t.db(), false).await?;
         if store.history_on().await? {
             problems.push("the history is on after switching it off".into());
+        }
+        Ok(problems)
+    })
+}
+
+/// The history of a flush stays exact when rows moved since their claims: a
+/// task parked by hand while its step ran has its enqueue recorded with the
+/// park, not again with its outcome; an attempt whose task was cancelled
+/// meanwhile records nothing.
+pub(super) fn history_of_tasks_moved_meanwhile<D: Tested>(t: &Under<D>) -> Checked<'_> {
+    let store = &t.store;
+    Box::pin(async move {
+        let mut problems = Vec::new();
+        D::set_history(t.db(), true).await?;
+        let mut ids = Vec::new();
+        for i in 1..=3 {
+            ids.push(D::insert(t.db(), step_a(&i.to_string()), Wakeup::Now).await?);
+        }
+        let (parked, finished, cancelled) = (ids[0], ids[1], ids[2]);
+        // (With what earlier checks left at M.A: all are finished.)
+        let claimed = store
+            .claim(100, &["M.A".to_string()], "w", Duration::from_secs(60))
+            .await?;
+        for sql in [
+            format!("UPDATE jetpack_tasks SET error = 'by hand' WHERE id = {parked}"),
+            format!(
+                "UPDATE jetpack_tasks SET state = 'cancelled', error = 'gone' WHERE id = {cancelled}"
+            ),
+        ] {
+            D::on(&t.pool).execute(sqlx::AssertSqlSafe(sql)).await?;
+        }
+        let traces: Vec<Trace> = (claimed.iter())
+            .map(|c| Trace {
+                kind: Some("M.A".into()),
+                attempt: 1,
+                duration_us: 10,
+                labels: None,
+                enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
+                    at,
+                    kind: c.kind.clone(),
+                    step: c.step.clone(),
+                }),
+            })
+            .collect();
+        let next = to_b(Wakeup::Now);
+        let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
+            .map(|c| (c.id, c.fence, if c.id == parked { &next } else { &Outcome::Finish }))
+            .collect();
+        let history = History {
+            worker: "w",
+            traces: &traces.iter().collect::<Vec<_>>(),
+        };
+        let held = store.complete_many(&done, Some(&history)).await?;
+        let held: Vec<(i64, bool)> = done.iter().map(|d| d.0).zip(held).collect();
+        if !held.contains(&(cancelled, false)) || held.iter().filter(|h| !h.1).count() != 1 {
+            problems.push(format!("held: {held:?}"));
+        }
+        for (task, expected) in [
+            (parked, ["enqueued", "parked", "next"].as_slice()),
+            (finished, &["enqueued", "finished"]),
+            (cancelled, &["enqueued", "cancelled"]),
+        ] {
+            let events: Vec<String> = (D::history(t.db(), task).await?.into_iter())
+                .map(|h| h.event)
+                .collect();
+            if events != expected {
+                problems.push(format!("the history of task {task}: {events:?}"));
+            }
         }
         Ok(problems)
     })

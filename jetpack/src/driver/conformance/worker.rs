@@ -95,7 +95,7 @@ pub(super) fn a_limited_lease_is_not_revived<D: Tested>(t: &Under<D>) -> Checked
             .await?
         {
             store
-                .rescope(task.id, task.fence, "M.A", &task.step, "M.A")
+                .rescope(task.id, task.fence, "M.A", &task.step, "M.A", None)
                 .await?;
         }
         let lease = Duration::from_millis(300);
@@ -389,9 +389,25 @@ pub(super) fn attempts_given_back_and_rescoped<D: Tested>(t: &Under<D>) -> Check
             problems.push(format!("given back: {task:?}, due in {due:?}"));
         }
         let b = D::insert(t.db(), step_a("2"), Wakeup::Now).await?;
-        let (_, fence) = claim_one(store, "M.A").await?;
+        let claimed = store.claim(1, &kinds, "w", Duration::from_secs(30)).await?;
+        let [c] = claimed.as_slice() else {
+            return Err(format!("claimed {claimed:?}").into());
+        };
+        // The history takes in the record of its enqueue, as it was stored.
+        let enqueued = c.enqueued_at.map(|at| crate::model::EnqueueRecord {
+            at,
+            kind: c.kind.clone(),
+            step: c.step.clone(),
+        });
         store
-            .rescope(b, fence, "M.B", r#"{"M":{"B":2}}"#, "M.B")
+            .rescope(
+                b,
+                c.fence,
+                "M.B",
+                r#"{"M":{"B":2}}"#,
+                "M.B",
+                enqueued.as_ref(),
+            )
             .await?;
         let task = t.task(b).await?;
         if task.tried != 0
@@ -399,6 +415,17 @@ pub(super) fn attempts_given_back_and_rescoped<D: Tested>(t: &Under<D>) -> Check
             || !same_json(&task.step, r#"{"M":{"B":2}}"#)
         {
             problems.push(format!("rescoped: {task:?}"));
+        }
+        let history = D::history(t.db(), b).await?;
+        let recorded = history.first().is_some_and(|h| {
+            h.event == "enqueued"
+                && h.to_kind.as_deref() == Some("M.A")
+                && h.step
+                    .as_deref()
+                    .is_some_and(|s| same_json(s, r#"{"M":{"A":2}}"#))
+        });
+        if history.len() != 1 || !recorded {
+            problems.push(format!("the history of the rescoped task: {history:?}"));
         }
         let unscoped = store.unscope(&["M.B".to_string()]).await?;
         let again = store.unscope(&["M.B".to_string()]).await?;

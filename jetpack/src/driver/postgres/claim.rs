@@ -17,6 +17,16 @@ macro_rules! lag {
     };
 }
 
+/// What a claim returns of a task's enqueue: when it was enqueued, if it is
+/// still at the step it was enqueued with (its row is the record of that
+/// enqueue, which the history takes in with its first transition), and its
+/// kind.
+macro_rules! enqueue_record {
+    () => {
+        "CASE WHEN t.transitions = 0 THEN t.created_at END AS enqueued_at, t.kind"
+    };
+}
+
 /// Claims up to `$1` ready tasks of the kinds `$2` for worker `$3` with a lease
 /// of `$4` µs, in [`claim_order!`]: a due task's order is at most now, which
 /// bounds the index scan.
@@ -53,6 +63,8 @@ WHERE t.ctid = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED))
 RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
     coalesce(t.awaited <> 'done', false) AS awaited, ",
+    enqueue_record!(),
+    ", ",
     lag!(),
     "
 "
@@ -150,6 +162,8 @@ WITH RECURSIVE scopes AS (
     WHERE t.ctid = ANY(ARRAY(SELECT ctid FROM picked))
     RETURNING t.id, t.step::text AS step, t.tried, t.fence, t.wait_for, t.signal::text AS signal,
         coalesce(t.awaited <> 'done', false) AS awaited, t.limit_scope AS scope, ",
+    enqueue_record!(),
+    ", ",
     lag!(),
     "
 ), holding AS (
@@ -192,12 +206,34 @@ WHERE r.refilled_at <= now()";
 
 /// Gives task `$1` (attempt `$2`), claimed without a concurrency scope,
 /// its scope `$3` and back to the claims, as a release does; its step is
-/// stored again as `$4` of kind `$5` (a row under a former name gets the new).
-const RESCOPE: &str = "
-UPDATE jetpack_tasks
-SET limit_scope = $3, step = $4::text::jsonb, kind = $5, locked_by = NULL, lease_until = NULL, tried = greatest(tried - 1, 0),
+/// stored again as `$4` of kind `$5` (a row under a former name gets the
+/// new), a transition of the task.
+macro_rules! rescope {
+    () => {
+        "UPDATE jetpack_tasks
+SET limit_scope = $3, step = $4::text::jsonb, kind = $5, locked_by = NULL, lease_until = NULL,
+    tried = greatest(tried - 1, 0), transitions = least(transitions, 2147483646) + 1,
     updated_at = now()
-WHERE id = $1 AND fence = $2";
+WHERE id = $1 AND fence = $2"
+    };
+}
+
+const RESCOPE: &str = rescope!();
+
+/// [`RESCOPE`], and if it was the task's first transition the record of its
+/// enqueue (at `$6`, kind `$7`, step `$8`) into the history.
+const RESCOPE_RECORDING: &str = concat!(
+    "WITH r AS (",
+    rescope!(),
+    " RETURNING id, transitions = 1 AS first)
+INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kinds, steps,
+                                    attempts, durations, errors, enqueued_ats, enqueued_kinds,
+                                    enqueued_steps, enqueued_errors)
+SELECT id >> 10, ARRAY[id], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],
+       ARRAY[NULL::jsonb], ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[NULL::text],
+       ARRAY[$6::timestamptz], ARRAY[nullif($7, '')], ARRAY[$8::text::jsonb], ARRAY[NULL::text]
+FROM r WHERE first"
+);
 
 /// Takes the concurrency scope from live tasks of the kinds `$1`, which have
 /// no limit (any more).
@@ -341,15 +377,18 @@ impl crate::driver::Claims for Postgres {
         scope: &str,
         step: &str,
         kind: &str,
+        enqueued: Option<&EnqueueRecord>,
     ) -> Result<(), Error> {
-        sqlx::query(RESCOPE)
-            .bind(id)
-            .bind(fence)
-            .bind(scope)
-            .bind(step)
-            .bind(kind)
-            .execute(&db.pool)
-            .await?;
+        let query = sqlx::query(if enqueued.is_some() {
+            RESCOPE_RECORDING
+        } else {
+            RESCOPE
+        });
+        let mut query = query.bind(id).bind(fence).bind(scope).bind(step).bind(kind);
+        if let Some(e) = enqueued {
+            query = query.bind(e.at).bind(&e.kind).bind(&e.step);
+        }
+        query.execute(&db.pool).await?;
         Ok(())
     }
 

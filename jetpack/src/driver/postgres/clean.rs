@@ -18,11 +18,11 @@ DELETE FROM jetpack_tasks WHERE ctid = ANY(ARRAY(
     LIMIT $3
     FOR UPDATE SKIP LOCKED))";
 
-/// Deletes up to `$2` rows of history older than `$1` µs (found through the
-/// BRIN index on `at`).
+/// Deletes up to `$2` rows of history (a statement's transitions of a block
+/// of tasks each) older than `$1` µs, found through the BRIN index on `at`.
 const CLEAN_HISTORY: &str = "
-DELETE FROM jetpack_history WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM jetpack_history WHERE at < now() - $1 * interval '1 microsecond'
+DELETE FROM jetpack_history_blocks WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM jetpack_history_blocks WHERE at < now() - $1 * interval '1 microsecond'
     LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 /// Deletes up to `$2` kept signals sent more than `$1` µs ago, oldest first.

@@ -2,15 +2,41 @@
 
 use super::*;
 
-/// The finished tasks (`$1` ids, `$2` fences) deleted, returning their attempts.
+/// The finished tasks (`$1` ids, `$2` fences) deleted, returning their
+/// attempts; for the history also whether this was the task's first
+/// transition (see [`transition!`]) and the record of its enqueue.
 macro_rules! finished {
     () => {
-        "finished AS (
+        finished!("")
+    };
+    (history) => {
+        finished!(
+            ", t.transitions = 0 AS first, t.created_at, t.kind AS old_kind, t.step AS old_step"
+        )
+    };
+    ($returning:literal) => {
+        concat!(
+            "finished AS (
     DELETE FROM jetpack_tasks t
     USING unnest($1::bigint[], $2::bigint[]) AS d(id, fence)
     WHERE t.id = d.id AND t.fence = d.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 )"
+        )
+    };
+}
+
+/// Counts a transition of the task (`t`), in the update that writes it, and
+/// (in `RETURNING`) whether it was the task's first: its row was until then
+/// the record of its enqueue, which the history takes in now.
+macro_rules! transition {
+    () => {
+        "transitions = least(t.transitions, 2147483646) + 1"
+    };
+    (first) => {
+        "t.transitions = 1 AS first"
     };
 }
 
@@ -30,7 +56,9 @@ macro_rules! moved {
             "moved AS (
     UPDATE jetpack_tasks t
     SET step = u.step::jsonb, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-        updated_at = now(), wait_for = NULL, signal = NULL, children_left = NULL,
+        updated_at = now(), wait_for = NULL, signal = NULL, children_left = NULL, ",
+            transition!(),
+            ",
         limit_scope = ",
             $scope,
             ",
@@ -43,7 +71,8 @@ macro_rules! moved {
             $alias,
             ")
     WHERE t.id = u.id AND t.fence = u.fence
-    RETURNING t.id, t.fence",
+    RETURNING t.id, t.fence, ",
+            transition!(first),
             $returning,
             "
 )"
@@ -68,16 +97,28 @@ const FINISH_AND_NEXT: &str = concat!(
 /// `error` set by hand meanwhile (the row was parked by that).
 macro_rules! failed {
     () => {
-        "failed AS (
+        failed!("")
+    };
+    // For the history: whether this was the task's first transition, and
+    // the record of its enqueue (the step is the one it was at).
+    (history) => {
+        failed!(", t.transitions = 1 AS first, t.created_at, t.kind AS old_kind, t.step AS old_step")
+    };
+    ($returning:literal) => {
+        concat!(
+            "failed AS (
     UPDATE jetpack_tasks t
     SET error = coalesce(f.error, t.error),
         state = CASE WHEN f.error IS NULL THEN t.state ELSE 'parked' END,
-        locked_by = NULL, lease_until = NULL,
+        locked_by = NULL, lease_until = NULL, transitions = least(t.transitions, 2147483646) + 1,
         updated_at = now(), wakeup_at = now() + f.delay * interval '1 microsecond'
     FROM unnest($9::bigint[], $10::bigint[], $11::bigint[], $12::text[]) AS f(id, fence, delay, error)
     WHERE t.id = f.id AND t.fence = f.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 )"
+        )
     };
 }
 
@@ -93,17 +134,28 @@ macro_rules! failed {
 /// speed.) A child that ends any other way is counted by the table's trigger.
 macro_rules! kept {
     () => {
-        "awaited_before AS MATERIALIZED (
+        kept!("")
+    };
+    // As `failed!(history)`.
+    (history) => {
+        kept!(", t.transitions = 1 AS first, t.created_at, t.kind AS old_kind, t.step AS old_step")
+    };
+    ($returning:literal) => {
+        concat!(
+            "awaited_before AS MATERIALIZED (
     SELECT t.id, t.parent_id FROM unnest($13::bigint[]) AS k(id) JOIN jetpack_tasks t USING (id)
     WHERE t.awaited IN ('wait', 'fail', 'error')
 ), kept AS (
     UPDATE jetpack_tasks t
     SET state = 'finished', finished_at = now(), locked_by = NULL, lease_until = NULL,
         updated_at = now(), result = k.result::jsonb, children_left = NULL,
+        transitions = least(t.transitions, 2147483646) + 1,
         awaited = CASE WHEN t.awaited IN ('wait', 'fail', 'error') THEN 'done' ELSE t.awaited END
     FROM unnest($13::bigint[], $14::bigint[], $22::text[]) AS k(id, fence, result)
     WHERE t.id = k.id AND t.fence = k.fence
-    RETURNING t.id, t.fence
+    RETURNING t.id, t.fence",
+            $returning,
+            "
 ), counted AS (
     UPDATE jetpack_tasks p
     SET children_left = greatest(p.children_left - c.n, 0),
@@ -117,6 +169,7 @@ macro_rules! kept {
 ), woke AS (
     SELECT pg_notify('jetpack', '') FROM counted WHERE state = 'ready' LIMIT 1
 )"
+        )
     };
 }
 
@@ -135,13 +188,16 @@ macro_rules! waited {
     SET step = w.step::jsonb, kind = w.kind,
         state = CASE WHEN t.state = 'parked' THEN 'parked' ELSE 'waiting' END,
         wait_for = w.name, wait_key = w.key, signal = NULL, tried = 0, children_left = NULL,
-        limit_scope = w.scope,
+        limit_scope = w.scope, ",
+            transition!(),
+            ",
         locked_by = NULL, lease_until = NULL, updated_at = now(),
         wakeup_at = coalesce(now() + w.timeout * interval '1 microsecond', '9999-12-31 00:00:00+00')
     FROM unnest($15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
                 $21::bigint[], $28::text[]) AS w(id, fence, step, kind, name, key, timeout, scope)
     WHERE t.id = w.id AND t.fence = w.fence
-    RETURNING t.id, t.fence",
+    RETURNING t.id, t.fence, ",
+            transition!(first),
             $returning,
             "
 )"
@@ -165,7 +221,9 @@ macro_rules! joined {
     UPDATE jetpack_tasks t
     SET step = j.step::jsonb, kind = j.kind, tried = 0, children_left = c.n, limit_scope = j.scope,
         state = CASE WHEN t.state = 'parked' THEN 'parked' WHEN c.n > 0 THEN 'waiting' ELSE 'ready' END,
-        wait_for = NULL, wait_key = NULL, signal = NULL,
+        wait_for = NULL, wait_key = NULL, signal = NULL, ",
+            transition!(),
+            ",
         locked_by = NULL, lease_until = NULL, updated_at = now(),
         wakeup_at = CASE WHEN c.n > 0 THEN '9999-12-31 00:00:00+00' ELSE now() END
     FROM unnest($23::bigint[], $24::bigint[], $25::text[], $26::text[], $29::text[])
@@ -175,7 +233,8 @@ macro_rules! joined {
         WHERE c.parent_id = j.id AND c.awaited IN ('wait', 'fail', 'error')
     ) c
     WHERE t.id = j.id AND t.fence = j.fence
-    RETURNING t.id, t.fence",
+    RETURNING t.id, t.fence, ",
+            transition!(first),
             $returning,
             "
 )"
@@ -206,20 +265,90 @@ UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined
 UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 );
 
-/// The history of the attempts the statement wrote: for each of the ids in
-/// `$a` (with the events `$b`, the kinds they ran `$c`, the kinds they went
-/// to `$d`, their attempts `$e`, durations in µs `$f` and errors `$g`) that
-/// `$written` returns (as `id, step`), a row with the step it moved to, by
-/// worker `$w`. In the statement that writes the outcomes: the history never
-/// disagrees with the rows.
+/// The history of the attempts the statement wrote, one row of
+/// `jetpack_history_blocks` per block of task ids: for each attempt (its
+/// task in `$a`, with its event `$b`, the kind it ran `$c`, the kind it went
+/// to `$d`, its attempt `$e`, duration in µs `$f`, error `$g`, the step it
+/// went to `$st`) an entry by worker `$w`, with the record of the task's
+/// enqueue if the transition was its first (when and at which kind and step
+/// its claim found it enqueued: `$qa`, `$qk`, `$s`). The entries are bound in
+/// block order, block `$blocks[i]` from `$los[i]` to `$his[i]`; `$n` of them
+/// came with a record of enqueue.
+///
+/// When every attempt held its task and every task so claimed was still at
+/// its first step (`$written` returns `id, step, first, created_at, old_kind,
+/// old_step` of what the statement wrote), the rows are the bound arrays cut
+/// at the blocks' bounds (`history`): nothing to take apart or put together.
+/// Else (a lease lost, a task moved by hand since its claim) the entries of
+/// the attempts that held are put together by block (`history_some`), with
+/// the records of enqueue of the tasks whose transitions were their first,
+/// from the rows where the statement still had them. In the statement that
+/// writes the outcomes: the history never disagrees with the rows.
 macro_rules! history {
-    ($written:literal, $a:literal, $b:literal, $c:literal, $d:literal, $e:literal, $f:literal, $g:literal, $w:literal) => {
+    ($written:literal, $a:literal, $b:literal, $c:literal, $d:literal, $e:literal, $f:literal,
+     $g:literal, $w:literal, $s:literal, $st:literal, $qa:literal, $qk:literal, $blocks:literal,
+     $los:literal, $his:literal, $n:literal) => {
         concat!(
-            "history AS (
-    INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, attempt, worker, duration_us, error)
-    SELECT h.id, h.event, h.from_kind, h.to_kind, w.step, h.attempt, ",
+            "written AS (",
+            $written,
+            "), exact AS (
+    SELECT count(*) = cardinality(",
+            $a,
+            "::bigint[]) AND count(*) FILTER (WHERE first) = ",
+            $n,
+            "::integer AS all_held FROM written
+), history AS (
+    INSERT INTO jetpack_history_blocks (block, worker, task_ids, events, from_kinds, to_kinds,
+                                        steps, attempts, durations, errors, enqueued_ats,
+                                        enqueued_kinds, enqueued_steps, enqueued_errors)
+    SELECT b.block, ",
             $w,
-            ", h.duration, h.error
+            ", (",
+            $a,
+            "::bigint[])[b.lo:b.hi], (",
+            $b,
+            "::text[])[b.lo:b.hi], (",
+            $c,
+            "::text[])[b.lo:b.hi],
+           (",
+            $d,
+            "::text[])[b.lo:b.hi], (",
+            $st,
+            "::text[])[b.lo:b.hi]::jsonb[], (",
+            $e,
+            "::integer[])[b.lo:b.hi],
+           (",
+            $f,
+            "::bigint[])[b.lo:b.hi], (",
+            $g,
+            "::text[])[b.lo:b.hi], (",
+            $qa,
+            "::timestamptz[])[b.lo:b.hi],
+           (",
+            $qk,
+            "::text[])[b.lo:b.hi], (",
+            $s,
+            "::text[])[b.lo:b.hi]::jsonb[], array_fill(NULL::text, ARRAY[b.hi - b.lo + 1])
+    FROM unnest(",
+            $blocks,
+            "::bigint[], ",
+            $los,
+            "::integer[], ",
+            $his,
+            "::integer[]) AS b(block, lo, hi)
+    WHERE (SELECT all_held FROM exact)
+), history_some AS (
+    INSERT INTO jetpack_history_blocks (block, worker, task_ids, events, from_kinds, to_kinds,
+                                        steps, attempts, durations, errors, enqueued_ats,
+                                        enqueued_kinds, enqueued_steps, enqueued_errors)
+    SELECT h.id >> 10, ",
+            $w,
+            ", array_agg(h.id), array_agg(h.event), array_agg(h.from_kind), array_agg(h.to_kind),
+           array_agg(w.step), array_agg(h.attempt), array_agg(h.duration), array_agg(h.error),
+           array_agg(CASE WHEN w.first THEN w.created_at END),
+           array_agg(CASE WHEN w.first THEN nullif(coalesce(w.old_kind, h.from_kind), '') END),
+           array_agg(CASE WHEN w.first THEN coalesce(w.old_step, h.enqueued_step::jsonb) END),
+           array_agg(NULL::text)
     FROM unnest(",
             $a,
             "::bigint[], ",
@@ -234,24 +363,27 @@ macro_rules! history {
             $f,
             "::bigint[], ",
             $g,
-            "::text[]) AS h(id, event, from_kind, to_kind, attempt, duration, error)
-    JOIN (",
-            $written,
-            ") w ON w.id = h.id
+            "::text[], ",
+            $s,
+            "::text[]) AS h(id, event, from_kind, to_kind, attempt, duration, error, enqueued_step)
+    JOIN written w ON w.id = h.id
+    WHERE NOT (SELECT all_held FROM exact)
+    GROUP BY h.id >> 10
 )"
         )
     };
 }
 
-/// [`FINISH_AND_NEXT`], recording the history (`$9`…`$16`).
+/// [`FINISH_AND_NEXT`], recording the history (`$9`…`$25`).
 const FINISH_AND_NEXT_HISTORY: &str = concat!(
     "WITH ",
-    finished!(),
+    finished!(history),
     ", ",
-    moved!("NULL::text", "", "", ", t.step"),
+    moved!("NULL::text", "", "", ", t.step, t.created_at"),
     ", ",
     history!(
-        "SELECT id, NULL::jsonb AS step FROM finished UNION ALL SELECT id, step FROM moved",
+        "SELECT id, NULL::jsonb AS step, first, created_at, old_kind, old_step FROM finished
+         UNION ALL SELECT id, step, first, created_at, NULL, NULL FROM moved",
         "$9",
         "$10",
         "$11",
@@ -259,30 +391,46 @@ const FINISH_AND_NEXT_HISTORY: &str = concat!(
         "$13",
         "$14",
         "$15",
-        "$16"
+        "$16",
+        "$17",
+        "$18",
+        "$19",
+        "$20",
+        "$21",
+        "$22",
+        "$23",
+        "$24"
     ),
     " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
 );
 
-/// [`EVERY_OUTCOME`], recording the history (`$30`…`$37`).
+/// [`EVERY_OUTCOME`], recording the history (`$30`…`$45`).
 const EVERY_OUTCOME_HISTORY: &str = concat!(
     "WITH ",
-    finished!(),
+    finished!(history),
     ", ",
-    moved!("u.scope", ", $27::text[]", ", scope", ", t.step"),
+    moved!(
+        "u.scope",
+        ", $27::text[]",
+        ", scope",
+        ", t.step, t.created_at"
+    ),
     ", ",
-    failed!(),
+    failed!(history),
     ", ",
-    kept!(),
+    kept!(history),
     ", ",
-    waited!(", t.step"),
+    waited!(", t.step, t.created_at"),
     ", ",
-    joined!(", t.step"),
+    joined!(", t.step, t.created_at"),
     ", ",
     history!(
-        "SELECT id, NULL::jsonb AS step FROM finished UNION ALL SELECT id, step FROM moved
-         UNION ALL SELECT id, NULL FROM failed UNION ALL SELECT id, NULL FROM kept
-         UNION ALL SELECT id, step FROM waited UNION ALL SELECT id, step FROM joined",
+        "SELECT id, NULL::jsonb AS step, first, created_at, old_kind, old_step FROM finished
+         UNION ALL SELECT id, step, first, created_at, NULL, NULL FROM moved
+         UNION ALL SELECT id, NULL, first, created_at, old_kind, old_step FROM failed
+         UNION ALL SELECT id, NULL, first, created_at, old_kind, old_step FROM kept
+         UNION ALL SELECT id, step, first, created_at, NULL, NULL FROM waited
+         UNION ALL SELECT id, step, first, created_at, NULL, NULL FROM joined",
         "$30",
         "$31",
         "$32",
@@ -290,7 +438,15 @@ const EVERY_OUTCOME_HISTORY: &str = concat!(
         "$34",
         "$35",
         "$36",
-        "$37"
+        "$37",
+        "$38",
+        "$39",
+        "$40",
+        "$41",
+        "$42",
+        "$43",
+        "$44",
+        "$45"
     ),
     "
 SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
@@ -342,19 +498,75 @@ struct Batch<'a> {
     history: Option<(&'a str, HistoryRows<'a>)>,
 }
 
-/// The history of a batch, as the statements bind it: ids, events, kinds
-/// run, kinds gone to, attempts, durations, errors.
+/// The history of a batch, as the statements bind it ([`history!`]): per
+/// outcome, in the order of their tasks' blocks, its task, event, kind run,
+/// kind gone to, step gone to, attempt, duration and error, and the record
+/// of its task's enqueue if its claim found the task at its first step; the
+/// blocks and their bounds in those arrays (1-based, inclusive).
 #[derive(Default)]
-#[allow(clippy::type_complexity)]
-struct HistoryRows<'a>(
-    Vec<i64>,
-    Vec<&'static str>,
-    Vec<Option<&'a str>>,
-    Vec<Option<&'a str>>,
-    Vec<i32>,
-    Vec<i64>,
-    Vec<Option<&'a str>>,
-);
+struct HistoryRows<'a> {
+    ids: Vec<i64>,
+    events: Vec<&'static str>,
+    from_kinds: Vec<Option<&'a str>>,
+    to_kinds: Vec<Option<&'a str>>,
+    steps: Vec<Option<&'a str>>,
+    attempts: Vec<i32>,
+    durations: Vec<i64>,
+    errors: Vec<Option<&'a str>>,
+    enqueued_ats: Vec<Option<DateTime<Utc>>>,
+    enqueued_kinds: Vec<Option<&'a str>>,
+    enqueued_steps: Vec<Option<&'a str>>,
+    blocks: (Vec<i64>, Vec<i32>, Vec<i32>),
+    enqueued: i32,
+}
+
+impl<'a> HistoryRows<'a> {
+    fn of(done: &[(i64, i64, &'a Outcome)], traces: &[&'a Trace]) -> Result<Self, Error> {
+        let mut rows = HistoryRows::default();
+        let mut order: Vec<usize> = (0..done.len()).collect();
+        order.sort_by_key(|&i| done[i].0 >> 10);
+        for i in order {
+            let ((id, _, outcome), trace) = (done[i], traces[i]);
+            let (event, to, error) = outcome.event();
+            let block = id >> 10;
+            let at = i32::try_from(rows.ids.len() + 1).map_err(|_| {
+                Error::Completion("more outcomes in one flush than an array holds".into())
+            })?;
+            if rows.blocks.0.last() == Some(&block) {
+                if let Some(hi) = rows.blocks.2.last_mut() {
+                    *hi = at;
+                }
+            } else {
+                rows.blocks.0.push(block);
+                rows.blocks.1.push(at);
+                rows.blocks.2.push(at);
+            }
+            rows.ids.push(id);
+            rows.events.push(event);
+            rows.from_kinds.push(trace.kind.as_deref());
+            rows.to_kinds.push(to.or(match outcome {
+                Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
+                _ => None,
+            }));
+            rows.steps.push(match outcome {
+                Outcome::Next { step, .. }
+                | Outcome::Wait { step, .. }
+                | Outcome::Join { step, .. } => Some(step.as_str()),
+                _ => None,
+            });
+            rows.attempts.push(trace.attempt);
+            rows.durations.push(trace.duration_us);
+            rows.errors.push(error);
+            let enqueued = trace.enqueued.as_ref();
+            rows.enqueued_ats.push(enqueued.map(|e| e.at));
+            rows.enqueued_kinds
+                .push(enqueued.map(|e| e.kind.as_str()).filter(|k| !k.is_empty()));
+            rows.enqueued_steps.push(enqueued.map(|e| e.step.as_str()));
+            rows.enqueued += i32::from(enqueued.is_some());
+        }
+        Ok(rows)
+    }
+}
 
 impl<'a> Batch<'a> {
     fn of(
@@ -363,21 +575,7 @@ impl<'a> Batch<'a> {
     ) -> Result<Self, Error> {
         let mut batch = Batch::default();
         if let Some(h) = history {
-            let mut rows = HistoryRows::default();
-            for (&(id, _, outcome), trace) in done.iter().zip(h.traces) {
-                let (event, to, error) = outcome.event();
-                rows.0.push(id);
-                rows.1.push(event);
-                rows.2.push(trace.kind.as_deref());
-                rows.3.push(to.or(match outcome {
-                    Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
-                    _ => None,
-                }));
-                rows.4.push(trace.attempt);
-                rows.5.push(trace.duration_us);
-                rows.6.push(error);
-            }
-            batch.history = Some((h.worker, rows));
+            batch.history = Some((h.worker, HistoryRows::of(done, h.traces)?));
         }
         for &(id, fence, outcome) in done {
             match outcome {
@@ -501,14 +699,22 @@ impl<'a> Batch<'a> {
         }
         if let Some((worker, h)) = &self.history {
             query = query
-                .bind(&h.0)
-                .bind(&h.1)
-                .bind(&h.2)
-                .bind(&h.3)
-                .bind(&h.4)
-                .bind(&h.5)
-                .bind(&h.6)
-                .bind(*worker);
+                .bind(&h.ids)
+                .bind(&h.events)
+                .bind(&h.from_kinds)
+                .bind(&h.to_kinds)
+                .bind(&h.attempts)
+                .bind(&h.durations)
+                .bind(&h.errors)
+                .bind(*worker)
+                .bind(&h.enqueued_steps)
+                .bind(&h.steps)
+                .bind(&h.enqueued_ats)
+                .bind(&h.enqueued_kinds)
+                .bind(&h.blocks.0)
+                .bind(&h.blocks.1)
+                .bind(&h.blocks.2)
+                .bind(h.enqueued);
         }
         Ok(query.fetch_all(db).await?)
     }

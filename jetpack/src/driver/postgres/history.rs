@@ -4,23 +4,28 @@ use super::*;
 
 /// The history since `$1`, per minute and edge, `[[unix seconds, from,
 /// to, moved, finished, failed], ..]` by minute (`from` and `to` are NULL
-/// for what is not a move). Read through the BRIN index on `at`, so that a
-/// read of the last minutes costs what those minutes hold.
+/// for what is not a move). Read through the BRIN index on the blocks' `at`,
+/// so that a read of the last minutes costs what those minutes hold; the
+/// records of enqueue the entries hold (dated earlier) are not counted.
 const ACTIVITY: &str = "
 SELECT coalesce(json_agg(json_build_array(extract(epoch FROM m)::int8, f, t, moved, finished, failed)
                 ORDER BY m, f, t), '[]')::text
-FROM (SELECT date_trunc('minute', at) AS m,
-             CASE WHEN event IN ('next', 'wait', 'join') THEN from_kind END AS f,
-             CASE WHEN event IN ('next', 'wait', 'join') THEN to_kind END AS t,
-             count(*) FILTER (WHERE event IN ('next', 'wait', 'join')) AS moved,
-             count(*) FILTER (WHERE event = 'finished') AS finished,
-             count(*) FILTER (WHERE event IN ('retry', 'parked')) AS failed
-      FROM jetpack_history WHERE at >= $1 GROUP BY 1, 2, 3) per";
+FROM (SELECT date_trunc('minute', b.at) AS m,
+             CASE WHEN u.event IN ('next', 'wait', 'join') THEN u.from_kind END AS f,
+             CASE WHEN u.event IN ('next', 'wait', 'join') THEN u.to_kind END AS t,
+             count(*) FILTER (WHERE u.event IN ('next', 'wait', 'join')) AS moved,
+             count(*) FILTER (WHERE u.event = 'finished') AS finished,
+             count(*) FILTER (WHERE u.event IN ('retry', 'parked')) AS failed
+      FROM jetpack_history_blocks b
+      CROSS JOIN LATERAL unnest(b.task_ids, b.events, b.from_kinds, b.to_kinds)
+          AS u(task_id, event, from_kind, to_kind)
+      WHERE b.at >= $1 AND u.task_id IS NOT NULL GROUP BY 1, 2, 3) per";
 
-/// The history of task `$1`, oldest first.
+/// The history of task `$1`, oldest first: the rows of its block, and its
+/// own row while it is the record of its enqueue.
 const HISTORY_OF: &str = "
 SELECT id, task_id, at, event, from_kind, to_kind, step::text, attempt, worker, duration_us, error
-FROM jetpack_history WHERE task_id = $1 ORDER BY id";
+FROM jetpack_history WHERE block = $1 >> 10 AND task_id = $1 ORDER BY id";
 
 /// Switches the history to `$1`.
 const SET_HISTORY: &str = "

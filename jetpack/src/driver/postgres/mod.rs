@@ -10,8 +10,9 @@ use sqlx::{Executor, PgConnection};
 
 use crate::driver::{ChildRow, KeyedStatements, Listener};
 use crate::model::{
-    micros, one_kind, wakeup_binds, BoxFuture, Cancel, Claimed, Delivery, Encoded, Error, History,
-    Limit, NewTask, Notice, Outcome, Rate, Retention, SignalTo, TaskRow, TaskState, Wakeup, Window,
+    micros, one_kind, wakeup_binds, BoxFuture, Cancel, Claimed, Delivery, Encoded, EnqueueRecord,
+    Error, History, Limit, NewTask, Notice, Outcome, Rate, Retention, SignalTo, TaskRow, TaskState,
+    Trace, Wakeup, Window,
 };
 
 mod admin;

@@ -17,8 +17,8 @@ const CLAIM_READ: &str = concat!(
     awaited!(),
     ", ",
     lag!(),
-    ")) FROM (",
-    ready_tasks!("id, step, tried, fence, wait_for, signal, awaited, wakeup_at"),
+    ", CASE WHEN transitions = 0 THEN strftime('%Y-%m-%d %H:%M:%f', created_at) END, kind)) FROM (",
+    ready_tasks!("id, step, tried, fence, wait_for, signal, awaited, wakeup_at, transitions, created_at, kind"),
     ")"
 );
 
@@ -28,6 +28,15 @@ const CLAIM_LEASE: &str = concat!(
     lease!("?2", "?3"),
     " WHERE id IN (SELECT value FROM json_each(?1))"
 );
+
+/// What a claim returns of a task's enqueue: when it was enqueued, if it is
+/// still at the step it was enqueued with (see the PostgreSQL backend), and
+/// its kind.
+macro_rules! enqueue_record {
+    () => {
+        "CASE WHEN transitions = 0 THEN strftime('%Y-%m-%d %H:%M:%f', created_at) END AS enqueued_at, kind"
+    };
+}
 
 /// Claims and leases in one statement, returning a row per task: for claims of
 /// fewer than [`FEW`] tasks. `?3` is the worker, `?4` the lease in µs.
@@ -39,7 +48,8 @@ const CLAIM_FEW: &str = concat!(
     awaited!(),
     " AS awaited, ",
     lag!(),
-    " AS lag_us"
+    " AS lag_us, ",
+    enqueue_record!()
 );
 
 /// Forgets the attempts of limited steps that no longer hold their tasks (see
@@ -164,7 +174,8 @@ const CLAIM_LIMITED: &str = concat!(
     awaited!(),
     " AS awaited, limit_scope AS scope, ",
     lag!(),
-    " AS lag_us"
+    " AS lag_us, ",
+    enqueue_record!()
 );
 
 /// Records attempts `?1` (a JSON array of `[id, fence, scope]`) as holders.
@@ -174,14 +185,25 @@ const HOLD: &str = "INSERT INTO jetpack_holders (task_id, fence, scope)
 
 /// Gives task `?1` (attempt `?2`) its concurrency scope `?3` and back to the
 /// claims, as a release does; its step is stored again as `?4` of kind `?5`
-/// (a row under a former name gets the new).
+/// (a row under a former name gets the new), a transition of the task.
+/// Returns whether it was its first.
 const RESCOPE: &str = concat!(
     "UPDATE jetpack_tasks
      SET limit_scope = ?3, step = ?4, kind = ?5, locked_by = NULL, lease_until = NULL, tried = max(tried - 1, 0),
-         updated_at = ",
+         transitions = min(transitions, 2147483646) + 1, updated_at = ",
     now!(),
-    " WHERE id = ?1 AND fence = ?2"
+    " WHERE id = ?1 AND fence = ?2 RETURNING transitions = 1"
 );
+
+/// The record of task `?1`'s enqueue (at `?2`, kind `?3`, step `?4`) into
+/// the history: an entry with no transition.
+const RECORD_ENQUEUE: &str = "
+INSERT INTO jetpack_history_blocks (block, entries)
+VALUES (?1 >> 10, json_array(json_array(?1, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                        json_array(?2, nullif(?3, ''),
+                                                   CASE WHEN json_valid(?4) THEN json(?4)
+                                                        ELSE json_quote(?4) END,
+                                                   NULL))))";
 
 /// Takes the concurrency scope from live tasks of the kinds `?1`.
 const UNSCOPE: &str = "UPDATE jetpack_tasks SET limit_scope = NULL
@@ -343,6 +365,8 @@ async fn claim_batch(
         Option<String>,
         u8,
         i64,
+        Option<String>,
+        String,
     )> = serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     if claimed.is_empty() {
         tx.rollback().await?;
@@ -359,16 +383,22 @@ async fn claim_batch(
     Ok(claimed
         .into_iter()
         .map(
-            |(id, step, tried, fence, wait_for, signal, awaited, lag_us)| Claimed {
-                awaited: awaited != 0,
-                lag_us,
-                scope: None,
-                id,
-                step,
-                tried,
-                fence,
-                wait_for,
-                signal,
+            |(id, step, tried, fence, wait_for, signal, awaited, lag_us, enqueued_at, kind)| {
+                Claimed {
+                    awaited: awaited != 0,
+                    lag_us,
+                    scope: None,
+                    id,
+                    step,
+                    tried,
+                    fence,
+                    wait_for,
+                    signal,
+                    // A time written by hand that does not read as one
+                    // (strftime gave NULL, or this fails) leaves no record.
+                    enqueued_at: enqueued_at.and_then(|at| read_time(&at, String::new).ok()),
+                    kind,
+                }
             },
         )
         .collect())
@@ -464,17 +494,32 @@ impl crate::driver::Claims for Sqlite {
         scope: &str,
         step: &str,
         kind: &str,
+        enqueued: Option<&EnqueueRecord>,
     ) -> Result<(), Error> {
         let mut writer = db.writer().await?;
-        let done = sqlx::query(RESCOPE)
-            .bind(id)
-            .bind(fence)
-            .bind(scope)
-            .bind(step)
-            .bind(kind)
-            .execute(&mut writer.db)
-            .await;
-        writer.done(done.map(drop).map_err(Error::from))
+        let done = async {
+            let mut tx = writer.db.begin_with("BEGIN IMMEDIATE").await?;
+            let first: Option<bool> = sqlx::query_scalar(RESCOPE)
+                .bind(id)
+                .bind(fence)
+                .bind(scope)
+                .bind(step)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let (Some(true), Some(e)) = (first, enqueued) {
+                sqlx::query(RECORD_ENQUEUE)
+                    .bind(id)
+                    .bind(e.at.format(TIME_FORMAT).to_string())
+                    .bind(&e.kind)
+                    .bind(&e.step)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        writer.done(done.map_err(Error::from))
     }
 
     async fn unscope(db: &SqliteHandle, kinds: &[String]) -> Result<u64, Error> {

@@ -22,10 +22,11 @@ const CLEAN_SIGNALS: &str = "DELETE FROM jetpack_signals WHERE id IN (
          WHERE sent_at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')
          ORDER BY id LIMIT ?2)";
 
-/// Deletes rows of history older than `?1` µs among the `?2` oldest.
+/// Deletes rows of history (a statement's transitions of a block of tasks
+/// each) older than `?1` µs among the `?2` oldest.
 const CLEAN_HISTORY: &str = "
-DELETE FROM jetpack_history
-WHERE id IN (SELECT id FROM jetpack_history ORDER BY id LIMIT ?2)
+DELETE FROM jetpack_history_blocks
+WHERE id IN (SELECT id FROM jetpack_history_blocks ORDER BY id LIMIT ?2)
   AND at < strftime('%Y-%m-%d %H:%M:%f', 'now', (-?1 / 1000000.0) || ' seconds')";
 
 #[async_trait]

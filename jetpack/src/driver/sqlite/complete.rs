@@ -2,16 +2,22 @@
 
 use super::*;
 
-/// Records the history of attempts `?1` (a JSON array of `[id, event, kind
-/// run, kind gone to, attempt, duration in µs, error]`) of worker `?2`, with
-/// the step each moved to, read from its row as just written.
+/// Records the history of a flush: `?1` is a JSON array of `[block, entries]`
+/// (the entries of one block, a JSON array as `jetpack_history_blocks` holds
+/// them), written by worker `?2`.
 const HISTORY: &str = "
-INSERT INTO jetpack_history (task_id, event, from_kind, to_kind, step, attempt, worker, duration_us, error)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3,
-       CASE WHEN value ->> 1 IN ('next', 'wait', 'join')
-            THEN (SELECT step FROM jetpack_tasks WHERE id = value ->> 0) END,
-       value ->> 4, ?2, value ->> 5, value ->> 6
-FROM json_each(?1)";
+INSERT INTO jetpack_history_blocks (block, worker, entries)
+SELECT value ->> 0, ?2, value -> 1 FROM json_each(?1)";
+
+/// [`HISTORY`] for one block `?1` with entries `?3`: no JSON to take apart.
+const HISTORY_BLOCK: &str = "
+INSERT INTO jetpack_history_blocks (block, worker, entries) VALUES (?1, ?2, ?3)";
+
+/// Of the tasks `?1` (a JSON array of ids), those still at the step they
+/// were enqueued with, as a JSON array.
+const AT_FIRST_STEP: &str = "
+SELECT json_group_array(id) FROM jetpack_tasks
+WHERE transitions = 0 AND id IN (SELECT value FROM json_each(?1))";
 
 /// Finishes the attempts `?1` (a JSON array of `[id, fence]`), returning
 /// those that still held their tasks.
@@ -25,12 +31,25 @@ const FINISH_MANY: &str = "DELETE FROM jetpack_tasks WHERE (id, fence) IN (
 /// fence is at least that of any attempt of it: when as many of the tasks
 /// exist as there are attempts and their fences sum to the attempts', every
 /// fence is the attempt's. (Two attempts of one task are one row: the count
-/// differs.) The subquery does not depend on the row, so SQLite evaluates it
-/// once, before the statement writes anything.
+/// differs.) With `?5` (the history is on), also that `?5` of the tasks are
+/// still at the step they were enqueued with, as many as were when claimed:
+/// nothing moved them since (a count of transitions only grows), so the
+/// history can take in their records of enqueue as their claims read them.
+/// The subquery does not depend on the row, so SQLite evaluates it once,
+/// before the statement writes anything.
 macro_rules! all_held {
     () => {
-        "(SELECT count(*) = ?3 AND coalesce(sum(fence), 0) = ?4 FROM jetpack_tasks
-          WHERE id IN (SELECT value FROM json_each(?2)))"
+        "(SELECT count(*) = ?3 AND coalesce(sum(fence), 0) = ?4
+                 AND (?5 IS NULL OR coalesce(sum(transitions = 0), 0) = ?5)
+          FROM jetpack_tasks WHERE id IN (SELECT value FROM json_each(?2)))"
+    };
+}
+
+/// Counts a transition of the task, in the update that writes it: its first
+/// ends the row's being the record of its enqueue.
+macro_rules! transition {
+    () => {
+        "transitions = min(transitions, 2147483646) + 1"
     };
 }
 
@@ -56,7 +75,9 @@ macro_rules! waits {
              SET step = u.step, kind = u.kind,
                  state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' ELSE 'waiting' END,
                  wait_for = u.name, wait_key = u.key, signal = NULL, tried = 0, children_left = NULL,
-                 limit_scope = u.scope, locked_by = NULL, lease_until = NULL, updated_at = ",
+                 limit_scope = u.scope, locked_by = NULL, lease_until = NULL, ",
+            transition!(),
+            ", updated_at = ",
             now!(),
             ", wakeup_at = CASE WHEN u.timeout IS NULL THEN '9999-12-31 00:00:00.000' ELSE ",
             now!("u.timeout"),
@@ -89,8 +110,9 @@ macro_rules! keep {
         concat!(
             "UPDATE jetpack_tasks SET state = 'finished', finished_at = ",
             now!(),
-            ", locked_by = NULL, lease_until = NULL, children_left = NULL, result = u.result,
-               updated_at = ",
+            ", locked_by = NULL, lease_until = NULL, children_left = NULL, result = u.result, ",
+            transition!(),
+            ", updated_at = ",
             now!(),
             " FROM (SELECT value ->> 0 AS id, ",
             $fence,
@@ -126,8 +148,9 @@ macro_rules! joins {
             ", state = CASE WHEN jetpack_tasks.state = 'parked' THEN 'parked' WHEN ",
             children!(),
             " > 0 THEN 'waiting' ELSE 'ready' END,
-                 wait_for = NULL, wait_key = NULL, signal = NULL,
-                 locked_by = NULL, lease_until = NULL, updated_at = ",
+                 wait_for = NULL, wait_key = NULL, signal = NULL, ",
+            transition!(),
+            ", locked_by = NULL, lease_until = NULL, updated_at = ",
             now!(),
             ", wakeup_at = CASE WHEN ",
             children!(),
@@ -170,7 +193,9 @@ macro_rules! to_next_step {
         concat!(
             "UPDATE jetpack_tasks
              SET step = u.step, kind = u.kind, tried = 0, locked_by = NULL, lease_until = NULL,
-                 wait_for = NULL, signal = NULL, children_left = NULL, limit_scope = ",
+                 wait_for = NULL, signal = NULL, children_left = NULL, ",
+            transition!(),
+            ", limit_scope = ",
             $scope,
             ", updated_at = ",
             now!(),
@@ -253,7 +278,9 @@ macro_rules! failed {
             "UPDATE jetpack_tasks
              SET error = coalesce(u.error, jetpack_tasks.error),
                  state = CASE WHEN u.error IS NULL THEN jetpack_tasks.state ELSE 'parked' END,
-                 locked_by = NULL, lease_until = NULL, updated_at = ",
+                 locked_by = NULL, lease_until = NULL, ",
+            transition!(),
+            ", updated_at = ",
             now!(),
             ", wakeup_at = ",
             now!("u.delay"),
@@ -294,6 +321,9 @@ pub(super) struct Statement {
     items: Option<String>,
     /// The attempts (id, fence) of the items.
     attempts: Vec<(i64, i64)>,
+    /// With the history on: the tasks of the attempts whose claims found them
+    /// at the step they were enqueued with.
+    firsts: Option<Vec<i64>>,
 }
 
 impl Statement {
@@ -314,14 +344,29 @@ impl Statement {
             .map(|a| a.1)
             .fold(0i64, i64::saturating_add);
         let count = i64::try_from(self.attempts.len()).unwrap_or(i64::MAX);
+        let firsts = (self.firsts.as_ref()).map(|f| i64::try_from(f.len()).unwrap_or(i64::MAX));
         let done = sqlx::query(self.if_held)
             .bind(self.items.as_deref())
             .bind(json_list(&ids)?)
             .bind(count)
             .bind(fences)
+            .bind(firsts)
             .execute(db)
             .await?;
         Ok(done.rows_affected() == count.unsigned_abs())
+    }
+
+    /// Of the tasks whose claims found them at the step they were enqueued
+    /// with, those still there (read before the statement writes).
+    async fn still_first(&self, db: &mut SqliteConnection) -> Result<Vec<i64>, Error> {
+        let Some(firsts) = self.firsts.as_ref().filter(|f| !f.is_empty()) else {
+            return Ok(Vec::new());
+        };
+        let read: String = sqlx::query_scalar(AT_FIRST_STEP)
+            .bind(json_list(firsts)?)
+            .fetch_one(db)
+            .await?;
+        Ok(serde_json::from_str(&read).map_err(|e| sqlx::Error::Decode(Box::new(e)))?)
     }
 
     /// Writes the items whose attempts still hold their tasks; those attempts.
@@ -334,7 +379,12 @@ impl Statement {
 }
 
 impl Batch {
-    pub(super) fn of(done: &[(i64, i64, &Outcome)]) -> Result<Self, Error> {
+    /// The statements that write `done`; with `traces` (the history is on),
+    /// each knows which of its tasks the claims found at their first step.
+    pub(super) fn of(
+        done: &[(i64, i64, &Outcome)],
+        traces: Option<&[&Trace]>,
+    ) -> Result<Self, Error> {
         let (mut finished, mut kept, mut next, mut failed) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut waits, mut waiting) = (Vec::new(), Vec::new());
@@ -417,57 +467,71 @@ impl Batch {
         } else {
             (NEXT_IF_HELD, NEXT_MANY)
         };
+        let firsts: Option<std::collections::HashSet<i64>> = traces.map(|traces| {
+            (done.iter().zip(traces))
+                .filter(|(_, t)| t.enqueued.is_some())
+                .map(|(d, _)| d.0)
+                .collect()
+        });
         let statements = [
             Statement {
                 if_held: FINISH_IF_HELD,
                 returning: FINISH_MANY,
                 items: None,
                 attempts: finished,
+                firsts: None,
             },
             Statement {
                 if_held: WAIT_IF_HELD,
                 returning: WAIT_MANY,
                 items: Some(format!("[{}]", waits.join(","))),
                 attempts: waiting,
+                firsts: None,
             },
             Statement {
                 if_held: KEEP_IF_HELD,
                 returning: KEEP_MANY,
                 items: Some(format!("[{}]", keeps.join(","))),
                 attempts: kept,
+                firsts: None,
             },
             Statement {
                 if_held: JOIN_IF_HELD,
                 returning: JOIN_MANY,
                 items: Some(format!("[{}]", joins.join(","))),
                 attempts: joining,
+                firsts: None,
             },
             Statement {
                 if_held: next_if_held,
                 returning: next_returning,
                 items: Some(format!("[{}]", items.join(","))),
                 attempts: moved,
+                firsts: None,
             },
             Statement {
                 if_held: FAIL_IF_HELD,
                 returning: FAIL_MANY,
                 items: Some(json_list(&failed)?),
                 attempts: failed.iter().map(|f| (f.0, f.1)).collect(),
+                firsts: None,
             },
         ]
         .into_iter()
         .filter(|statement| !statement.attempts.is_empty())
+        .map(|mut statement| {
+            if let Some(firsts) = &firsts {
+                statement.firsts = Some(
+                    (statement.attempts.iter())
+                        .map(|a| a.0)
+                        .filter(|id| firsts.contains(id))
+                        .collect(),
+                );
+            }
+            statement
+        })
         .collect();
         Ok(Batch { statements })
-    }
-
-    /// Writes every outcome; the attempts that still held their tasks.
-    async fn write(&self, db: &mut SqliteConnection) -> Result<Vec<(i64, i64)>, Error> {
-        let mut held = Vec::new();
-        for statement in &self.statements {
-            held.extend(statement.write_exact(db).await?);
-        }
-        Ok(held)
     }
 }
 
@@ -495,59 +559,143 @@ pub(super) async fn flush(
         }
     }
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-    let mut held = Vec::new();
-    for statement in &batch.statements {
-        // A statement that wrote nothing alone would write nothing again.
-        if (!alone || history.is_some()) && statement.write_if_all_held(&mut tx).await? {
-            held.extend_from_slice(&statement.attempts);
-        } else {
-            held.extend(statement.write_exact(&mut tx).await?);
-        }
-    }
-    let held = crate::driver::which_held(done, held);
+    let held = write(
+        &mut tx,
+        batch,
+        !alone || history.is_some(),
+        history.is_some(),
+    )
+    .await?;
+    let (held, firsts) = (crate::driver::which_held(done, held.0), held.1);
     if let Some(history) = history {
-        record_history(&mut tx, done, &held, history).await?;
+        record_history(&mut tx, done, &held, &firsts, history).await?;
     }
     tx.commit().await?;
     Ok(held)
 }
 
+/// Writes every statement of `batch` (first all or nothing if `try_all`),
+/// in a transaction; the attempts that held their tasks and, when
+/// `firsts`, the tasks of those whose transitions are their first.
+async fn write(
+    tx: &mut SqliteConnection,
+    batch: &Batch,
+    try_all: bool,
+    firsts: bool,
+) -> Result<(Vec<(i64, i64)>, std::collections::HashSet<i64>), Error> {
+    let (mut held, mut first) = (Vec::new(), std::collections::HashSet::new());
+    for statement in &batch.statements {
+        // A statement that wrote nothing alone would write nothing again.
+        if try_all && statement.write_if_all_held(&mut *tx).await? {
+            held.extend_from_slice(&statement.attempts);
+            // Its check found them all still at their first steps.
+            first.extend(statement.firsts.iter().flatten().copied());
+        } else {
+            if firsts {
+                first.extend(statement.still_first(&mut *tx).await?);
+            }
+            held.extend(statement.write_exact(&mut *tx).await?);
+        }
+    }
+    Ok((held, first))
+}
+
 /// Records the history of the attempts of `done` that `held` their tasks
-/// (their outcomes just written, in the same transaction).
+/// (their outcomes just written, in the same transaction), with the records
+/// of enqueue of the tasks `firsts`, whose transitions were their first: a row
+/// of `jetpack_history_blocks` per block of task ids.
 pub(super) async fn record_history(
     db: &mut SqliteConnection,
     done: &[(i64, i64, &Outcome)],
     held: &[bool],
+    firsts: &std::collections::HashSet<i64>,
     history: &History<'_>,
 ) -> Result<(), Error> {
-    let rows: Vec<_> = (done.iter().zip(history.traces).zip(held))
-        .filter(|(_, held)| **held)
-        .map(|((&(id, _, outcome), trace), _)| {
-            let (event, to, error) = outcome.event();
-            let to = to.or(match outcome {
-                Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
-                _ => None,
-            });
-            (
-                id,
-                event,
-                &trace.kind,
-                to,
-                trace.attempt,
-                trace.duration_us,
-                error,
-            )
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(());
+    use std::io::Write;
+    // Each block's entries, comma-separated JSON, written as bytes (serde_json
+    // writes UTF-8) and read as text once at the end.
+    let mut blocks: std::collections::BTreeMap<i64, Vec<u8>> = std::collections::BTreeMap::new();
+    for ((&(id, _, outcome), trace), _) in
+        (done.iter().zip(history.traces).zip(held)).filter(|(_, held)| **held)
+    {
+        let out = blocks.entry(id >> 10).or_default();
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        let (event, to, error) = outcome.event();
+        let to = to.or(match outcome {
+            Outcome::Retry { .. } | Outcome::Park { .. } => trace.kind.as_deref(),
+            _ => None,
+        });
+        // The step it moved to is JSON already: it goes in as it is.
+        let step = match outcome {
+            Outcome::Next { step, .. }
+            | Outcome::Wait { step, .. }
+            | Outcome::Join { step, .. } => step.as_str(),
+            _ => "null",
+        };
+        let _ = write!(out, "[{id},");
+        json(out, &event)?;
+        out.push(b',');
+        json(out, &trace.kind.as_deref())?;
+        out.push(b',');
+        json(out, &to)?;
+        let _ = write!(out, ",{step},{},{},", trace.attempt, trace.duration_us);
+        json(out, &error)?;
+        out.push(b',');
+        match (&trace.enqueued, firsts.contains(&id)) {
+            (Some(e), true) => {
+                let _ = write!(out, "[\"{}\",", e.at.format(TIME_FORMAT));
+                json(out, &Some(e.kind.as_str()).filter(|k| !k.is_empty()))?;
+                out.push(b',');
+                // A step that ran decoded, so it is JSON; one that did not
+                // (written by hand) goes in as a JSON string unless it is.
+                let valid = trace.kind.is_some()
+                    || serde_json::from_str::<serde::de::IgnoredAny>(&e.step).is_ok();
+                if valid {
+                    out.extend_from_slice(e.step.as_bytes());
+                } else {
+                    json(out, &e.step.as_str())?;
+                }
+                out.extend_from_slice(b",null]");
+            }
+            _ => out.extend_from_slice(b"null"),
+        }
+        out.push(b']');
     }
-    sqlx::query(HISTORY)
-        .bind(json_list(&rows)?)
-        .bind(history.worker)
-        .execute(db)
-        .await?;
+    let text = |bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|e| Error::Serialize(serde::ser::Error::custom(e)))
+    };
+    match blocks.len() {
+        0 => {}
+        1 => {
+            if let Some((block, entries)) = blocks.pop_first() {
+                sqlx::query(HISTORY_BLOCK)
+                    .bind(block)
+                    .bind(history.worker)
+                    .bind(format!("[{}]", text(entries)?))
+                    .execute(db)
+                    .await?;
+            }
+        }
+        _ => {
+            let mut list = Vec::new();
+            for (block, entries) in blocks {
+                list.push(format!("[{block},[{}]]", text(entries)?));
+            }
+            sqlx::query(HISTORY)
+                .bind(format!("[{}]", list.join(",")))
+                .bind(history.worker)
+                .execute(db)
+                .await?;
+        }
+    }
     Ok(())
+}
+
+/// Writes `value` as JSON into an entry of the history.
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), Error> {
+    serde_json::to_writer(out, value).map_err(Error::Serialize)
 }
 
 #[async_trait]
@@ -557,7 +705,7 @@ impl crate::driver::Completes for Sqlite {
         done: &[(i64, i64, &Outcome)],
         history: Option<&History<'_>>,
     ) -> Result<Vec<bool>, Error> {
-        let batch = Batch::of(done)?;
+        let batch = Batch::of(done, history.map(|h| h.traces))?;
         let mut writer = db.writer().await?;
         let held = flush(&mut writer.db, done, &batch, history).await;
         writer.done(held)
@@ -571,9 +719,11 @@ impl crate::driver::Completes for Sqlite {
         history: Option<&History<'_>>,
     ) -> Result<bool, Error> {
         let done = [(id, fence, outcome)];
-        let held = !Batch::of(&done)?.write(tx).await?.is_empty();
+        let batch = Batch::of(&done, history.map(|h| h.traces))?;
+        let (held, firsts) = write(tx, &batch, false, history.is_some()).await?;
+        let held = !held.is_empty();
         if let (true, Some(history)) = (held, history) {
-            record_history(tx, &done, &[true], history).await?;
+            record_history(tx, &done, &[true], &firsts, history).await?;
         }
         Ok(held)
     }

@@ -3,25 +3,28 @@
 use super::*;
 
 /// The history since `?1`, per minute and edge (see the PostgreSQL
-/// backend). The history has no index on `at`: the rows since then are those
-/// after the newest one before it, found by reading back from the end.
+/// backend). The blocks have no index on `at`: the rows since then are those
+/// after the newest one before it, found by reading back from the end. The
+/// records of enqueue the entries hold (dated earlier) are not counted.
 const ACTIVITY: &str = "
 SELECT coalesce(json_group_array(json_array(m, f, t, moved, finished, failed)), '[]')
-FROM (SELECT CAST(strftime('%s', substr(at, 1, 16) || ':00') AS INTEGER) AS m,
-             CASE WHEN event IN ('next', 'wait', 'join') THEN from_kind END AS f,
-             CASE WHEN event IN ('next', 'wait', 'join') THEN to_kind END AS t,
-             sum(event IN ('next', 'wait', 'join')) AS moved,
-             sum(event = 'finished') AS finished,
-             sum(event IN ('retry', 'parked')) AS failed
-      FROM jetpack_history
-      WHERE id > coalesce((SELECT id FROM jetpack_history WHERE at < ?1 ORDER BY id DESC LIMIT 1), 0)
-        AND at >= ?1
+FROM (SELECT CAST(strftime('%s', substr(b.at, 1, 16) || ':00') AS INTEGER) AS m,
+             CASE WHEN e.value ->> 1 IN ('next', 'wait', 'join') THEN e.value ->> 2 END AS f,
+             CASE WHEN e.value ->> 1 IN ('next', 'wait', 'join') THEN e.value ->> 3 END AS t,
+             sum(e.value ->> 1 IN ('next', 'wait', 'join')) AS moved,
+             sum(e.value ->> 1 = 'finished') AS finished,
+             sum(e.value ->> 1 IN ('retry', 'parked')) AS failed
+      FROM jetpack_history_blocks b, json_each(b.entries) e
+      WHERE b.id > coalesce((SELECT id FROM jetpack_history_blocks WHERE at < ?1
+                             ORDER BY id DESC LIMIT 1), 0)
+        AND b.at >= ?1 AND e.type = 'array'
       GROUP BY 1, 2, 3 ORDER BY 1, 2, 3)";
 
-/// The history of task `?1`, oldest first; times as the table's text.
+/// The history of task `?1`, oldest first; times as the table's text. The
+/// rows of its block, and its own row while it is the record of its enqueue.
 const HISTORY_OF: &str = "
 SELECT id, task_id, at, event, from_kind, to_kind, step, attempt, worker, duration_us, error
-FROM jetpack_history WHERE task_id = ?1 ORDER BY id";
+FROM jetpack_history WHERE block = ?1 >> 10 AND task_id = ?1 ORDER BY id";
 
 /// Switches the history to `?1`.
 const SET_HISTORY: &str = "

@@ -54,7 +54,7 @@ async fn a_batch_of_held_attempts_is_written_by_one_statement_each(
             (t.id, t.fence, outcome)
         })
         .collect();
-    let batch = Batch::of(&done)?;
+    let batch = Batch::of(&done, None)?;
     assert_eq!(batch.statements.len(), 3);
     let mut db = pool.acquire().await?;
     for statement in &batch.statements {
