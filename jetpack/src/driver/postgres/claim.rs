@@ -230,8 +230,8 @@ INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kind
                                     attempts, durations, errors, enqueued_ats, enqueued_kinds,
                                     enqueued_steps, enqueued_errors)
 SELECT id >> 10, ARRAY[id], ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::text],
-       ARRAY[NULL::jsonb], ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[NULL::text],
-       ARRAY[$6::timestamptz], ARRAY[nullif($7, '')], ARRAY[$8::text::jsonb], ARRAY[NULL::text]
+       ARRAY[NULL::json], ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[NULL::text],
+       ARRAY[$6::timestamptz], ARRAY[nullif($7, '')], ARRAY[$8::text::json], ARRAY[NULL::text]
 FROM r WHERE first"
 );
 

@@ -314,7 +314,7 @@ macro_rules! history {
             $d,
             "::text[])[b.lo:b.hi], (",
             $st,
-            "::text[])[b.lo:b.hi]::jsonb[], (",
+            "::text[])[b.lo:b.hi]::json[], (",
             $e,
             "::integer[])[b.lo:b.hi],
            (",
@@ -328,7 +328,7 @@ macro_rules! history {
             $qk,
             "::text[])[b.lo:b.hi], (",
             $s,
-            "::text[])[b.lo:b.hi]::jsonb[], array_fill(NULL::text, ARRAY[b.hi - b.lo + 1])
+            "::text[])[b.lo:b.hi]::json[], array_fill(NULL::text, ARRAY[b.hi - b.lo + 1])
     FROM unnest(",
             $blocks,
             "::bigint[], ",
@@ -344,10 +344,10 @@ macro_rules! history {
     SELECT h.id >> 10, ",
             $w,
             ", array_agg(h.id), array_agg(h.event), array_agg(h.from_kind), array_agg(h.to_kind),
-           array_agg(w.step), array_agg(h.attempt), array_agg(h.duration), array_agg(h.error),
+           array_agg(w.step::json), array_agg(h.attempt), array_agg(h.duration), array_agg(h.error),
            array_agg(CASE WHEN w.first THEN w.created_at END),
            array_agg(CASE WHEN w.first THEN nullif(coalesce(w.old_kind, h.from_kind), '') END),
-           array_agg(CASE WHEN w.first THEN coalesce(w.old_step, h.enqueued_step::jsonb) END),
+           array_agg(CASE WHEN w.first THEN coalesce(w.old_step::json, h.enqueued_step::json) END),
            array_agg(NULL::text)
     FROM unnest(",
             $a,
