@@ -14,6 +14,7 @@ mod erased;
 mod history;
 mod limits;
 mod migrate;
+mod own;
 mod registry;
 mod schedule;
 mod workflow;

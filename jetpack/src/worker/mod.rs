@@ -279,6 +279,13 @@ impl<T: Scheduler> Worker<T> {
     }
 
     /// A worker with settings of your choice.
+    ///
+    /// The worker claims tasks and writes their outcomes on connections of
+    /// its own, opened with the pool's options (PostgreSQL: one for claims,
+    /// one for outcomes; SQLite: one for both): they neither wait for nor
+    /// starve the pool your steps and application use. From the pool it
+    /// takes one connection for good on PostgreSQL, to listen for
+    /// notifications, and others now and then.
     pub fn builder<DB: Backend>(pool: sqlx::Pool<DB>) -> WorkerBuilder<T> {
         WorkerBuilder::new(pool)
     }
@@ -793,8 +800,9 @@ impl<T: Scheduler> WorkerBuilder<T> {
         let (needed, allowed) = self.store.connections();
         if allowed < needed {
             return Err(Error::Config(format!(
-                "the pool allows {allowed} connection(s), and a {} worker needs {needed}: \
-                 one listens for notifications, another claims tasks and records outcomes \
+                "the pool allows {allowed} connection(s), and a {} worker needs {needed} \
+                 besides the connections of its own it claims on and writes outcomes on \
+                 (PostgreSQL: one listens for notifications, another runs the rest) \
                  (raise the pool's max_connections)",
                 self.store.database()
             )));

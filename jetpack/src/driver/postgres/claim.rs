@@ -302,6 +302,44 @@ impl Listener for PgNotices {
     }
 }
 
+/// The claim of limited steps ([`CLAIM_LIMITED`]), in a transaction of its
+/// own on `db`.
+async fn claim_limited(
+    db: &mut PgConnection,
+    limit: usize,
+    limits: &[Limit],
+    owner: &str,
+    lease: i64,
+) -> Result<Vec<Claimed>, Error> {
+    use sqlx::Connection;
+    let kinds: Vec<&str> = limits.iter().map(|l| l.kind.as_str()).collect();
+    let ns: Vec<Option<i32>> = (limits.iter())
+        .map(|l| l.concurrency.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
+        .collect();
+    let buckets: Vec<_> = limits.iter().map(Limit::bucket).collect();
+    let mut tx = db.begin().await?;
+    let locked: bool = sqlx::query_scalar(LIMITS_LOCK).fetch_one(&mut *tx).await?;
+    if !locked {
+        // Another worker claims limited steps now: this one's turn comes.
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
+    let claimed = sqlx::query_as(CLAIM_LIMITED)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(kinds)
+        .bind(ns)
+        .bind(owner)
+        .bind(lease)
+        .bind(buckets.iter().map(|b| b.0).collect::<Vec<_>>())
+        .bind(buckets.iter().map(|b| b.1).collect::<Vec<_>>())
+        .bind(buckets.iter().map(|b| b.2).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
 #[async_trait]
 impl crate::driver::Claims for Postgres {
     async fn claim(
@@ -311,13 +349,16 @@ impl crate::driver::Claims for Postgres {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
-        Ok(sqlx::query_as(CLAIM)
+        let lease = micros(lease)?;
+        let mut own = db.claims.take(db.connect()).await?;
+        let claimed = sqlx::query_as(CLAIM)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .bind(kinds)
             .bind(owner)
-            .bind(micros(lease)?)
-            .fetch_all(&db.pool)
-            .await?)
+            .bind(lease)
+            .fetch_all(&mut own.db)
+            .await;
+        own.done(claimed.map_err(Error::from))
     }
 
     async fn claim_limited(
@@ -327,32 +368,10 @@ impl crate::driver::Claims for Postgres {
         owner: &str,
         lease: Duration,
     ) -> Result<Vec<Claimed>, Error> {
-        let kinds: Vec<&str> = limits.iter().map(|l| l.kind.as_str()).collect();
-        let ns: Vec<Option<i32>> = (limits.iter())
-            .map(|l| l.concurrency.map(|n| i32::try_from(n).unwrap_or(i32::MAX)))
-            .collect();
-        let buckets: Vec<_> = limits.iter().map(Limit::bucket).collect();
-        let mut tx = db.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar(LIMITS_LOCK).fetch_one(&mut *tx).await?;
-        if !locked {
-            // Another worker claims limited steps now: this one's turn comes.
-            tx.rollback().await?;
-            return Ok(Vec::new());
-        }
-        sqlx::query(DROP_HOLDERS).execute(&mut *tx).await?;
-        let claimed = sqlx::query_as(CLAIM_LIMITED)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(kinds)
-            .bind(ns)
-            .bind(owner)
-            .bind(micros(lease)?)
-            .bind(buckets.iter().map(|b| b.0).collect::<Vec<_>>())
-            .bind(buckets.iter().map(|b| b.1).collect::<Vec<_>>())
-            .bind(buckets.iter().map(|b| b.2).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(claimed)
+        let lease = micros(lease)?;
+        let mut own = db.claims.take(db.connect()).await?;
+        let claimed = claim_limited(&mut own.db, limit, limits, owner, lease).await;
+        own.done(claimed)
     }
 
     async fn back(
@@ -403,29 +422,35 @@ impl crate::driver::Claims for Postgres {
         lease: Duration,
     ) -> Result<Vec<(i64, i64)>, Error> {
         let (ids, fences) = split(held);
-        Ok(sqlx::query_as(HEARTBEAT)
+        let lease = micros(lease)?;
+        let mut own = db.outcomes.take(db.connect()).await?;
+        let renewed = sqlx::query_as(HEARTBEAT)
             .bind(ids)
             .bind(fences)
-            .bind(micros(lease)?)
-            .fetch_all(&db.pool)
-            .await?)
+            .bind(lease)
+            .fetch_all(&mut own.db)
+            .await;
+        own.done(renewed.map_err(Error::from))
     }
 
     async fn release(db: &PgHandle, held: &[(i64, i64)]) -> Result<(), Error> {
         let (ids, fences) = split(held);
-        sqlx::query(RELEASE)
+        let mut own = db.outcomes.take(db.connect()).await?;
+        let released = sqlx::query(RELEASE)
             .bind(ids)
             .bind(fences)
-            .execute(&db.pool)
-            .await?;
-        Ok(())
+            .execute(&mut own.db)
+            .await;
+        own.done(released.map(drop).map_err(Error::from))
     }
 
     async fn next_due(db: &PgHandle, kinds: &[String]) -> Result<Option<Duration>, Error> {
-        let secs: Option<f64> = sqlx::query_scalar(NEXT_DUE)
+        let mut own = db.claims.take(db.connect()).await?;
+        let due = sqlx::query_scalar(NEXT_DUE)
             .bind(kinds)
-            .fetch_one(&db.pool)
-            .await?;
+            .fetch_one(&mut own.db)
+            .await;
+        let secs: Option<f64> = own.done(due.map_err(Error::from))?;
         Ok(secs.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
     }
 

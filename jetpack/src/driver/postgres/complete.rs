@@ -455,6 +455,16 @@ UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined
 UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 );
 
+/// The flush's statements and how many parameters each takes (for the
+/// tests of their plans).
+#[cfg(test)]
+pub(super) const STATEMENTS: [(&str, usize); 4] = [
+    (FINISH_AND_NEXT, 8),
+    (FINISH_AND_NEXT_HISTORY, 24),
+    (EVERY_OUTCOME, 29),
+    (EVERY_OUTCOME_HISTORY, 45),
+];
+
 /// Outcomes sorted for writing, as the bind arrays of [`FINISH_AND_NEXT`] or,
 /// when any attempt failed or a finished task is kept, [`EVERY_OUTCOME`].
 #[derive(Default)]
@@ -738,7 +748,9 @@ impl crate::driver::Completes for Postgres {
         history: Option<&History<'_>>,
     ) -> Result<Vec<bool>, Error> {
         // One statement, which commits on its own.
-        let held = record(&mut *db.pool.acquire().await?, done, history).await?;
+        let mut own = db.outcomes.take(db.connect()).await?;
+        let written = record(&mut own.db, done, history).await;
+        let held = own.done(written)?;
         Ok(crate::driver::which_held(done, held))
     }
 

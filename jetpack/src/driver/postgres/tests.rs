@@ -71,14 +71,22 @@ async fn postgres_claim_never_scans_the_table() -> TestResult {
                 .bind(30_000_000_i64)
                 .fetch_all(&pool)
                 .await?;
-            let plan = plan.join("\n");
-            if plan.contains("Seq Scan")
-                || !plan.contains("Index Scan using jetpack_tasks_ready")
-                || !plan.contains("Tid Scan")
-            {
-                return Ok::<_, Box<dyn std::error::Error>>(Some(format!(
-                    "with {rows} rows:\n{plan}"
-                )));
+            // The worker's own connections plan it once, generically.
+            let generic = generic_plan(
+                &pool,
+                super::claim::CLAIM,
+                "100, '{M.A}', 'w', 30000000",
+            )
+            .await?;
+            for plan in [plan.join("\n"), generic] {
+                if plan.contains("Seq Scan")
+                    || !plan.contains("Index Scan using jetpack_tasks_ready")
+                    || !plan.contains("Tid Scan")
+                {
+                    return Ok::<_, Box<dyn std::error::Error>>(Some(format!(
+                        "with {rows} rows:\n{plan}"
+                    )));
+                }
             }
         }
         Ok(None)
@@ -119,15 +127,75 @@ async fn postgres_limited_claim_never_scans_the_table() -> TestResult {
             .bind(vec![Some(1.0_f64)])
             .fetch_all(&pool)
             .await?;
-        let plan = plan.join("\n");
-        let scans_table = plan.contains("Seq Scan on jetpack_tasks");
-        let uses_index = plan.contains("jetpack_tasks_limited");
-        Ok::<_, Box<dyn std::error::Error>>((!uses_index || scans_table).then_some(plan))
+        let generic = generic_plan(
+            &pool,
+            super::claim::CLAIM_LIMITED,
+            "100, '{M.A}', '{4}', 'w', 30000000, '{10}', '{10}', '{1}'",
+        )
+        .await?;
+        let wrong = |plan: &String| {
+            !plan.contains("jetpack_tasks_limited") || plan.contains("Seq Scan on jetpack_tasks")
+        };
+        let plans = [plan.join("\n"), generic];
+        Ok::<_, Box<dyn std::error::Error>>(plans.into_iter().find(wrong))
     }
     .await;
     drop_pg(admin, &name, pool).await?;
     if let Some(plan) = plan? {
         panic!("the limited claim reads more than the limited index:\n{plan}");
+    }
+    Ok(())
+}
+
+/// The plan of `sql` as the worker's own connections run it (planned once,
+/// generically, see `PgHandle::connect`), for the arguments `args`.
+async fn generic_plan(pool: &sqlx::PgPool, sql: &str, args: &str) -> TestResult<String> {
+    let mut db = pool.acquire().await?;
+    sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut *db)
+        .await?;
+    let prepare = format!("PREPARE generic AS {sql}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(prepare))
+        .execute(&mut *db)
+        .await?;
+    let explain = format!("EXPLAIN EXECUTE generic({args})");
+    let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&mut *db)
+        .await?;
+    sqlx::raw_sql("DEALLOCATE generic; RESET plan_cache_mode")
+        .execute(&mut *db)
+        .await?;
+    Ok(plan.join("\n"))
+}
+
+/// The flush of outcomes, planned generically as the worker's own connection
+/// runs it, finds the attempts' rows by their primary key: never a scan of
+/// the table.
+#[tokio::test]
+async fn postgres_flush_never_scans_the_table() -> TestResult {
+    let (admin, name, pool) = pg_database().await?;
+    let plans = async {
+        sqlx::query(
+            r#"INSERT INTO jetpack_tasks (step, kind)
+               SELECT '{"M":{"A":null}}', 'M.A' FROM generate_series(1, 100000)"#,
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query("ANALYZE jetpack_tasks").execute(&pool).await?;
+        let mut plans = Vec::new();
+        for (sql, params) in super::complete::STATEMENTS {
+            let args = vec!["NULL"; params].join(", ");
+            plans.push(generic_plan(&pool, sql, &args).await?);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(plans)
+    }
+    .await;
+    drop_pg(admin, &name, pool).await?;
+    for plan in plans? {
+        assert!(
+            !plan.contains("Seq Scan on jetpack_tasks") && plan.contains("jetpack_tasks_pkey"),
+            "the flush reads the whole table:\n{plan}"
+        );
     }
     Ok(())
 }

@@ -148,7 +148,7 @@ pub struct SqliteHandle {
     /// which sleeps in steps of milliseconds: a claim and a flush of the same
     /// worker colliding there left the worker idle half the time. Queued here
     /// instead, the next write starts the moment the last one commits.
-    writer: tokio::sync::Mutex<Option<SqliteConnection>>,
+    writer: crate::driver::own::Own<SqliteConnection>,
     /// Claims of fewer tasks than this are one statement returning a row per
     /// task (see [`FEW`]).
     few: usize,
@@ -166,7 +166,7 @@ impl SqliteHandle {
     pub(crate) fn new(pool: SqlitePool) -> Self {
         SqliteHandle {
             pool,
-            writer: tokio::sync::Mutex::new(None),
+            writer: Default::default(),
             few: FEW,
         }
     }
@@ -186,32 +186,14 @@ fn json_list<T: serde::Serialize>(items: &T) -> Result<String, Error> {
 }
 
 /// This worker's connection, taken for one write.
-struct Writer<'a> {
-    slot: tokio::sync::MutexGuard<'a, Option<SqliteConnection>>,
-    db: SqliteConnection,
-}
-
-impl Writer<'_> {
-    /// Ends the write: the connection goes back for the next one, unless the
-    /// write failed. Then it is closed (rolling back what it had begun) and the
-    /// next write opens a new one.
-    fn done<T>(mut self, result: Result<T, Error>) -> Result<T, Error> {
-        if result.is_ok() {
-            *self.slot = Some(self.db);
-        }
-        result
-    }
-}
+type Writer<'a> = crate::driver::own::Taken<'a, SqliteConnection>;
 
 impl SqliteHandle {
     /// Waits for this worker's earlier writes, then takes its connection.
     async fn writer(&self) -> Result<Writer<'_>, Error> {
-        let mut slot = self.writer.lock().await;
-        let db = match slot.take() {
-            Some(db) => db,
-            None => self.pool.connect_options().connect().await?,
-        };
-        Ok(Writer { slot, db })
+        (self.writer)
+            .take(async { Ok(self.pool.connect_options().connect().await?) })
+            .await
     }
 }
 
