@@ -30,7 +30,8 @@
 //!    (PostgreSQL: a listener that, woken by the insert's notification, leases the row with
 //!    the raw loop's lease statement; from the insert's return to the lease's)
 //! 7. cost per step vs the raw loop: statements; on PostgreSQL also write transactions,
-//!    WAL bytes, server and client CPU, dead tuples after the drain; on SQLite the
+//!    WAL bytes (also vs the raw loop with Jetpack's guarantee, lease then delete), server
+//!    and client CPU, dead tuples after the drain; on SQLite the
 //!    process's CPU (the database included)
 //! 8. signal round trip into an idle worker: from the `jetpack::signal` call to the start
 //!    of the step that receives it, vs scenario 6's pickup from the enqueue call (measured
@@ -1241,6 +1242,8 @@ async fn bench(
     let (mut two, mut one) = (vec![], vec![]);
     let (mut two50, mut one50) = (vec![], vec![]);
     let mut costs = Vec::new();
+    // WAL per step of the raw loop with Jetpack's guarantee (lease, then delete).
+    let mut lease_wal = Vec::new();
     let (mut cpu3, mut raw_cpu3) = (vec![], vec![]);
     // Scenarios 4 and 7 are read against scenario 3.
     let run3 = want.has(3) || want.has(4) || want.has(7) || want.has(9) || want.asked(13);
@@ -1296,6 +1299,11 @@ async fn bench(
                     if let (Db::Postgres(p), Some(before), Some(j)) = (&f.db, &before, jet_cost) {
                         let raw = cost_since(p, before, None, 10_000.0).await?;
                         costs.push((j, (raw, dead_tuples(p, "raw_tasks").await?)));
+                    }
+                }
+                if how == Raw::LeaseThenDelete {
+                    if let (Db::Postgres(p), Some(before)) = (&f.db, &before) {
+                        lease_wal.push(cost_since(p, before, None, 10_000.0).await?.wal);
                     }
                 }
             }
@@ -1526,7 +1534,8 @@ async fn bench(
     }
 
     if want.has(6) {
-        let [jet, from_commit, raw, raw_from_commit] = pickup(&fresh(backend).await?.db, 200).await?;
+        let [jet, from_commit, raw, raw_from_commit] =
+            pickup(&fresh(backend).await?.db, 200).await?;
         for (name, p) in [
             ("6 pickup latency p50", 0.5),
             ("6 pickup latency p90", 0.9),
@@ -1624,6 +1633,17 @@ async fn bench(
         ];
         for (name, unit, f) in figures {
             rows.push(row(backend, name, unit, jet(f), raw(f), "raw loop", false));
+        }
+        if !lease_wal.is_empty() {
+            rows.push(row(
+                backend,
+                "7 WAL bytes per step, vs the lease shape",
+                "bytes",
+                jet(&|c| c.0.wal),
+                median(lease_wal),
+                "raw lease, then delete",
+                false,
+            ));
         }
     }
     Ok(())

@@ -531,7 +531,17 @@ pub(super) fn history_of_tasks_moved_meanwhile<D: Tested>(t: &Under<D>) -> Check
             .collect();
         let next = to_b(Wakeup::Now);
         let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
-            .map(|c| (c.id, c.fence, if c.id == parked { &next } else { &Outcome::Finish }))
+            .map(|c| {
+                (
+                    c.id,
+                    c.fence,
+                    if c.id == parked {
+                        &next
+                    } else {
+                        &Outcome::Finish
+                    },
+                )
+            })
             .collect();
         let history = History {
             worker: "w",
@@ -552,6 +562,69 @@ pub(super) fn history_of_tasks_moved_meanwhile<D: Tested>(t: &Under<D>) -> Check
                 .collect();
             if events != expected {
                 problems.push(format!("the history of task {task}: {events:?}"));
+            }
+        }
+        Ok(problems)
+    })
+}
+
+/// A flush of one kind of outcome writes its history with it, whether every
+/// attempt held its task or one had lost it.
+pub(super) fn history_of_a_flush_of_finishes<D: Tested>(t: &Under<D>) -> Checked<'_> {
+    let store = &t.store;
+    Box::pin(async move {
+        let mut problems = Vec::new();
+        D::set_history(t.db(), true).await?;
+        for lost in [false, true] {
+            let mut ids = Vec::new();
+            for i in 0..3 {
+                ids.push(D::insert(t.db(), step_a(&i.to_string()), Wakeup::Now).await?);
+            }
+            let claimed = store
+                .claim(100, &["M.A".to_string()], "w", Duration::from_secs(60))
+                .await?;
+            if lost {
+                let sql = format!(
+                    "UPDATE jetpack_tasks SET state = 'cancelled', error = 'gone' WHERE id = {}",
+                    ids[0]
+                );
+                D::on(&t.pool).execute(sqlx::AssertSqlSafe(sql)).await?;
+            }
+            let traces: Vec<Trace> = (claimed.iter())
+                .map(|c| Trace {
+                    kind: Some("M.A".into()),
+                    attempt: 1,
+                    duration_us: 10,
+                    labels: None,
+                    enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
+                        at,
+                        kind: c.kind.clone(),
+                        step: c.step.clone(),
+                    }),
+                })
+                .collect();
+            let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
+                .map(|c| (c.id, c.fence, &Outcome::Finish))
+                .collect();
+            let history = History {
+                worker: "w",
+                traces: &traces.iter().collect::<Vec<_>>(),
+            };
+            store.complete_many(&done, Some(&history)).await?;
+            for (i, &id) in ids.iter().enumerate() {
+                let events: Vec<String> = (D::history(t.db(), id).await?.into_iter())
+                    .map(|h| h.event)
+                    .collect();
+                let expected = if lost && i == 0 {
+                    ["enqueued", "cancelled"]
+                } else {
+                    ["enqueued", "finished"]
+                };
+                if events != expected {
+                    problems.push(format!(
+                        "(lost: {lost}) the history of task {id}: {events:?}"
+                    ));
+                }
             }
         }
         Ok(problems)

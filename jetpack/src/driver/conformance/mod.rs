@@ -253,7 +253,11 @@ on_both! {
     children(0) = [children_live_and_die_with_the_step];
     joins(0) = [a_join_reads_its_ended_children];
     signals(0) = [signals_end_waits];
-    history(0) = [history_records_outcomes, history_of_tasks_moved_meanwhile];
+    history(0) = [
+        history_records_outcomes,
+        history_of_tasks_moved_meanwhile,
+        history_of_a_flush_of_finishes,
+    ];
     registry(0) = [the_registry_keeps_graphs];
     schedules(0) = [a_tick_fires_once];
     limits(0) = [passed_windows_are_cleaned];

@@ -72,12 +72,8 @@ async fn postgres_claim_never_scans_the_table() -> TestResult {
                 .fetch_all(&pool)
                 .await?;
             // The worker's own connections plan it once, generically.
-            let generic = generic_plan(
-                &pool,
-                super::claim::CLAIM,
-                "100, '{M.A}', 'w', 30000000",
-            )
-            .await?;
+            let generic =
+                generic_plan(&pool, super::claim::CLAIM, "100, '{M.A}', 'w', 30000000").await?;
             for plan in [plan.join("\n"), generic] {
                 if plan.contains("Seq Scan")
                     || !plan.contains("Index Scan using jetpack_tasks_ready")

@@ -510,7 +510,7 @@ impl crate::driver::Claims for Sqlite {
             if let (Some(true), Some(e)) = (first, enqueued) {
                 sqlx::query(RECORD_ENQUEUE)
                     .bind(id)
-                    .bind(e.at.format(TIME_FORMAT).to_string())
+                    .bind(time_text(e.at))
                     .bind(&e.kind)
                     .bind(&e.step)
                     .execute(&mut *tx)

@@ -9,9 +9,24 @@ const HISTORY: &str = "
 INSERT INTO jetpack_history_blocks (block, worker, entries)
 SELECT value ->> 0, ?2, value -> 1 FROM json_each(?1)";
 
-/// [`HISTORY`] for one block `?1` with entries `?3`: no JSON to take apart.
-const HISTORY_BLOCK: &str = "
-INSERT INTO jetpack_history_blocks (block, worker, entries) VALUES (?1, ?2, ?3)";
+/// Statement `if_held` of a flush (bound `?1` to `?5`, see
+/// [`Statement::write_if_all_held`]) and, if it wrote all its `?3` items, the
+/// history's rows (`?6` the blocks, `?7` the worker, as [`HISTORY`] binds
+/// them), in one transaction sent at once: one trip to the connection's
+/// thread instead of four (begin, write, record, commit). Returns how many
+/// rows of history it wrote (SQLite's count of changes is that of the last
+/// write, which a `COMMIT` does not reset: the statements' counts cannot be
+/// summed).
+fn with_history(if_held: &str) -> String {
+    format!(
+        "BEGIN IMMEDIATE;
+{if_held};
+INSERT INTO jetpack_history_blocks (block, worker, entries)
+SELECT value ->> 0, ?7, value -> 1 FROM json_each(?6) WHERE changes() = ?3;
+SELECT changes();
+COMMIT"
+    )
+}
 
 /// Of the tasks `?1` (a JSON array of ids), those still at the step they
 /// were enqueued with, as a JSON array.
@@ -356,6 +371,37 @@ impl Statement {
         Ok(done.rows_affected() == count.unsigned_abs())
     }
 
+    /// Writes every item and the history `blocks` (`rows` of them) by `worker` if each
+    /// attempt still holds its task (and each task its claim found at its
+    /// first step is still there), in one transaction; whether it did.
+    async fn write_with_history_if_all_held(
+        &self,
+        db: &mut SqliteConnection,
+        blocks: &str,
+        rows: u64,
+        worker: &str,
+    ) -> Result<bool, Error> {
+        let ids: Vec<i64> = self.attempts.iter().map(|a| a.0).collect();
+        let fences = (self.attempts.iter())
+            .map(|a| a.1)
+            .fold(0i64, i64::saturating_add);
+        let count = i64::try_from(self.attempts.len()).unwrap_or(i64::MAX);
+        let firsts = (self.firsts.as_ref()).map(|f| i64::try_from(f.len()).unwrap_or(i64::MAX));
+        // All of it, to the commit (fetching one row would stop before).
+        let recorded: Vec<i64> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(with_history(self.if_held)))
+                .bind(self.items.as_deref())
+                .bind(json_list(&ids)?)
+                .bind(count)
+                .bind(fences)
+                .bind(firsts)
+                .bind(blocks)
+                .bind(worker)
+                .fetch_all(db)
+                .await?;
+        Ok(recorded.iter().map(|r| r.unsigned_abs()).sum::<u64>() == rows)
+    }
+
     /// Of the tasks whose claims found them at the step they were enqueued
     /// with, those still there (read before the statement writes).
     async fn still_first(&self, db: &mut SqliteConnection) -> Result<Vec<i64>, Error> {
@@ -431,7 +477,7 @@ impl Batch {
                     scope,
                 } => {
                     let (delay, at) = wakeup_binds(wakeup)?;
-                    let at = at.map(|at| at.format(TIME_FORMAT).to_string());
+                    let at = at.map(time_text);
                     all_now &= delay == 0 && at.is_none() && scope.is_none();
                     next.push((
                         id,
@@ -553,19 +599,30 @@ pub(super) async fn flush(
     history: Option<&History<'_>>,
 ) -> Result<Vec<bool>, Error> {
     let alone = batch.statements.len() == 1;
-    if let (true, [statement], None) = (alone, batch.statements.as_slice(), history) {
-        if statement.write_if_all_held(db).await? {
+    if let (true, [statement]) = (alone, batch.statements.as_slice()) {
+        // All held, and every first still first: the history as built now.
+        let all = match history {
+            None => statement.write_if_all_held(db).await?,
+            Some(h) => {
+                let held = vec![true; done.len()];
+                let firsts = statement.firsts.iter().flatten().copied().collect();
+                match history_blocks(done, &held, &firsts, h)? {
+                    Some((blocks, rows)) => {
+                        let written =
+                            statement.write_with_history_if_all_held(db, &blocks, rows, h.worker);
+                        written.await?
+                    }
+                    None => statement.write_if_all_held(db).await?,
+                }
+            }
+        };
+        if all {
             return Ok(crate::driver::which_held(done, statement.attempts.clone()));
         }
     }
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
-    let held = write(
-        &mut tx,
-        batch,
-        !alone || history.is_some(),
-        history.is_some(),
-    )
-    .await?;
+    // A statement alone that wrote nothing would write nothing again.
+    let held = write(&mut tx, batch, !alone, history.is_some()).await?;
     let (held, firsts) = (crate::driver::which_held(done, held.0), held.1);
     if let Some(history) = history {
         record_history(&mut tx, done, &held, &firsts, history).await?;
@@ -611,6 +668,27 @@ pub(super) async fn record_history(
     firsts: &std::collections::HashSet<i64>,
     history: &History<'_>,
 ) -> Result<(), Error> {
+    let Some((blocks, _)) = history_blocks(done, held, firsts, history)? else {
+        return Ok(());
+    };
+    sqlx::query(HISTORY)
+        .bind(blocks)
+        .bind(history.worker)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The rows of `jetpack_history_blocks` that record the attempts of `done`
+/// that `held` their tasks, with the records of enqueue of the tasks
+/// `firsts`: a JSON array of `[block, entries]`, as [`HISTORY`] binds it, and
+/// how many blocks (`None` when there is nothing to record).
+fn history_blocks(
+    done: &[(i64, i64, &Outcome)],
+    held: &[bool],
+    firsts: &std::collections::HashSet<i64>,
+    history: &History<'_>,
+) -> Result<Option<(String, u64)>, Error> {
     use std::io::Write;
     // Each block's entries, comma-separated JSON, written as bytes (serde_json
     // writes UTF-8) and read as text once at the end.
@@ -645,7 +723,7 @@ pub(super) async fn record_history(
         out.push(b',');
         match (&trace.enqueued, firsts.contains(&id)) {
             (Some(e), true) => {
-                let _ = write!(out, "[\"{}\",", e.at.format(TIME_FORMAT));
+                let _ = write!(out, "[\"{}\",", time_text(e.at));
                 json(out, &Some(e.kind.as_str()).filter(|k| !k.is_empty()))?;
                 out.push(b',');
                 // A step that ran decoded, so it is JSON; one that did not
@@ -663,34 +741,24 @@ pub(super) async fn record_history(
         }
         out.push(b']');
     }
-    let text = |bytes: Vec<u8>| {
-        String::from_utf8(bytes).map_err(|e| Error::Serialize(serde::ser::Error::custom(e)))
-    };
-    match blocks.len() {
-        0 => {}
-        1 => {
-            if let Some((block, entries)) = blocks.pop_first() {
-                sqlx::query(HISTORY_BLOCK)
-                    .bind(block)
-                    .bind(history.worker)
-                    .bind(format!("[{}]", text(entries)?))
-                    .execute(db)
-                    .await?;
-            }
-        }
-        _ => {
-            let mut list = Vec::new();
-            for (block, entries) in blocks {
-                list.push(format!("[{block},[{}]]", text(entries)?));
-            }
-            sqlx::query(HISTORY)
-                .bind(format!("[{}]", list.join(",")))
-                .bind(history.worker)
-                .execute(db)
-                .await?;
-        }
+    if blocks.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    let rows = blocks.len() as u64;
+    let mut list = Vec::new();
+    list.push(b'[');
+    for (block, entries) in blocks {
+        if list.len() > 1 {
+            list.push(b',');
+        }
+        let _ = write!(list, "[{block},[");
+        list.extend_from_slice(&entries);
+        list.extend_from_slice(b"]]");
+    }
+    list.push(b']');
+    let list =
+        String::from_utf8(list).map_err(|e| Error::Serialize(serde::ser::Error::custom(e)))?;
+    Ok(Some((list, rows)))
 }
 
 /// Writes `value` as JSON into an entry of the history.

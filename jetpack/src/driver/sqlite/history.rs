@@ -48,7 +48,7 @@ impl crate::driver::Histories for Sqlite {
     {
         Box::pin(async move {
             let rows: String = sqlx::query_scalar(ACTIVITY)
-                .bind(since.format(TIME_FORMAT).to_string())
+                .bind(time_text(since))
                 .fetch_one(db)
                 .await?;
             crate::model::Activity::read(&rows)
@@ -83,10 +83,7 @@ impl crate::driver::Histories for Sqlite {
     {
         Box::pin(async move {
             let query = sqlx::query_as(crate::driver::COUNTS_AT);
-            Ok(query
-                .bind(at.format(TIME_FORMAT).to_string())
-                .fetch_all(db)
-                .await?)
+            Ok(query.bind(time_text(at)).fetch_all(db).await?)
         })
     }
 

@@ -35,8 +35,8 @@ async fn fire_schedule(
     let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     let moved = sqlx::query(MOVE_TICK)
         .bind(name)
-        .bind(from.format(TIME_FORMAT).to_string())
-        .bind(to.format(TIME_FORMAT).to_string())
+        .bind(time_text(from))
+        .bind(time_text(to))
         .execute(&mut *tx)
         .await?;
     if moved.rows_affected() != 1 {
@@ -70,7 +70,7 @@ impl crate::driver::Schedules for Sqlite {
         let mut writer = db.writer().await?;
         let started = sqlx::query(SCHEDULE_START)
             .bind(name)
-            .bind(start.format(TIME_FORMAT).to_string())
+            .bind(time_text(start))
             .execute(&mut writer.db)
             .await;
         writer.done(started.map(drop).map_err(Error::from))?;

@@ -372,3 +372,30 @@ async fn sqlite_failed_write_leaves_no_lock_and_the_next_succeeds() -> TestResul
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+/// Times as the tables store them are read and written by hand; other
+/// shapes a person may write are still read.
+#[test]
+fn times_read_and_written_as_the_tables_store_them() {
+    let text = "2026-12-08 01:14:03.617";
+    let at = super::read_time(text, String::new).expect("the tables' own format");
+    assert_eq!(super::time_text(at), text);
+    for other in [
+        "2026-12-08 01:14:03",
+        "2026-12-08 01:14:03.5",
+        "2026-12-08 01:14:03.123456",
+    ] {
+        let read = super::read_time(other, String::new).expect(other);
+        let by_chrono = chrono::NaiveDateTime::parse_from_str(other, "%Y-%m-%d %H:%M:%S%.f")
+            .expect(other)
+            .and_utc();
+        assert_eq!(read, by_chrono, "{other}");
+    }
+    for bad in [
+        "2026-13-08 01:14:03.617",
+        "2026-12-08T01:14:03.617",
+        "not a time",
+    ] {
+        assert!(super::read_time(bad, String::new).is_err(), "{bad}");
+    }
+}
