@@ -195,3 +195,47 @@ async fn postgres_flush_never_scans_the_table() -> TestResult {
     }
     Ok(())
 }
+
+/// A row of history written by hand with arrays of other lengths is read as
+/// far as it goes: what is missing reads as NULL, an entry without a task id
+/// or an event is no transition. A step that is not JSON is refused.
+#[tokio::test]
+async fn history_written_by_hand_is_read_as_far_as_it_goes() -> TestResult {
+    use crate::driver::Histories;
+    let (admin, name, pool) = pg_database().await?;
+    let read = async {
+        sqlx::query(
+            "INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kinds,
+                 steps, attempts, durations, errors, enqueued_ats, enqueued_kinds, enqueued_steps,
+                 enqueued_errors)
+             VALUES (0, '{7, 8, NULL}', '{edited}', '{}', '{M.A, M.B}', '{}', '{}', '{}', '{}',
+                     '{}', '{}', '{}', '{}')",
+        )
+        .execute(&pool)
+        .await?;
+        let refused = sqlx::query(
+            "INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kinds,
+                 steps, attempts, durations, errors, enqueued_ats, enqueued_kinds, enqueued_steps,
+                 enqueued_errors)
+             VALUES (0, '{7}', '{edited}', '{}', '{}', '{\"{oops\"}', '{}', '{}', '{}', '{}',
+                     '{}', '{}', '{}')",
+        )
+        .execute(&pool)
+        .await
+        .is_err();
+        let seven = sqlx::Postgres::history(&pool, 7).await?;
+        let eight = sqlx::Postgres::history(&pool, 8).await?;
+        Ok::<_, Box<dyn std::error::Error>>((refused, seven, eight))
+    }
+    .await;
+    drop_pg(admin, &name, pool).await?;
+    let (refused, seven, eight) = read?;
+    assert!(refused, "a step that is not JSON was taken");
+    let seven: Vec<_> = seven
+        .iter()
+        .map(|t| (t.event.as_str(), t.to_kind.as_deref()))
+        .collect();
+    assert_eq!(seven, [("edited", Some("M.A"))]);
+    assert!(eight.is_empty(), "an entry without an event: {eight:?}");
+    Ok(())
+}

@@ -17,7 +17,7 @@ const CLAIM_READ: &str = concat!(
     awaited!(),
     ", ",
     lag!(),
-    ", CASE WHEN transitions = 0 THEN strftime('%Y-%m-%d %H:%M:%f', created_at) END, kind)) FROM (",
+    ", CASE WHEN transitions = 0 THEN created_at END, kind)) FROM (",
     ready_tasks!("id, step, tried, fence, wait_for, signal, awaited, wakeup_at, transitions, created_at, kind"),
     ")"
 );
@@ -395,7 +395,7 @@ async fn claim_batch(
                     wait_for,
                     signal,
                     // A time written by hand that does not read as one
-                    // (strftime gave NULL, or this fails) leaves no record.
+                    // leaves no record.
                     enqueued_at: enqueued_at.and_then(|at| read_time(&at, String::new).ok()),
                     kind,
                 }

@@ -9,6 +9,10 @@ const HISTORY: &str = "
 INSERT INTO jetpack_history_blocks (block, worker, entries)
 SELECT value ->> 0, ?2, value -> 1 FROM json_each(?1)";
 
+/// The history of a flush of one block `?1`: entries `?3` of worker `?2`.
+const HISTORY_ONE: &str =
+    "INSERT INTO jetpack_history_blocks (block, worker, entries) VALUES (?1, ?2, ?3)";
+
 /// Statement `if_held` of a flush (bound `?1` to `?5`, see
 /// [`Statement::write_if_all_held`]) and, if it wrote all its `?3` items, the
 /// history's rows (`?6` the blocks, `?7` the worker, as [`HISTORY`] binds
@@ -17,12 +21,17 @@ SELECT value ->> 0, ?2, value -> 1 FROM json_each(?1)";
 /// rows of history it wrote (SQLite's count of changes is that of the last
 /// write, which a `COMMIT` does not reset: the statements' counts cannot be
 /// summed).
-fn with_history(if_held: &str) -> String {
+fn with_history(if_held: &str, one_block: bool) -> String {
+    let insert = if one_block {
+        // `?6` is the block, `?8` its entries: no JSON to take apart.
+        "SELECT ?6, ?7, ?8 WHERE changes() = ?3"
+    } else {
+        "SELECT value ->> 0, ?7, value -> 1 FROM json_each(?6) WHERE changes() = ?3"
+    };
     format!(
         "BEGIN IMMEDIATE;
 {if_held};
-INSERT INTO jetpack_history_blocks (block, worker, entries)
-SELECT value ->> 0, ?7, value -> 1 FROM json_each(?6) WHERE changes() = ?3;
+INSERT INTO jetpack_history_blocks (block, worker, entries) {insert};
 SELECT changes();
 COMMIT"
     )
@@ -377,8 +386,7 @@ impl Statement {
     async fn write_with_history_if_all_held(
         &self,
         db: &mut SqliteConnection,
-        blocks: &str,
-        rows: u64,
+        blocks: &Blocks,
         worker: &str,
     ) -> Result<bool, Error> {
         let ids: Vec<i64> = self.attempts.iter().map(|a| a.0).collect();
@@ -388,17 +396,21 @@ impl Statement {
         let count = i64::try_from(self.attempts.len()).unwrap_or(i64::MAX);
         let firsts = (self.firsts.as_ref()).map(|f| i64::try_from(f.len()).unwrap_or(i64::MAX));
         // All of it, to the commit (fetching one row would stop before).
-        let recorded: Vec<i64> =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(with_history(self.if_held)))
-                .bind(self.items.as_deref())
-                .bind(json_list(&ids)?)
-                .bind(count)
-                .bind(fences)
-                .bind(firsts)
-                .bind(blocks)
-                .bind(worker)
-                .fetch_all(db)
-                .await?;
+        let (one, rows) = match blocks {
+            Blocks::One(..) => (true, 1),
+            Blocks::Many(_, rows) => (false, *rows),
+        };
+        let query = sqlx::query_scalar(sqlx::AssertSqlSafe(with_history(self.if_held, one)))
+            .bind(self.items.as_deref())
+            .bind(json_list(&ids)?)
+            .bind(count)
+            .bind(fences)
+            .bind(firsts);
+        let query = match blocks {
+            Blocks::One(block, entries) => query.bind(*block).bind(worker).bind(entries.as_str()),
+            Blocks::Many(list, _) => query.bind(list.as_str()).bind(worker),
+        };
+        let recorded: Vec<i64> = query.fetch_all(db).await?;
         Ok(recorded.iter().map(|r| r.unsigned_abs()).sum::<u64>() == rows)
     }
 
@@ -607,9 +619,9 @@ pub(super) async fn flush(
                 let held = vec![true; done.len()];
                 let firsts = statement.firsts.iter().flatten().copied().collect();
                 match history_blocks(done, &held, &firsts, h)? {
-                    Some((blocks, rows)) => {
+                    Some(blocks) => {
                         let written =
-                            statement.write_with_history_if_all_held(db, &blocks, rows, h.worker);
+                            statement.write_with_history_if_all_held(db, &blocks, h.worker);
                         written.await?
                     }
                     None => statement.write_if_all_held(db).await?,
@@ -668,27 +680,36 @@ pub(super) async fn record_history(
     firsts: &std::collections::HashSet<i64>,
     history: &History<'_>,
 ) -> Result<(), Error> {
-    let Some((blocks, _)) = history_blocks(done, held, firsts, history)? else {
-        return Ok(());
-    };
-    sqlx::query(HISTORY)
-        .bind(blocks)
-        .bind(history.worker)
-        .execute(db)
-        .await?;
+    match history_blocks(done, held, firsts, history)? {
+        None => {}
+        Some(Blocks::One(block, entries)) => {
+            sqlx::query(HISTORY_ONE)
+                .bind(block)
+                .bind(history.worker)
+                .bind(entries)
+                .execute(db)
+                .await?;
+        }
+        Some(Blocks::Many(blocks, _)) => {
+            sqlx::query(HISTORY)
+                .bind(blocks)
+                .bind(history.worker)
+                .execute(db)
+                .await?;
+        }
+    }
     Ok(())
 }
 
 /// The rows of `jetpack_history_blocks` that record the attempts of `done`
 /// that `held` their tasks, with the records of enqueue of the tasks
-/// `firsts`: a JSON array of `[block, entries]`, as [`HISTORY`] binds it, and
-/// how many blocks (`None` when there is nothing to record).
+/// `firsts` (`None` when there is nothing to record).
 fn history_blocks(
     done: &[(i64, i64, &Outcome)],
     held: &[bool],
     firsts: &std::collections::HashSet<i64>,
     history: &History<'_>,
-) -> Result<Option<(String, u64)>, Error> {
+) -> Result<Option<Blocks>, Error> {
     use std::io::Write;
     // Each block's entries, comma-separated JSON, written as bytes (serde_json
     // writes UTF-8) and read as text once at the end.
@@ -741,6 +762,18 @@ fn history_blocks(
         }
         out.push(b']');
     }
+    let text = |bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|e| Error::Serialize(serde::ser::Error::custom(e)))
+    };
+    if blocks.len() == 1 {
+        if let Some((block, entries)) = blocks.pop_first() {
+            let mut array = Vec::with_capacity(entries.len() + 2);
+            array.push(b'[');
+            array.extend_from_slice(&entries);
+            array.push(b']');
+            return Ok(Some(Blocks::One(block, text(array)?)));
+        }
+    }
     if blocks.is_empty() {
         return Ok(None);
     }
@@ -756,9 +789,14 @@ fn history_blocks(
         list.extend_from_slice(b"]]");
     }
     list.push(b']');
-    let list =
-        String::from_utf8(list).map_err(|e| Error::Serialize(serde::ser::Error::custom(e)))?;
-    Ok(Some((list, rows)))
+    Ok(Some(Blocks::Many(text(list)?, rows)))
+}
+
+/// The rows of history of a flush: one block's (its id and its entries), or
+/// a JSON array of `[block, entries]` and how many.
+enum Blocks {
+    One(i64, String),
+    Many(String, u64),
 }
 
 /// Writes `value` as JSON into an entry of the history.

@@ -14,7 +14,8 @@ FROM (SELECT CAST(strftime('%s', substr(b.at, 1, 16) || ':00') AS INTEGER) AS m,
              sum(e.value ->> 1 IN ('next', 'wait', 'join')) AS moved,
              sum(e.value ->> 1 = 'finished') AS finished,
              sum(e.value ->> 1 IN ('retry', 'parked')) AS failed
-      FROM jetpack_history_blocks b, json_each(b.entries) e
+      FROM jetpack_history_blocks b,
+           json_each(CASE WHEN json_valid(b.entries) THEN b.entries ELSE '[]' END) e
       WHERE b.id > coalesce((SELECT id FROM jetpack_history_blocks WHERE at < ?1
                              ORDER BY id DESC LIMIT 1), 0)
         AND b.at >= ?1 AND e.type = 'array'

@@ -399,3 +399,47 @@ fn times_read_and_written_as_the_tables_store_them() {
         assert!(super::read_time(bad, String::new).is_err(), "{bad}");
     }
 }
+
+/// Rows of history written by hand are read as far as they go: entries that
+/// are not JSON, an entry that is not an array, a field of another type.
+/// Other rows of the block, and other tasks' history, read as ever.
+#[tokio::test]
+async fn history_written_by_hand_is_read_as_far_as_it_goes() -> TestResult {
+    use crate::driver::{Enqueues, Histories};
+    let pool = connect("sqlite::memory:").await?;
+    <Sqlite as crate::driver::Migrations>::migrate(&pool).await?;
+    let id = Sqlite::insert(
+        &pool,
+        crate::model::Encoded {
+            json: r#"{"M":{"A":1}}"#.into(),
+            kind: ("M", "A"),
+            priority: 0,
+            scope: None,
+        },
+        Wakeup::Now,
+    )
+    .await?;
+    sqlx::query("UPDATE jetpack_tasks SET error = 'by hand' WHERE id = ?1")
+        .bind(id)
+        .execute(&pool)
+        .await?;
+    for entries in ["not json", "[42, null]", r#"[["one", "edited"]]"#] {
+        sqlx::query("INSERT INTO jetpack_history_blocks (block, entries) VALUES (?1 >> 10, ?2)")
+            .bind(id)
+            .bind(entries)
+            .execute(&pool)
+            .await?;
+    }
+    let events: Vec<String> = (Sqlite::history(&pool, id).await?.into_iter())
+        .map(|t| t.event)
+        .collect();
+    assert_eq!(events, ["enqueued", "parked"]);
+    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM jetpack_history")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(
+        all, 3,
+        "the enqueue, the park and the entry of task 0 (\"one\")"
+    );
+    Ok(())
+}
