@@ -457,7 +457,7 @@ UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 
 /// The flush's statements and how many parameters each takes (for the
 /// tests of their plans).
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 pub(super) const STATEMENTS: [(&str, usize); 4] = [
     (FINISH_AND_NEXT, 8),
     (FINISH_AND_NEXT_HISTORY, 24),
