@@ -213,33 +213,45 @@ WHEN (OLD.locked_by IS NOT DISTINCT FROM NEW.locked_by
       OR NEW.state = 'cancelled' AND OLD.state <> 'cancelled')
 EXECUTE FUNCTION jetpack_transition();
 
--- Records such a change, with the record of the task's enqueue when it is its
--- first transition. The settings are read in the insert itself: a call of
--- jetpack_history_on() (a function that runs as its owner) is planned at each
--- call, 40-50 µs.
-CREATE OR REPLACE FUNCTION jetpack_history_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+-- Records a transition of task `task` (its row before) not made by an
+-- attempt's outcome: `event`, to `to_kind`, to `step` if it changed, with
+-- `error`; and the record of the task's enqueue when it is its first. The
+-- settings are read in the insert itself: a call of jetpack_history_on() (a
+-- function that runs as its owner) is planned at each call, 40-50 µs.
+CREATE FUNCTION jetpack_history_record(task jetpack_tasks, event text, to_kind text, step json,
+                                       error text) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
-    first boolean := OLD.transitions = 0;
+    first boolean := task.transitions = 0;
 BEGIN
     INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kinds, steps,
                                         attempts, durations, errors, enqueued_ats,
                                         enqueued_kinds, enqueued_steps, enqueued_errors)
-    SELECT NEW.id >> 10, ARRAY[NEW.id],
-           ARRAY[CASE WHEN NEW.state = 'cancelled' AND OLD.state <> 'cancelled' THEN 'cancelled'
-                      WHEN NEW.state = 'finished' AND OLD.state <> 'finished' THEN 'finished'
-                      WHEN OLD.error IS NOT NULL AND NEW.error IS NULL THEN 'resumed'
-                      WHEN NEW.error IS NOT NULL AND OLD.error IS NULL THEN 'parked'
-                      WHEN OLD.state = 'waiting' AND NEW.state = 'ready' THEN 'woken'
-                      ELSE 'edited' END],
-           ARRAY[OLD.kind], ARRAY[NEW.kind],
-           ARRAY[CASE WHEN NEW.step IS DISTINCT FROM OLD.step THEN NEW.step::json END],
-           ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[NEW.error],
-           ARRAY[CASE WHEN first THEN OLD.created_at END],
-           ARRAY[CASE WHEN first THEN nullif(OLD.kind, '') END],
-           ARRAY[CASE WHEN first THEN OLD.step::json END],
-           ARRAY[CASE WHEN first AND OLD.state = 'parked' THEN OLD.error END]
+    SELECT task.id >> 10, ARRAY[task.id], ARRAY[event], ARRAY[task.kind], ARRAY[to_kind],
+           ARRAY[step], ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[error],
+           ARRAY[CASE WHEN first THEN task.created_at END],
+           ARRAY[CASE WHEN first THEN nullif(task.kind, '') END],
+           ARRAY[CASE WHEN first THEN task.step::json END],
+           ARRAY[CASE WHEN first AND task.state = 'parked' THEN task.error END]
     WHERE coalesce((SELECT history FROM jetpack_config), true);
+END
+$$;
+
+-- Records such a change.
+CREATE OR REPLACE FUNCTION jetpack_history_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
+BEGIN
+    PERFORM jetpack_history_record(
+        OLD,
+        CASE WHEN NEW.state = 'cancelled' AND OLD.state <> 'cancelled' THEN 'cancelled'
+             WHEN NEW.state = 'finished' AND OLD.state <> 'finished' THEN 'finished'
+             WHEN OLD.error IS NOT NULL AND NEW.error IS NULL THEN 'resumed'
+             WHEN NEW.error IS NOT NULL AND OLD.error IS NULL THEN 'parked'
+             WHEN OLD.state = 'waiting' AND NEW.state = 'ready' THEN 'woken'
+             ELSE 'edited' END,
+        NEW.kind,
+        CASE WHEN NEW.step IS DISTINCT FROM OLD.step THEN NEW.step::json END,
+        NEW.error);
     RETURN NULL;
 END
 $$;
@@ -257,19 +269,8 @@ EXECUTE FUNCTION jetpack_history_changed();
 -- cancelled ones), with the record of its enqueue if it never moved.
 CREATE OR REPLACE FUNCTION jetpack_history_deleted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-DECLARE
-    first boolean := OLD.transitions = 0;
 BEGIN
-    INSERT INTO jetpack_history_blocks (block, task_ids, events, from_kinds, to_kinds, steps,
-                                        attempts, durations, errors, enqueued_ats,
-                                        enqueued_kinds, enqueued_steps, enqueued_errors)
-    SELECT OLD.id >> 10, ARRAY[OLD.id], ARRAY['deleted'], ARRAY[OLD.kind], ARRAY[NULL::text],
-           ARRAY[OLD.step::json], ARRAY[NULL::integer], ARRAY[NULL::bigint], ARRAY[NULL::text],
-           ARRAY[CASE WHEN first THEN OLD.created_at END],
-           ARRAY[CASE WHEN first THEN nullif(OLD.kind, '') END],
-           ARRAY[CASE WHEN first THEN OLD.step::json END],
-           ARRAY[CASE WHEN first AND OLD.state = 'parked' THEN OLD.error END]
-    WHERE coalesce((SELECT history FROM jetpack_config), true);
+    PERFORM jetpack_history_record(OLD, 'deleted', NULL, OLD.step::json, NULL);
     RETURN NULL;
 END
 $$;

@@ -424,19 +424,7 @@ pub(super) fn history_records_outcomes<D: Tested>(t: &Under<D>) -> Checked<'_> {
         let claimed = store
             .claim(2, &["M.A".to_string()], "w", Duration::from_secs(30))
             .await?;
-        let traces: Vec<Trace> = (claimed.iter())
-            .map(|c| Trace {
-                kind: Some("M.A".into()),
-                attempt: 1,
-                duration_us: 1500,
-                labels: None,
-                enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
-                    at,
-                    kind: c.kind.clone(),
-                    step: c.step.clone(),
-                }),
-            })
-            .collect();
+        let traces = traces_of(&claimed);
         if traces.iter().any(|t| t.enqueued.is_none()) || claimed.len() != 2 {
             problems.push(format!("the claims read no record of enqueue: {claimed:?}"));
         }
@@ -516,19 +504,7 @@ pub(super) fn history_of_tasks_moved_meanwhile<D: Tested>(t: &Under<D>) -> Check
         ] {
             D::on(&t.pool).execute(sqlx::AssertSqlSafe(sql)).await?;
         }
-        let traces: Vec<Trace> = (claimed.iter())
-            .map(|c| Trace {
-                kind: Some("M.A".into()),
-                attempt: 1,
-                duration_us: 10,
-                labels: None,
-                enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
-                    at,
-                    kind: c.kind.clone(),
-                    step: c.step.clone(),
-                }),
-            })
-            .collect();
+        let traces = traces_of(&claimed);
         let next = to_b(Wakeup::Now);
         let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
             .map(|c| {
@@ -590,19 +566,7 @@ pub(super) fn history_of_a_flush_of_finishes<D: Tested>(t: &Under<D>) -> Checked
                 );
                 D::on(&t.pool).execute(sqlx::AssertSqlSafe(sql)).await?;
             }
-            let traces: Vec<Trace> = (claimed.iter())
-                .map(|c| Trace {
-                    kind: Some("M.A".into()),
-                    attempt: 1,
-                    duration_us: 10,
-                    labels: None,
-                    enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
-                        at,
-                        kind: c.kind.clone(),
-                        step: c.step.clone(),
-                    }),
-                })
-                .collect();
+            let traces = traces_of(&claimed);
             let done: Vec<(i64, i64, &Outcome)> = (claimed.iter())
                 .map(|c| (c.id, c.fence, &Outcome::Finish))
                 .collect();

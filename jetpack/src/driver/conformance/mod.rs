@@ -93,6 +93,25 @@ async fn claim_one(store: &dyn Store, kind: &str) -> TestResult<(i64, i64)> {
     }
 }
 
+/// The traces of attempts of step `M.A` that `claimed` took, as a worker
+/// keeps them for the history: with the record of enqueue of each task its
+/// claim found at its first step.
+fn traces_of(claimed: &[crate::model::Claimed]) -> Vec<Trace> {
+    (claimed.iter())
+        .map(|c| Trace {
+            kind: Some("M.A".into()),
+            attempt: 1,
+            duration_us: 10,
+            labels: None,
+            enqueued: c.enqueued_at.map(|at| crate::model::EnqueueRecord {
+                at,
+                kind: c.kind.clone(),
+                step: c.step.clone(),
+            }),
+        })
+        .collect()
+}
+
 /// The outcome that moves a task to step `{"M":{"B":null}}`, due at `wakeup`.
 fn to_b(wakeup: Wakeup) -> Outcome {
     Outcome::Next {
