@@ -80,6 +80,25 @@ macro_rules! moved {
     };
 }
 
+/// The end of a statement of outcomes: the attempts that held their tasks
+/// (`$list`, the union of what the statement's parts wrote, as `id, fence`),
+/// or, when every one of the `$n` attempts did, a single row of NULLs: 200
+/// rows a flush were decoded, one by one, to learn that all held.
+macro_rules! held {
+    ($list:literal, $n:literal) => {
+        concat!(
+            ", held AS (",
+            $list,
+            ")
+SELECT id, fence FROM held WHERE (SELECT count(*) FROM held) <> ",
+            $n,
+            "
+UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM held) = ",
+            $n
+        )
+    };
+}
+
 /// Records finished tasks (deleted) and moves to next steps in one statement,
 /// so that a flush of the completer is one round trip and one commit. Either
 /// list may be empty; a single outcome goes the same way.
@@ -88,7 +107,10 @@ const FINISH_AND_NEXT: &str = concat!(
     finished!(),
     ", ",
     moved!(),
-    " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
+    held!(
+        "SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved",
+        "cardinality($1::bigint[]) + cardinality($3::bigint[])"
+    )
 );
 
 /// The failed attempts (`$9` ids, `$10` fences, `$11` delays in µs, `$12`
@@ -258,10 +280,14 @@ const EVERY_OUTCOME: &str = concat!(
     waited!(),
     ", ",
     joined!(),
+    held!(
+        "SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
+         UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
+         UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined",
+        "cardinality($1::bigint[]) + cardinality($3::bigint[]) + cardinality($9::bigint[])
+         + cardinality($13::bigint[]) + cardinality($15::bigint[]) + cardinality($23::bigint[])"
+    ),
     "
-SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
-UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
-UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined
 UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 );
 
@@ -401,7 +427,10 @@ const FINISH_AND_NEXT_HISTORY: &str = concat!(
         "$23",
         "$24"
     ),
-    " SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved"
+    held!(
+        "SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved",
+        "cardinality($1::bigint[]) + cardinality($3::bigint[])"
+    )
 );
 
 /// [`EVERY_OUTCOME`], recording the history (`$30`…`$45`).
@@ -448,10 +477,14 @@ const EVERY_OUTCOME_HISTORY: &str = concat!(
         "$44",
         "$45"
     ),
+    held!(
+        "SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
+         UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
+         UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined",
+        "cardinality($1::bigint[]) + cardinality($3::bigint[]) + cardinality($9::bigint[])
+         + cardinality($13::bigint[]) + cardinality($15::bigint[]) + cardinality($23::bigint[])"
+    ),
     "
-SELECT id, fence FROM finished UNION ALL SELECT id, fence FROM moved
-UNION ALL SELECT id, fence FROM failed UNION ALL SELECT id, fence FROM kept
-UNION ALL SELECT id, fence FROM waited UNION ALL SELECT id, fence FROM joined
 UNION ALL SELECT NULL, NULL WHERE (SELECT count(*) FROM woke) < 0"
 );
 
@@ -656,9 +689,9 @@ impl<'a> Batch<'a> {
         failed.3.push(error);
     }
 
-    /// Writes the batch in one statement; the attempts (id, fence) that still
-    /// held their tasks.
-    async fn write(&self, db: &mut PgConnection) -> Result<Vec<(i64, i64)>, Error> {
+    /// Writes the batch in one statement; which attempts still held their
+    /// tasks.
+    async fn write(&self, db: &mut PgConnection) -> Result<Held, Error> {
         let (finish, next, failed, kept) = (&self.finish, &self.next, &self.failed, &self.kept);
         let (waited, joined) = (&self.waited, &self.joined);
         // The common statement writes no concurrency scope (NULL): the
@@ -726,7 +759,32 @@ impl<'a> Batch<'a> {
                 .bind(&h.blocks.2)
                 .bind(h.enqueued);
         }
-        Ok(query.fetch_all(db).await?)
+        let rows: Vec<(Option<i64>, Option<i64>)> = query.fetch_all(db).await?;
+        Ok(match rows.as_slice() {
+            [(None, None)] => Held::All,
+            _ => Held::These(
+                rows.into_iter()
+                    .filter_map(|(id, fence)| Some((id?, fence?)))
+                    .collect(),
+            ),
+        })
+    }
+}
+
+/// Which attempts of a write held their tasks ([`held!`]).
+pub(super) enum Held {
+    All,
+    /// The attempts (id, fence) that did.
+    These(Vec<(i64, i64)>),
+}
+
+impl Held {
+    /// Whether each attempt of `done` held its task.
+    fn of(self, done: &[(i64, i64, &Outcome)]) -> Vec<bool> {
+        match self {
+            Held::All => vec![true; done.len()],
+            Held::These(held) => crate::driver::which_held(done, held),
+        }
     }
 }
 
@@ -736,8 +794,8 @@ pub(super) async fn record(
     db: &mut PgConnection,
     done: &[(i64, i64, &Outcome)],
     history: Option<&History<'_>>,
-) -> Result<Vec<(i64, i64)>, Error> {
-    Batch::of(done, history)?.write(db).await
+) -> Result<Vec<bool>, Error> {
+    Ok(Batch::of(done, history)?.write(db).await?.of(done))
 }
 
 #[async_trait]
@@ -750,8 +808,7 @@ impl crate::driver::Completes for Postgres {
         // One statement, which commits on its own.
         let mut own = db.outcomes.take(db.connect()).await?;
         let written = record(&mut own.db, done, history).await;
-        let held = own.done(written)?;
-        Ok(crate::driver::which_held(done, held))
+        own.done(written)
     }
 
     async fn complete_in_tx(
@@ -762,7 +819,7 @@ impl crate::driver::Completes for Postgres {
         history: Option<&History<'_>>,
     ) -> Result<bool, Error> {
         let held = record(tx, &[(id, fence, outcome)], history).await?;
-        Ok(!held.is_empty())
+        Ok(held.first().copied().unwrap_or(false))
     }
 
     async fn notify_errors(db: &PgHandle, payloads: &[String]) -> Result<(), Error> {
