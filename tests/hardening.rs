@@ -226,6 +226,7 @@ async fn hand_written_extremes_are_refused_or_parked(db: TestDb) {
             "UPDATE jetpack_tasks SET wakeup_at = '10000-01-01' WHERE id = $1",
             "UPDATE jetpack_tasks SET lease_until = 'infinity' WHERE id = $1",
             "UPDATE jetpack_tasks SET tried = -1 WHERE id = $1",
+            "UPDATE jetpack_tasks SET transitions = -1 WHERE id = $1",
         ],
         Db::Sqlite(_) => &[
             "UPDATE jetpack_tasks SET wakeup_at = 'tomorrow' WHERE id = $1",
@@ -233,6 +234,8 @@ async fn hand_written_extremes_are_refused_or_parked(db: TestDb) {
             "UPDATE jetpack_tasks SET wakeup_at = 2461010.5 WHERE id = $1",
             "UPDATE jetpack_tasks SET tried = -1 WHERE id = $1",
             "UPDATE jetpack_tasks SET tried = 'many' WHERE id = $1",
+            "UPDATE jetpack_tasks SET transitions = -1 WHERE id = $1",
+            "UPDATE jetpack_tasks SET transitions = 'many' WHERE id = $1",
             "UPDATE jetpack_tasks SET fence = 9007199254740992 WHERE id = $1",
             "UPDATE jetpack_tasks SET id = 9223372036854775807 WHERE id = $1",
         ],
@@ -257,9 +260,18 @@ async fn hand_written_extremes_are_refused_or_parked(db: TestDb) {
         Db::Sqlite(_) => "UPDATE jetpack_tasks SET fence = 9007199254740991 WHERE id = $1",
     };
     db.exec(largest, Some(max_fence), None).await;
+    // A count of transitions at its largest stays there; the task runs.
+    let max_transitions = db.enqueue(Quick { left: 1 }).await;
+    db.exec(
+        "UPDATE jetpack_tasks SET transitions = 2147483647 WHERE id = $1",
+        Some(max_transitions),
+        None,
+    )
+    .await;
 
     let w = common::spawn(db.worker::<Tasks>().build().unwrap());
     common::finished(&db, victim).await;
+    common::finished(&db, max_transitions).await;
     let tried_error = common::parked(&db, max_tried).await.error.unwrap();
     let fence_error = common::parked(&db, max_fence).await.error.unwrap();
     let later = db.enqueue(Quick { left: 2 }).await;

@@ -9,7 +9,8 @@
 -- How many transitions of the task there have been; 0 while it is at the
 -- step it was enqueued with, and its row is the record of its enqueue.
 ALTER TABLE jetpack_tasks ADD COLUMN transitions INTEGER NOT NULL DEFAULT 0
-    CONSTRAINT jetpack_tasks_transitions_not_negative CHECK (transitions >= 0);
+    CONSTRAINT jetpack_tasks_transitions_not_negative
+    CHECK (typeof(transitions) = 'integer' AND transitions >= 0);
 -- The tasks of before have their enqueue in the history already.
 UPDATE jetpack_tasks SET transitions = 1;
 
